@@ -1,0 +1,60 @@
+"""productdesc: from AmazonTitles-1.3MM ``trn.json`` to a small LLM that describes products.
+
+The data flows one way::
+
+    records -> cleaned shards -> prompts -> trainer -> adapter -> describer
+
+``import productdesc`` is cheap: it imports neither torch nor transformers. Every public name
+below is loaded on first use (PEP 562), so the CLI's ``--help`` and the data tools start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from productdesc._version import __version__
+
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    "AmazonTitlesDataset": "productdesc.data.dataset",
+    "PrepareConfig": "productdesc.data.dataset",
+    "PromptTemplate": "productdesc.prompts",
+    "ChatTemplate": "productdesc.prompts",
+    "FineTuneConfig": "productdesc.config",
+    "ModelConfig": "productdesc.config",
+    "LoraSettings": "productdesc.config",
+    "TrainingConfig": "productdesc.config",
+    "GenerationConfig": "productdesc.config",
+    "LoraFineTuner": "productdesc.finetune",
+    "Describer": "productdesc.describe",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from productdesc.config import (
+        FineTuneConfig,
+        GenerationConfig,
+        LoraSettings,
+        ModelConfig,
+        TrainingConfig,
+    )
+    from productdesc.data.dataset import AmazonTitlesDataset, PrepareConfig
+    from productdesc.describe import Describer
+    from productdesc.finetune import LoraFineTuner
+    from productdesc.prompts import ChatTemplate, PromptTemplate
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'productdesc' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,5 @@
+import sys
+
+from productdesc.cli import main
+
+sys.exit(main())
