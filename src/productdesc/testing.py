@@ -1,0 +1,122 @@
+"""Random-weight Llama models with a real BPE tokenizer, built offline in seconds.
+
+For tests and benchmarks, where no hub is reachable: :func:`make_random_llama` trains a small
+byte-level BPE tokenizer in-process on product-like text and saves a ``LlamaForCausalLM`` with
+random weights beside it, as a normal ``from_pretrained`` directory (safetensors).
+
+Shapes:
+
+* ``"tiny"``: hidden 64, 2 layers, 4 heads, 2 KV heads (a few M parameters); unit tests.
+* ``"tinyllama-1.1b"``: TinyLlama-1.1B's shape (hidden 2048, 22 layers, 32 heads, 4 KV heads,
+  vocab 32000); speed benchmarks, where speed does not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+__all__ = ["SHAPES", "make_random_llama", "product_like_texts"]
+
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "tinyllama-1.1b": dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        vocab_size=32000,
+    ),
+}
+
+_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+
+_WORDS = (
+    "soft cotton blanket for babies warm durable kitchen knife stainless steel set of six "
+    "ballet tutu pink girls dance the prophet book hardcover edition wireless mouse usb "
+    "rechargeable battery quality product made with care great gift for kids and adults "
+    "describe what is this tell me about it size colour black white red blue small large "
+    "features include easy to clean lightweight portable design perfect for travel home office"
+).split()
+
+
+def product_like_texts(n: int, seed: int = 0) -> list[str]:
+    """``n`` short pseudo product texts (deterministic for a seed), to train a tokenizer."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 60))) for _ in range(n)]
+
+
+def make_random_llama(
+    path: str | os.PathLike[str],
+    shape: str = "tiny",
+    *,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> Path:
+    """Save a random-weight Llama and its tokenizer to ``path`` and return the path.
+
+    Args:
+        path: Output directory (created).
+        shape: A key of :data:`SHAPES`.
+        vocab_size: Tokenizer and embedding size (default: the shape's, else 1024).
+        seed: Seed for the tokenizer corpus and the weights (same seed, same files).
+        dtype: Weights' dtype on disk.
+        device: Where to build the weights (``"cuda"`` is much faster for the 1.1B shape).
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+    dims = dict(SHAPES[shape])
+    vocab = vocab_size or dims.pop("vocab_size", 1024)
+    dims.pop("vocab_size", None)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=min(vocab, 4000),  # a tiny corpus cannot fill more merges
+        special_tokens=_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(product_like_texts(2000, seed), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    tokenizer.save_pretrained(path)
+
+    config = LlamaConfig(
+        vocab_size=vocab,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        **dims,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path, safe_serialization=True)
+    return path

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random Llama (seconds to build), the real sample's path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach a hub; set before anything imports huggingface_hub.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REAL_SAMPLE = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazontitles-sample.jsonl"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a 2-layer random Llama with a BPE tokenizer (pad and eos distinct)."""
+    from productdesc.testing import make_random_llama
+
+    return make_random_llama(tmp_path_factory.mktemp("tiny-llama"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def real_sample() -> Path:
+    """The 600 real trn.json records in ../shared/data (skips where absent)."""
+    if not REAL_SAMPLE.is_file():
+        pytest.skip(f"real sample not found at {REAL_SAMPLE} (only in the development checkout)")
+    return REAL_SAMPLE
