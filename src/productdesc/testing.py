@@ -64,6 +64,7 @@ def make_random_llama(
     seed: int = 0,
     dtype: str = "float32",
     device: str = "cpu",
+    texts: list[str] | None = None,
 ) -> Path:
     """Save a random-weight Llama and its tokenizer to ``path`` and return the path.
 
@@ -74,6 +75,8 @@ def make_random_llama(
         seed: Seed for the tokenizer corpus and the weights (same seed, same files).
         dtype: Weights' dtype on disk.
         device: Where to build the weights (``"cuda"`` is much faster for the 1.1B shape).
+        texts: Corpus for the tokenizer (default: :func:`product_like_texts`); pass the texts a
+            benchmark will train on so their tokens per character are realistic.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,11 +94,11 @@ def make_random_llama(
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=min(vocab, 4000),  # a tiny corpus cannot fill more merges
+        vocab_size=vocab if texts else min(vocab, 4000),  # a tiny corpus cannot fill more merges
         special_tokens=_SPECIAL,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(product_like_texts(2000, seed), trainer)
+    bpe.train_from_iterator(texts or product_like_texts(2000, seed), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<s>",
