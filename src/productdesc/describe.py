@@ -178,8 +178,6 @@ class Describer:
         Raises:
             UserError: The directory is missing, or ``merge_lora`` is asked for in 4-bit.
         """
-        from productdesc.backends import get_backend
-
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"model directory not found: {path}")
@@ -193,6 +191,8 @@ class Describer:
                 backend = run_config.backend
             if template is None:
                 template = run_config.template
+        from productdesc.backends import get_backend
+
         backend_obj = get_backend(backend)
         model, tokenizer = backend_obj.load_for_inference(
             path, load_in_4bit=load_in_4bit, adapter=not base_only

@@ -1,0 +1,144 @@
+"""``productdesc describe``: answer about one title (streamed) or a file of titles (batched).
+
+productdesc describe --model runs/smollm2-lora "Nice for Mice"
+productdesc describe --model runs/smollm2-lora "Nice for Mice" --question "Is it good for toddlers?"
+productdesc describe --model runs/smollm2-lora --file titles.txt --out answers.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from productdesc.errors import UserError
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "describe",
+        help="describe a product title with a fine-tuned model",
+        description=(
+            "Answer about a product title with a trained model: one title is streamed to "
+            "stdout; --file batches one title a line into JSON Lines."
+        ),
+    )
+    parser.add_argument("title", nargs="?", help="the product title (or use --file)")
+    parser.add_argument(
+        "--model", required=True, metavar="DIR", help="training output or merged model directory"
+    )
+    parser.add_argument("--question", help="a question about the product instead of 'describe'")
+    parser.add_argument("--file", type=Path, metavar="TXT", help="titles, one a line")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="JSONL",
+        help="with --file: write answers here (default: stdout); fields title, question, "
+        "answer, stopped_at_eos, new_tokens",
+    )
+    parser.add_argument("--batch-size", type=int, help="titles per generate call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 128)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (with --do-sample)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (with --do-sample)")
+    parser.add_argument(
+        "--do-sample", action="store_true", default=None, help="sample instead of greedy decoding"
+    )
+    parser.add_argument(
+        "--base-only",
+        action="store_true",
+        help="the base model without the adapter, same prompt (zero-shot baseline)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="backend to load with (default: the one the run used, else unsloth if installed)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from productdesc.config import GenerationConfig
+    from productdesc.describe import Describer, evolve_generation
+
+    if (args.title is None) == (args.file is None):
+        raise UserError("give either a TITLE or --file, not both or neither")
+    if args.out is not None and args.file is None:
+        raise UserError("--out needs --file")
+    titles = _read_titles(args.file) if args.file is not None else []
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "do_sample": args.do_sample,
+        "batch_size": args.batch_size,
+    }
+    # Checked before the model loads, so a typo costs nothing.
+    generation = evolve_generation(
+        GenerationConfig(), **{k: v for k, v in options.items() if v is not None}
+    )
+    describer = Describer.from_pretrained(
+        args.model, backend=args.backend, base_only=args.base_only, generation=generation
+    )
+    if args.file is None:
+        for piece in describer.stream(args.title, args.question):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    return _describe_file(describer, titles, args)
+
+
+def _read_titles(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"titles file not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"titles file {path} is not UTF-8 text: {exc}") from None
+    titles = [line.strip() for line in lines if line.strip()]
+    blank = len(lines) - len(titles)
+    if blank:
+        print(f"skipped {blank} blank line(s) in {path}", file=sys.stderr)
+    if not titles:
+        raise UserError(f"no titles in {path}")
+    return titles
+
+
+def _describe_file(describer: Any, titles: list[str], args: argparse.Namespace) -> int:
+    import orjson
+
+    from productdesc._io import atomic_write
+
+    questions = [args.question] * len(titles)
+    started = time.perf_counter()
+    details = describer.describe_batch(titles, questions, progress=True, return_details=True)
+    seconds = time.perf_counter() - started
+    lines = [
+        orjson.dumps(
+            {
+                "title": title,
+                "question": args.question,
+                "answer": d.text,
+                "stopped_at_eos": d.stopped_at_eos,
+                "new_tokens": d.new_tokens,
+            }
+        ).decode()
+        + "\n"
+        for title, d in zip(titles, details, strict=True)
+    ]
+    if args.out is None:
+        sys.stdout.writelines(lines)
+    else:
+        with atomic_write(args.out) as fh:
+            fh.writelines(lines)
+    tokens = sum(d.new_tokens for d in details)
+    stopped = sum(d.stopped_at_eos for d in details)
+    print(
+        f"described {len(titles)} titles in {seconds:.1f} s: {len(titles) / seconds:.2f} titles/s, "
+        f"{tokens / seconds:.1f} new tokens/s; {stopped} of {len(titles)} stopped at EOS"
+        + (f"; wrote {args.out}" if args.out is not None else ""),
+        file=sys.stderr,
+    )
+    return 0
