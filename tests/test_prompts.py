@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -191,8 +193,6 @@ def test_parse_keeps_multiline_answers(alpaca):
 
 
 def test_parse_undoes_render_on_real_records(alpaca, real_sample):
-    import json
-
     with real_sample.open(encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     usable = [r for r in rows if r["title"].strip() and r["content"].strip()]
@@ -250,6 +250,21 @@ def test_mixing_is_reproducible_and_independent_of_order_and_chunks(alpaca):
     assert backwards[::-1] == full
     other_seed = list(alpaca.training_pairs(data, question_share=0.5, seed=8))
     assert other_seed != full
+
+
+def test_mixing_is_the_same_in_another_process(alpaca):
+    code = (
+        "import json, sys; from productdesc.prompts import PromptTemplate; "
+        "data = [{'title': f'Product number {i}', 'content': f'Description {i}.'} for i in range(200)]; "
+        "pairs = PromptTemplate(eos_token='</s>').training_pairs(data, question_share=0.5, seed=11); "
+        "json.dump(list(pairs), sys.stdout)"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}  # str hashes differ; our draws must not
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == list(
+        alpaca.training_pairs(records(200), question_share=0.5, seed=11)
+    )
 
 
 def test_larger_share_keeps_the_questions_of_a_smaller_one(alpaca):
