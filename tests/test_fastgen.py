@@ -1,0 +1,65 @@
+"""The static-cache greedy decoder gives generate()'s tokens (run eagerly on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    return model, tok
+
+
+@pytest.mark.parametrize("min_new_tokens", [0, 12])
+def test_same_tokens_as_generate_on_a_left_padded_batch(model_and_tokenizer, min_new_tokens):
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = model_and_tokenizer
+    titles = [
+        "soft cotton blanket",
+        "mouse",
+        "the prophet book hardcover edition great gift for kids",
+    ]
+    enc = tok(titles, return_tensors="pt", padding=True)
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ref = model.generate(
+        **enc, max_new_tokens=16, min_new_tokens=min_new_tokens, do_sample=False, **ids
+    )[:, enc.input_ids.shape[1] :]
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8)
+    for _ in range(2):  # the second call reuses the cache of the first
+        out = decoder.generate(
+            enc.input_ids,
+            enc.attention_mask,
+            max_new_tokens=16,
+            min_new_tokens=min_new_tokens,
+            **ids,
+        )
+        assert torch.equal(out, ref)
+
+
+def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer):
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = model_and_tokenizer
+    enc = tok(["blanket", "knife set"], return_tensors="pt", padding=True)
+    # Make EOS the argmax everywhere: every sequence ends at its first token.
+    with torch.no_grad():
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+        model.lm_head.bias[tok.eos_token_id] = 1e4
+    try:
+        out = StaticGreedyDecoder(model, compile_mode=None, check_every=2).generate(
+            enc.input_ids,
+            enc.attention_mask,
+            max_new_tokens=50,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    finally:
+        model.lm_head.bias = None
+    assert out.tolist() == [[tok.eos_token_id], [tok.eos_token_id]]
