@@ -36,6 +36,8 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from productdesc.errors import UserError
+
 __all__ = [
     "PluginError",
     "PluginInfo",
@@ -54,7 +56,7 @@ _BUILTIN_SOURCE = "productdesc (built-in)"
 DISABLE_AUTOLOAD_ENV = "PRODUCTDESC_DISABLE_PLUGIN_AUTOLOAD"
 
 
-class PluginError(LookupError):
+class PluginError(UserError, LookupError):
     """A name is unknown to a registry, or is registered twice."""
 
 
