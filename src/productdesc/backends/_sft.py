@@ -1,0 +1,149 @@
+"""TRL ``SFTTrainer`` set up from a :class:`~productdesc.config.TrainingConfig`, CPU included.
+
+Both built-in backends train through :func:`build_trainer`. Imported only when training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from productdesc.backends.base import resolve_dtype
+
+if TYPE_CHECKING:  # pragma: no cover
+    from productdesc.config import ModelConfig, TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+def sft_config(
+    training: TrainingConfig,
+    model_config: ModelConfig,
+    output_dir: str | os.PathLike[str],
+    *,
+    has_eval: bool,
+) -> Any:
+    """The ``trl.SFTConfig`` for a run: the config's values plus what this machine can do."""
+    import torch
+    from trl import SFTConfig
+
+    cuda = torch.cuda.is_available()
+    dtype = resolve_dtype(model_config.dtype)
+    optim = training.optim
+    if "8bit" in optim and not cuda:
+        # bitsandbytes' 8-bit optimizers are for GPU memory; on CPU they only slow things down.
+        logger.info("optim %r needs a CUDA GPU; using adamw_torch on CPU", optim)
+        optim = "adamw_torch"
+    eval_strategy = ("steps" if training.eval_steps else "epoch") if has_eval else "no"
+    return SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        per_device_eval_batch_size=training.per_device_train_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        warmup_steps=training.warmup_steps,
+        num_train_epochs=training.num_train_epochs,
+        max_steps=training.max_steps if training.max_steps is not None else -1,
+        learning_rate=training.learning_rate,
+        max_grad_norm=training.max_grad_norm,
+        optim=optim,
+        weight_decay=training.weight_decay,
+        lr_scheduler_type=training.lr_scheduler_type,
+        # transformers 5 replaced group_by_length with a sampler choice; packed rows are all
+        # max_length long, so grouping them means nothing.
+        train_sampling_strategy=(
+            "group_by_length" if training.group_by_length and not training.packing else "random"
+        ),
+        packing=training.packing,
+        completion_only_loss=training.completion_only_loss,
+        # TRL's default is 1024: without this, longer examples would be cut silently.
+        max_length=model_config.max_seq_length,
+        seed=training.seed,
+        data_seed=training.seed,
+        logging_steps=training.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=training.eval_steps,
+        save_strategy="steps" if training.save_steps else "no",
+        save_steps=training.save_steps or 500,
+        save_total_limit=training.save_total_limit,
+        dataloader_num_workers=training.dataloader_num_workers,
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        # Adds train_tokens_per_second (padding excluded) to every log line.
+        include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # only the validation loss is wanted; skip gathering logits
+        report_to="none",
+    )
+
+
+def trainer_class() -> type:
+    """``trl.SFTTrainer`` (Unsloth's patched one when unsloth was imported), made to train on CPU.
+
+    TRL 1.15 computes the loss with a fused LM head that only has a Triton (GPU) kernel; on CPU
+    the subclass computes it as ``transformers.Trainer`` does, from the full logits: the same
+    token-averaged cross-entropy. Unsloth's patched trainer has its own CPU loss and is kept.
+    """
+    import torch
+    import transformers
+    import trl
+
+    base = trl.SFTTrainer
+    plain_loss = not torch.cuda.is_available() and base.compute_loss.__module__.startswith("trl.")
+
+    class SFTTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if plain_loss:
+                return transformers.Trainer.compute_loss(
+                    self,
+                    model,
+                    inputs,
+                    return_outputs=return_outputs,
+                    num_items_in_batch=num_items_in_batch,
+                )
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+
+    SFTTrainer.__qualname__ = f"productdesc.{base.__qualname__}"
+    return SFTTrainer
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    *,
+    model_config: ModelConfig,
+    training: TrainingConfig,
+    output_dir: str | os.PathLike[str],
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``."""
+    args = sft_config(training, model_config, output_dir, has_eval=eval_dataset is not None)
+    trainer = trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    if not training.packing:  # packed rows are all max_length long by design
+        _report_truncation(trainer.train_dataset, model_config.max_seq_length)
+    return trainer
+
+
+def _report_truncation(dataset: Any, max_length: int) -> None:
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    cut = sum(n >= max_length for n in lengths)
+    if cut:
+        logger.warning(
+            "%d of %d training examples reach max_seq_length=%d and were cut there: their ends, "
+            "EOS included, are not learned (raise model.max_seq_length to keep them)",
+            cut,
+            len(lengths),
+            max_length,
+        )

@@ -1,0 +1,339 @@
+"""The backend interface: load a model, add a LoRA adapter, train it, load it back for inference.
+
+A backend hides whether Unsloth or plain transformers + PEFT is underneath; the fine-tuner and
+the describer only call the public methods of :class:`Backend`. A new backend subclasses it,
+implements the hooks (``_load``, ``_add_adapter``, ``_attach_adapter``) and registers itself in
+:data:`productdesc.plugins.backends` (entry-point group ``productdesc.backends``).
+
+Module-level imports stay light (no torch): the registry imports this module to list backends.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from productdesc.errors import UserError
+from productdesc.models import ResolvedModel, ensure_distinct_pad, loading_errors, resolve_model
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from productdesc.config import LoraSettings, ModelConfig, TrainingConfig
+
+__all__ = ["Backend", "cuda_available", "get_backend", "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA GPU is usable (imports torch)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    """A :class:`~productdesc.config.ModelConfig` dtype name as a torch dtype.
+
+    ``"auto"`` is bfloat16 on a GPU that supports it, else float16 on GPU, and float32 on CPU
+    (CPU 16-bit matmuls are slow and lose precision for no memory that matters at this size).
+    """
+    import torch
+
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if not torch.cuda.is_available():
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def want_4bit(requested: bool) -> bool:
+    """``requested``, unless there is no CUDA GPU, where 4-bit is refused with a warning."""
+    if requested and not cuda_available():
+        logger.warning(
+            "load_in_4bit needs a CUDA GPU; loading the model unquantized on CPU instead "
+            "(set model.load_in_4bit = false to silence this)"
+        )
+        return False
+    return requested
+
+
+class Backend(abc.ABC):
+    """One way of loading, adapting and training a causal LM.
+
+    Public methods are the interface; subclasses implement the ``_``-prefixed hooks. A backend
+    object holds no model: every method takes or returns one.
+    """
+
+    name: ClassVar[str]
+    """The registry name (``"unsloth"``, ``"transformers"``)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def is_available(cls) -> bool:
+        """Whether this backend's libraries are installed (cheap: imports nothing heavy)."""
+
+    # -- hooks -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(
+        self,
+        path: str,
+        *,
+        max_seq_length: int,
+        load_in_4bit: bool,
+        dtype: torch.dtype,
+        trust_remote_code: bool,
+    ) -> tuple[Any, Any]:
+        """Load a model directory (or cached Hub id) and its tokenizer, on the best device."""
+
+    @abc.abstractmethod
+    def _add_adapter(
+        self, model: Any, lora: LoraSettings, *, seed: int, max_seq_length: int
+    ) -> Any:
+        """Wrap ``model`` in a new trainable LoRA adapter (a PEFT model)."""
+
+    def _attach_adapter(self, model: Any, adapter_dir: Path) -> Any:
+        """Load a saved adapter onto ``model`` for inference."""
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+    # -- training --------------------------------------------------------------------------------
+    def load_model(self, model_config: ModelConfig) -> tuple[Any, Any]:
+        """Load the base model and tokenizer a run trains, pad token made distinct from EOS.
+
+        Raises:
+            ModelNotAvailableError: The weights cannot be found or downloaded.
+        """
+        resolved = resolve_model(model_config.model_name)
+        model, tokenizer = self._load_resolved(
+            resolved,
+            max_seq_length=model_config.max_seq_length,
+            load_in_4bit=want_4bit(model_config.load_in_4bit),
+            dtype=resolve_dtype(model_config.dtype),
+            trust_remote_code=model_config.trust_remote_code,
+        )
+        return model, tokenizer
+
+    def add_adapter(
+        self, model: Any, lora: LoraSettings, seed: int, *, max_seq_length: int = 2048
+    ) -> Any:
+        """A new LoRA adapter on ``model``, initialised from ``seed``.
+
+        The adapter records the base model as the user named it (``"smollm2-135m"``, a Hub id
+        or an absolute path), so that a saved adapter resolves its base on any machine.
+
+        Raises:
+            UserError: A ``lora.target_modules`` entry matches no layer of the model.
+        """
+        base_name = getattr(model, "name_or_path", None)
+        try:
+            peft_model = self._add_adapter(model, lora, seed=seed, max_seq_length=max_seq_length)
+        except ValueError as exc:
+            if "target" in str(exc).lower() and "module" in str(exc).lower():
+                raise UserError(
+                    f"lora.target_modules {list(lora.target_modules)} does not fit this model: {exc}"
+                ) from exc
+            raise
+        if base_name:
+            for adapter_config in peft_model.peft_config.values():
+                adapter_config.base_model_name_or_path = base_name
+        return peft_model
+
+    def train(
+        self,
+        model: Any,
+        tokenizer: Any,
+        train_dataset: Any,
+        eval_dataset: Any | None,
+        *,
+        model_config: ModelConfig,
+        training: TrainingConfig,
+        output_dir: str | os.PathLike[str],
+        resume_from_checkpoint: str | bool | None = None,
+        callbacks: Sequence[Any] = (),
+    ) -> Any:
+        """Run TRL's ``SFTTrainer`` on prompt-completion datasets; returns the trainer.
+
+        Args:
+            model: A PEFT model from :meth:`add_adapter`.
+            tokenizer: Its tokenizer.
+            train_dataset: A ``datasets.Dataset`` with ``prompt`` and ``completion`` columns.
+            eval_dataset: The same for validation loss, or ``None``.
+            model_config: For ``max_seq_length`` and the compute dtype.
+            training: The optimisation settings.
+            output_dir: Where checkpoints go.
+            resume_from_checkpoint: A checkpoint directory to continue from, or ``None``.
+            callbacks: Extra ``transformers.TrainerCallback`` objects.
+        """
+        from productdesc.backends._sft import build_trainer
+
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            train_dataset,
+            eval_dataset,
+            model_config=model_config,
+            training=training,
+            output_dir=output_dir,
+            callbacks=callbacks,
+        )
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return trainer
+
+    # -- inference -------------------------------------------------------------------------------
+    def load_for_inference(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        load_in_4bit: bool = False,
+        dtype: str = "auto",
+        adapter: bool = True,
+    ) -> tuple[Any, Any]:
+        """Load a trained adapter directory, a merged model, or any model source, for generation.
+
+        Args:
+            path: A directory written by :class:`~productdesc.finetune.LoraFineTuner` (its
+                ``adapter_config.json`` names the base, resolved through
+                :func:`~productdesc.models.resolve_model`), a merged or plain model
+                directory, or any other model source (Hub id, ``.gguf`` file, ``"smollm2-135m"``).
+            load_in_4bit: Load the base in 4-bit NF4 (CUDA only; ignored with a warning on CPU).
+            dtype: A :data:`~productdesc.config.DTYPES` name.
+            adapter: ``False`` loads only the base model (for base-versus-tuned comparisons),
+                with the adapter directory's tokenizer.
+
+        Returns:
+            ``(model, tokenizer)``: the model in eval mode, the tokenizer with a pad distinct
+            from EOS.
+
+        Raises:
+            ModelNotAvailableError: The base model cannot be found or downloaded.
+            UserError: The adapter config is unreadable or names no base model.
+        """
+        path = Path(path).expanduser()
+        options = dict(
+            max_seq_length=2048,  # only Unsloth reads it, for its RoPE scaling; 2048 is its default
+            load_in_4bit=want_4bit(load_in_4bit),
+            dtype=resolve_dtype(dtype),
+            trust_remote_code=False,
+        )
+        adapter_config = path / ADAPTER_CONFIG
+        if not adapter_config.is_file():
+            return self._eval(*self._load_resolved(resolve_model(path), **options))
+
+        base_name = _adapter_base(adapter_config)
+        model, tokenizer = self._load_resolved(resolve_model(base_name), **options)
+        if any(path.glob("tokenizer*.json")):
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            ensure_distinct_pad(tokenizer, model)
+        if adapter:
+            model = self._attach_adapter(model, path)
+        return self._eval(model, tokenizer)
+
+    def prepare_for_inference(self, model: Any) -> Any:
+        """Switch ``model`` to its fastest generation mode (eval mode here)."""
+        model.eval()
+        return model
+
+    def save_merged(
+        self,
+        adapter_dir: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
+        *,
+        dtype: str = "auto",
+    ) -> Path:
+        """Merge a saved adapter into an unquantized copy of its base and save it (safetensors).
+
+        The base is reloaded in ``dtype`` (``"auto"``: 16-bit on GPU, float32 on CPU) without
+        4-bit quantization, since LoRA weights cannot be merged into 4-bit blocks. The directory
+        is written beside ``output_dir`` and renamed into place.
+        """
+        output_dir = Path(output_dir)
+        model, tokenizer = self.load_for_inference(adapter_dir, dtype=dtype)
+        merged = model.merge_and_unload()
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+        tmp.chmod(0o755)
+        try:
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if output_dir.exists():
+                shutil.rmtree(output_dir)
+            os.rename(tmp, output_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("merged model written to %s", output_dir)
+        return output_dir
+
+    # -- shared steps ----------------------------------------------------------------------------
+    def _load_resolved(self, resolved: ResolvedModel, **options: Any) -> tuple[Any, Any]:
+        with loading_errors(resolved):
+            model, tokenizer = self._load(resolved.path, **options)
+        ensure_distinct_pad(tokenizer, model)
+        # What PEFT records as the adapter's base: the name as given, not a cache path.
+        model.name_or_path = resolved.source
+        return model, tokenizer
+
+    @staticmethod
+    def _eval(model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        model.eval()
+        return model, tokenizer
+
+
+def _adapter_base(adapter_config: Path) -> str:
+    try:
+        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {adapter_config}: {exc}") from None
+    if not base:
+        raise UserError(
+            f"{adapter_config} names no base model (base_model_name_or_path); set it to the "
+            f"model the adapter was trained on"
+        )
+    return base
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """A backend object by registry name; ``"auto"`` is Unsloth when installed, else transformers.
+
+    Creating the Unsloth backend imports ``unsloth``, which patches transformers, TRL and PEFT
+    for the whole process; call this before anything else imports transformers.
+
+    Raises:
+        UserError: An unknown name (the message lists the known ones), or a backend whose
+            libraries are not installed.
+    """
+    from productdesc.plugins import PluginError, backends
+
+    if name == "auto":
+        unsloth = backends.get("unsloth") if "unsloth" in backends else None
+        if unsloth is not None and unsloth.is_available():
+            try:
+                return unsloth()
+            except ImportError as exc:
+                logger.warning(
+                    "unsloth is installed but failed to import (%s); using transformers", exc
+                )
+        name = "transformers"
+    try:
+        cls = backends.get(name)
+    except PluginError as exc:
+        raise UserError(f"backend: {exc}") from None
+    if not cls.is_available():
+        raise UserError(
+            f"backend {name!r} is not installed here; install it (for unsloth: "
+            f"pip install 'productdesc[unsloth]') or set backend = 'transformers'"
+        )
+    return cls()
