@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from productdesc.config import GenerationConfig
+from productdesc.config import FineTuneConfig, GenerationConfig
+from productdesc.describe import CONFIG_FILE
 from productdesc.errors import UserError
 
 # Lengths differ a lot, so a batch of them is left-padded by many tokens.
@@ -250,10 +254,12 @@ def adapter_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.normal_(std=0.5)
+                param.normal_(std=0.05)
     out = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    # As a training run leaves it: the run's config names its backend and template.
+    FineTuneConfig(backend="transformers", template="alpaca").to_toml(out / CONFIG_FILE)
     return out, peft_model, tokenizer
 
 
@@ -265,7 +271,8 @@ def test_from_pretrained_adapter_dir_matches_in_memory_model(adapter_dir, loaded
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
     in_memory = Describer(peft_model, tokenizer, generation=gen).describe_batch(TITLES[:3])
 
-    loaded_dir = Describer.from_pretrained(path, backend="transformers", generation=gen)
+    loaded_dir = Describer.from_pretrained(path, generation=gen)  # backend "auto": the run's
+    assert loaded_dir.backend.name == "transformers"
     assert loaded_dir.describe_batch(TITLES[:3]) == in_memory
 
     base = Describer.from_pretrained(path, backend="transformers", generation=gen, base_only=True)
@@ -292,16 +299,46 @@ def test_from_pretrained_rejects_a_missing_dir_and_4bit_merge(tmp_path):
 
 # -- CLI ---------------------------------------------------------------------------------------
 @needs_backend
-def test_cli_streams_one_title(adapter_dir, capsys):
+def test_cli_streams_one_title(adapter_dir, loaded, capsys):
     from productdesc.cli import main
     from productdesc.describe import Describer
 
     path, peft_model, tokenizer = adapter_dir
     gen = GenerationConfig(max_new_tokens=8)
     expected = Describer(peft_model, tokenizer, generation=gen).describe("Nice for Mice")
-    argv = ["describe", "--model", str(path), "--backend", "transformers", "--max-new-tokens", "8"]
+    argv = ["describe", "--model", str(path), "--max-new-tokens", "8"]
     assert main([*argv, "Nice for Mice"]) == 0
     assert capsys.readouterr().out == expected + "\n"
+
+    model, base_tokenizer = loaded
+    baseline = Describer(model, base_tokenizer, generation=gen).describe("Nice for Mice")
+    assert baseline != expected
+    assert main([*argv, "--backend", "transformers", "--base-only", "Nice for Mice"]) == 0
+    assert capsys.readouterr().out == baseline + "\n"
+
+
+@needs_backend
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="unsloth not installed")
+def test_cli_on_unsloth_gives_the_same_answer_and_a_clean_stdout(adapter_dir):
+    """In a fresh process, as Unsloth must be imported before transformers; its banners go to
+    stderr so stdout is the answer alone."""
+    from productdesc.describe import Describer
+
+    path, peft_model, tokenizer = adapter_dir
+    expected = Describer(
+        peft_model, tokenizer, generation=GenerationConfig(max_new_tokens=8)
+    ).describe("Nice for Mice")
+    argv = ["describe", "--model", str(path), "--backend", "unsloth", "--max-new-tokens", "8"]
+    done = subprocess.run(
+        [sys.executable, "-m", "productdesc.cli", *argv, "Nice for Mice"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Unsloth" in done.stderr
+    assert done.stdout == expected + "\n"
 
 
 @needs_backend

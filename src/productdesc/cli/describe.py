@@ -8,6 +8,7 @@ productdesc describe --model runs/smollm2-lora --file titles.txt --out answers.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -78,9 +79,11 @@ def run(args: argparse.Namespace) -> int:
     generation = evolve_generation(
         GenerationConfig(), **{k: v for k, v in options.items() if v is not None}
     )
-    describer = Describer.from_pretrained(
-        args.model, backend=args.backend, base_only=args.base_only, generation=generation
-    )
+    # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.
+    with contextlib.redirect_stdout(sys.stderr):
+        describer = Describer.from_pretrained(
+            args.model, backend=args.backend, base_only=args.base_only, generation=generation
+        )
     if args.file is None:
         for piece in describer.stream(args.title, args.question):
             sys.stdout.write(piece)
