@@ -1,0 +1,95 @@
+"""``productdesc evaluate``: score a fine-tuned model against baselines and write a report.
+
+productdesc evaluate --model runs/smollm2-lora --data data/prepared --limit 200
+productdesc evaluate --model runs/a --compare runs/b --data data/prepared --out runs/a-vs-b
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a fine-tuned model against the base model and retrieval",
+        description=(
+            "Answer a prepared split with the tuned model, the base model (same prompt, no "
+            "adapter) and the retrieval baseline (the nearest train title's description); score "
+            "each against the real descriptions (ROUGE, BLEU, chrF, length, EOS, repetition) "
+            "with bootstrap intervals; write report.md, report.html, results.json, loss.png."
+        ),
+    )
+    parser.add_argument(
+        "--model", required=True, type=Path, metavar="DIR", help="training output directory"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, metavar="DIR", help="prepared data directory"
+    )
+    parser.add_argument("--split", default="test", help="split to answer (default: test)")
+    parser.add_argument("--limit", type=int, metavar="N", help="only the split's first N records")
+    parser.add_argument(
+        "--out", type=Path, metavar="DIR", help="report directory (default: MODEL/evaluation-SPLIT)"
+    )
+    parser.add_argument("--no-base", action="store_true", help="skip the base-model baseline")
+    parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval baseline")
+    parser.add_argument(
+        "--compare", type=Path, metavar="DIR", help="a second training output to compare (A/B)"
+    )
+    parser.add_argument("--batch-size", type=int, help="titles per generate call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 128)")
+    parser.add_argument(
+        "--samples", type=int, default=10, help="records shown in the report (default 10)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap and sample seed (default 0)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="backend to load with (default: the one the run used, else unsloth if installed)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from productdesc.config import GenerationConfig
+    from productdesc.describe import evolve_generation
+    from productdesc.evaluate import evaluate
+    from productdesc.evaluate.metrics import METRICS
+    from productdesc.evaluate.report import format_interval
+
+    options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+    # Checked before any model loads, so a typo costs nothing.
+    generation = evolve_generation(
+        GenerationConfig(), **{k: v for k, v in options.items() if v is not None}
+    )
+    baselines = [
+        name
+        for name, skip in (("base", args.no_base), ("retrieval", args.no_retrieval))
+        if not skip
+    ]
+    out = args.out if args.out is not None else args.model / f"evaluation-{args.split}"
+    result = evaluate(
+        args.model,
+        args.data,
+        split=args.split,
+        limit=args.limit,
+        out_dir=out,
+        baselines=baselines,
+        compare=args.compare,
+        generation=generation,
+        seed=args.seed,
+        samples=args.samples,
+        backend=args.backend,
+    )
+    shown = [m for m in METRICS if m.name in ("rougeL", "bleu", "chrf", "words", "eos")]
+    width = max(len(name) for name in result.runs)
+    print(f"{len(result.records)} {args.split} records; 95% bootstrap intervals in brackets")
+    print(f"{'system':<{width}}  " + "  ".join(f"{m.label:>20}" for m in shown))
+    for name in result.runs:
+        cells = [format_interval(m.name, result.intervals[name].get(m.name)) for m in shown]
+        print(f"{name:<{width}}  " + "  ".join(f"{c:>20}" for c in cells))
+    print(f"report: {out / 'report.html'} (also report.md, results.json)", file=sys.stderr)
+    return 0

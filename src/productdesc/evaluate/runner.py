@@ -1,0 +1,414 @@
+"""Run every system on the same held-out records, score them, and keep every number.
+
+Usage::
+
+    from productdesc.evaluate import evaluate
+
+    result = evaluate("runs/smollm2-lora", "data/prepared", limit=200, out_dir="runs/eval")
+    result.intervals["tuned"]["rougeL"]   # Interval(value=..., low=..., high=...)
+
+Systems, all answering the same records, the generating ones with the same decoding settings:
+
+* ``retrieval``: the description of the nearest train title (:mod:`productdesc.retrieval`);
+* ``base``: the foundation model with the run's prompt and no adapter (zero-shot);
+* ``tuned``: the fine-tuned model;
+* ``compare``: optionally, a second fine-tuned model, for A/B.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+from attrs import frozen
+
+from productdesc._version import __version__
+from productdesc.config import GenerationConfig
+from productdesc.errors import UserError
+from productdesc.evaluate.metrics import (
+    Interval,
+    SystemScores,
+    bootstrap,
+    bootstrap_difference,
+    resample_weights,
+    score_system,
+)
+
+__all__ = ["BASELINES", "EvalResult", "SystemRun", "evaluate", "read_loss_history", "score_runs"]
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("base", "retrieval")
+ORDER = ("retrieval", "base", "tuned", "compare")  # report order: baselines first
+LABELS = {
+    "retrieval": "retrieval (nearest train title)",
+    "base": "base model (no adapter)",
+    "tuned": "tuned",
+    "compare": "tuned B",
+}
+INDEX_DIR = "retrieval"  # a prepared data directory's saved index, used when present
+LOSS_HISTORY = "loss_history.json"
+
+
+@frozen
+class SystemRun:
+    """One system's answers, aligned with the evaluated records.
+
+    Attributes:
+        name: ``"retrieval"``, ``"base"``, ``"tuned"`` or ``"compare"``.
+        label: Human-readable name for reports.
+        outputs: One answer per record.
+        stopped_at_eos: Whether each answer ended at EOS (``None`` for retrieval).
+        new_tokens: Generated tokens per answer (``None`` for retrieval).
+        seconds: Wall time to produce all answers (loading excluded).
+        source: Where the system came from (a model directory, the index).
+    """
+
+    name: str
+    label: str
+    outputs: list[str]
+    stopped_at_eos: list[bool] | None = None
+    new_tokens: list[int] | None = None
+    seconds: float = 0.0
+    source: str = ""
+
+
+@frozen
+class EvalResult:
+    """Everything an evaluation produced; :meth:`to_dict` is what ``results.json`` holds.
+
+    Attributes:
+        records: The evaluated records (``uid``, ``title``, ``reference``), in order.
+        runs: ``system name -> SystemRun``, in report order.
+        scores: ``system name -> SystemScores`` (per-record statistics).
+        intervals: ``system name -> metric -> Interval`` (bootstrap over records).
+        differences: ``"tuned - base"`` and the like ``-> metric -> Interval`` (paired
+            bootstrap: the same resamples for both systems).
+        meta: Settings and provenance: directories, split, generation settings, seed, versions.
+        loss_history: The training run's ``loss_history.json`` rows, or ``None``.
+    """
+
+    records: list[dict[str, Any]]
+    runs: dict[str, SystemRun]
+    scores: dict[str, SystemScores]
+    intervals: dict[str, dict[str, Interval]]
+    differences: dict[str, dict[str, Interval]]
+    meta: dict[str, Any]
+    loss_history: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every number, JSON-ready (NaN becomes ``null`` when written with orjson)."""
+
+        def intervals(table: Mapping[str, Interval]) -> dict[str, dict[str, float]]:
+            return {name: iv._asdict() for name, iv in table.items()}
+
+        per_record = {name: scores.per_record() for name, scores in self.scores.items()}
+        records = []
+        for i, record in enumerate(self.records):
+            systems = {}
+            for name, run in self.runs.items():
+                entry: dict[str, Any] = {"text": run.outputs[i]}
+                if run.stopped_at_eos is not None:
+                    entry["stopped_at_eos"] = run.stopped_at_eos[i]
+                if run.new_tokens is not None:
+                    entry["new_tokens"] = run.new_tokens[i]
+                entry.update({metric: values[i] for metric, values in per_record[name].items()})
+                systems[name] = entry
+            records.append({**record, "systems": systems})
+        return {
+            "meta": self.meta,
+            "systems": {
+                name: {
+                    "label": run.label,
+                    "source": run.source,
+                    "seconds": run.seconds,
+                    "metrics": intervals(self.intervals[name]),
+                }
+                for name, run in self.runs.items()
+            },
+            "differences": {pair: intervals(table) for pair, table in self.differences.items()},
+            "loss_history": self.loss_history,
+            "records": records,
+        }
+
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` as indented JSON bytes."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def score_runs(
+    records: Sequence[Mapping[str, Any]],
+    runs: Iterable[SystemRun],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    meta: Mapping[str, Any] | None = None,
+    loss_history: list[dict[str, Any]] | None = None,
+) -> EvalResult:
+    """Score systems' answers against the records' descriptions, with bootstrap intervals.
+
+    Every system is resampled with the same record draws (seeded), so intervals are comparable
+    and the differences between systems are paired.
+
+    Args:
+        records: Mappings with ``title`` and ``content`` (``uid`` optional).
+        runs: One :class:`SystemRun` per system, aligned with ``records``.
+        n_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+        meta: Provenance to keep in the result.
+        loss_history: Training loss rows to keep (for the report's curve).
+    """
+    references = [r["content"] for r in records]
+    runs = sorted(runs, key=lambda run: ORDER.index(run.name) if run.name in ORDER else len(ORDER))
+    if not runs:
+        raise ValueError("no system to score")
+    weights = resample_weights(len(references), n_resamples, seed)
+    scores, intervals = {}, {}
+    for run in runs:
+        if len(run.outputs) != len(references):
+            raise ValueError(
+                f"{run.name}: {len(run.outputs)} answers for {len(references)} records"
+            )
+        scores[run.name] = score_system(run.outputs, references, run.stopped_at_eos)
+        intervals[run.name] = bootstrap(scores[run.name], weights=weights)
+    differences = {}
+    for first, second in (("tuned", "base"), ("tuned", "retrieval"), ("compare", "tuned")):
+        if first in scores and second in scores:
+            differences[f"{first} - {second}"] = bootstrap_difference(
+                scores[first], scores[second], n_resamples=n_resamples, seed=seed
+            )
+    return EvalResult(
+        records=[
+            {"uid": r.get("uid"), "title": r["title"], "reference": r["content"]} for r in records
+        ],
+        runs={run.name: run for run in runs},
+        scores=scores,
+        intervals=intervals,
+        differences=differences,
+        meta={**(meta or {}), "records": len(references), "n_resamples": n_resamples, "seed": seed},
+        loss_history=loss_history,
+    )
+
+
+def evaluate(
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    baselines: Sequence[str] = BASELINES,
+    compare: str | os.PathLike[str] | None = None,
+    generation: GenerationConfig | None = None,
+    seed: int = 0,
+    n_resamples: int = 1000,
+    samples: int = 10,
+    backend: str = "auto",
+    progress: bool = True,
+) -> EvalResult:
+    """Evaluate a fine-tuned model against baselines on a prepared split; write the report.
+
+    Args:
+        model_dir: A training output directory (adapter, ``productdesc_config.toml``,
+            ``loss_history.json``) or any directory :class:`~productdesc.describe.Describer`
+            loads.
+        data_dir: A prepared data directory (``productdesc prepare``): the records come from
+            ``split``, the retrieval baseline searches its ``train`` split (or the index saved in
+            its ``retrieval/`` directory).
+        split: The split to answer.
+        limit: Evaluate only the split's first ``limit`` records.
+        out_dir: Where to write ``report.md``, ``report.html``, ``results.json`` and
+            ``loss.png``; ``None`` writes nothing.
+        baselines: Any of ``"base"`` and ``"retrieval"``.
+        compare: A second model directory, evaluated as ``compare`` (A/B).
+        generation: Decoding settings for every generating system (``None``: greedy, 128 new
+            tokens, as :class:`~productdesc.config.GenerationConfig`).
+        seed: Seed of the bootstrap and of the report's sample of records.
+        n_resamples: Bootstrap resamples.
+        samples: Records shown side by side in the report.
+        backend: Backend the models load with (``"auto"``: the one each run was trained with).
+        progress: Show tqdm bars.
+
+    Raises:
+        UserError: A missing directory, an unknown baseline, an empty split.
+    """
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise UserError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"limit must be a positive number of records, got {limit}")
+    model_dir, data_dir = Path(model_dir), Path(data_dir)
+    for what, path in (("model", model_dir), ("data", data_dir), ("compare model", compare)):
+        if path is not None and not Path(path).is_dir():
+            raise UserError(f"{what} directory not found: {path}")
+    generation = generation if generation is not None else GenerationConfig()
+
+    records = _load_records(data_dir, split, limit)
+    titles = [r["title"] for r in records]
+    logger.info("evaluating %d %s records of %s", len(records), split, data_dir)
+
+    def model(name: str, path: Path, base_only: bool = False) -> SystemRun:
+        return _run_model(name, path, titles, generation, backend, progress, base_only=base_only)
+
+    runs = []
+    if "retrieval" in baselines:
+        runs.append(_run_retrieval(data_dir, titles, progress))
+    if "base" in baselines:
+        runs.append(model("base", model_dir, base_only=True))
+    runs.append(model("tuned", model_dir))
+    if compare is not None:
+        runs.append(model("compare", Path(compare)))
+
+    meta = {
+        "model_dir": str(model_dir),
+        "data_dir": str(data_dir),
+        "compare_dir": None if compare is None else str(compare),
+        "split": split,
+        "limit": limit,
+        "generation": attrs.asdict(generation),
+        "run_config": _read_text(model_dir / "productdesc_config.toml"),
+        "productdesc_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "samples": samples,
+    }
+    result = score_runs(
+        records,
+        runs,
+        n_resamples=n_resamples,
+        seed=seed,
+        meta=meta,
+        loss_history=read_loss_history(model_dir),
+    )
+    if out_dir is not None:
+        from productdesc.evaluate.report import write_report
+
+        write_report(result, out_dir)
+    return result
+
+
+def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
+    from productdesc.data.dataset import AmazonTitlesDataset
+
+    dataset = AmazonTitlesDataset.from_prepared(data_dir)
+    records, skipped = [], 0
+    for record in dataset.iter_split(split):
+        if not isinstance(record.get("title"), str) or not isinstance(record.get("content"), str):
+            skipped += 1
+            continue
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    if skipped:
+        logger.warning("skipped %d %s record(s) without a title or a description", skipped, split)
+    if not records:
+        raise UserError(f"the {split!r} split of {data_dir} holds no record to evaluate")
+    return records
+
+
+def _run_retrieval(data_dir: Path, titles: list[str], progress: bool) -> SystemRun:
+    from productdesc.retrieval import RetrievalIndex
+
+    saved = data_dir / INDEX_DIR
+    if (saved / "index.json").is_file():
+        index, source = RetrievalIndex.load(saved), str(saved)
+    else:
+        logger.info("no saved index in %s; indexing the train split", saved)
+        index = RetrievalIndex.from_prepared(data_dir, "train", show_progress=progress)
+        source = f"{data_dir} (train split, {len(index)} titles)"
+    # The index holds train records only and splits never share a title, so a test record's
+    # own description cannot be returned: no exclusion needed.
+    start = time.perf_counter()
+    outputs = index.answer(titles)
+    return SystemRun(
+        "retrieval",
+        LABELS["retrieval"],
+        outputs,
+        seconds=time.perf_counter() - start,
+        source=source,
+    )
+
+
+def _run_model(
+    name: str,
+    path: Path,
+    titles: list[str],
+    generation: GenerationConfig,
+    backend: str,
+    progress: bool,
+    *,
+    base_only: bool = False,
+) -> SystemRun:
+    from productdesc.describe import Describer
+
+    describer = Describer.from_pretrained(
+        path, backend=backend, base_only=base_only, generation=generation
+    )
+    try:
+        start = time.perf_counter()
+        details = describer.describe_batch(titles, progress=progress, return_details=True)
+        seconds = time.perf_counter() - start
+    finally:
+        del describer
+        _free_memory()
+    tokens = [d.new_tokens for d in details]
+    logger.info(
+        "%s: %d answers in %.1f s (%.0f new tokens/s)",
+        name,
+        len(details),
+        seconds,
+        sum(tokens) / seconds if seconds > 0 else float("nan"),
+    )
+    return SystemRun(
+        name,
+        LABELS[name],
+        [d.text for d in details],
+        stopped_at_eos=[d.stopped_at_eos for d in details],
+        new_tokens=tokens,
+        seconds=seconds,
+        source=str(path),
+    )
+
+
+def _free_memory() -> None:
+    # Two models need not share the accelerator: drop one before loading the next.
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def read_loss_history(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
+    """The run's ``loss_history.json`` rows (``step``, ``loss``, optional ``eval_loss``, ``epoch``).
+
+    Returns ``None`` when the file is absent; a malformed file is logged and also gives ``None``
+    (the report then says why it has no curve), since a broken log must not sink an evaluation.
+    """
+    path = Path(model_dir) / LOSS_HISTORY
+    try:
+        rows = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except orjson.JSONDecodeError as exc:
+        logger.warning("%s is not valid JSON (%s); the report has no loss curve", path, exc)
+        return None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r for r in rows):
+        logger.warning("%s is not a list of {step, loss, ...}; the report has no loss curve", path)
+        return None
+    return rows
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
