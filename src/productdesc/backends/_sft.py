@@ -123,6 +123,8 @@ def build_trainer(
 ) -> Any:
     """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``."""
     args = sft_config(training, model_config, output_dir, has_eval=eval_dataset is not None)
+    from transformers.trainer_callback import ProgressCallback
+
     trainer = trainer_class()(
         model=model,
         args=args,
@@ -131,6 +133,8 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(progress_callback())
     if not training.packing:  # packed rows are all max_length long by design
         _report_truncation(trainer.train_dataset, model_config.max_seq_length)
     return trainer
@@ -147,3 +151,32 @@ def _report_truncation(dataset: Any, max_length: int) -> None:
             len(lengths),
             max_length,
         )
+
+
+def progress_callback() -> Any:
+    """Trainer's tqdm bar (progress, ETA), with one short line per log instead of a dict."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class ProgressLines(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                line = format_log(logs, state.global_step, state.max_steps)
+                if line:
+                    self.training_bar.write(line)
+
+    return ProgressLines()
+
+
+def format_log(logs: dict[str, Any], step: int, max_steps: int) -> str:
+    """``step 10/60  loss 2.314  eval_loss 2.402  lr 1.8e-04  1530 tokens/s``; ``""`` if no loss."""
+    if "loss" not in logs and "eval_loss" not in logs and "train_loss" not in logs:
+        return ""
+    parts = [f"step {step}/{max_steps}"]
+    for key in ("loss", "eval_loss", "train_loss"):
+        if key in logs:
+            parts.append(f"{key} {logs[key]:.4f}")
+    if "learning_rate" in logs:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    if "train_tokens_per_second" in logs:
+        parts.append(f"{logs['train_tokens_per_second']:.0f} tokens/s")
+    return "  ".join(parts)

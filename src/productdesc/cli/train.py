@@ -1,0 +1,101 @@
+"""``productdesc train``: LoRA fine-tune on prepared data.
+
+productdesc train --data prepared/ --out runs/first --model smollm2-135m --max-steps 60
+productdesc train --data prepared/ --out runs/first --config run.toml
+productdesc train --print-config > run.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from productdesc.errors import UserError
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a model with LoRA on prepared data",
+        description=(
+            "Fine-tune with LoRA on a directory written by `productdesc prepare` (its train "
+            "split; its validation split for validation loss). Shows progress, loss and "
+            "tokens/s; writes the adapter, config, loss curve and model card to --out."
+        ),
+    )
+    parser.add_argument("--data", type=Path, metavar="DIR", help="prepared data directory")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (new or empty)")
+    parser.add_argument(
+        "--config", type=Path, metavar="TOML", help="a FineTuneConfig TOML (see --print-config)"
+    )
+    parser.add_argument(
+        "--model", metavar="NAME", help="model.model_name: Hub id, dir, .gguf, smollm2-135m"
+    )
+    parser.add_argument("--max-steps", type=int, metavar="N", help="training.max_steps")
+    parser.add_argument(
+        "--backend", choices=["auto", "unsloth", "transformers"], help="backend (default: auto)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out (drops its checkpoints)",
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="also write the merged model to OUT/merged"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the config as TOML (defaults, or --config with the options applied) and exit",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import attrs
+
+    from productdesc.config import FineTuneConfig
+
+    config = FineTuneConfig.from_toml(args.config) if args.config else FineTuneConfig()
+    try:
+        if args.model:
+            config = attrs.evolve(config, model=attrs.evolve(config.model, model_name=args.model))
+        if args.max_steps is not None:
+            training = attrs.evolve(config.training, max_steps=args.max_steps)
+            config = attrs.evolve(config, training=training)
+        if args.backend:
+            config = attrs.evolve(config, backend=args.backend)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config: {exc}") from None
+    if args.print_config:
+        sys.stdout.write(config.to_toml())
+        return 0
+    if args.data is None or args.out is None:
+        raise UserError("--data and --out are required (or use --print-config)")
+    if not args.data.is_dir():
+        raise UserError(f"--data {args.data}: not a directory (run `productdesc prepare` first)")
+
+    # Loss, validation loss and tokens/s are on the progress bar's lines; this adds the summary.
+    logging.getLogger("productdesc").setLevel(min(logging.INFO, logging.getLogger().level))
+    from productdesc.finetune import LoraFineTuner
+
+    tuner = LoraFineTuner(config)  # before anything imports transformers (unsloth patches it)
+    print(f"training {config.model.model_name} with the {tuner.backend.name} backend", flush=True)
+    result = tuner.train(
+        args.data,
+        output_dir=args.out,
+        resume_from_checkpoint=True if args.resume else None,
+        merge=args.merge,
+        overwrite=args.overwrite,
+    )
+    print(f"done: {result.summary()}\nadapter: {result.output_dir}")
+    if result.merged_dir:
+        print(f"merged model: {result.merged_dir}")
+    print(f'try: productdesc describe --model {result.output_dir} "Nice for Mice"')
+    return 0

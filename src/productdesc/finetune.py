@@ -1,0 +1,568 @@
+"""LoRA fine-tuning: a config, a backend and product records in; an adapter directory out.
+
+>>> from productdesc import FineTuneConfig, LoraFineTuner  # doctest: +SKIP
+>>> config = FineTuneConfig.from_toml("run.toml")  # doctest: +SKIP
+>>> result = LoraFineTuner(config).train("prepared/", output_dir="runs/first")  # doctest: +SKIP
+>>> result.eval_loss  # doctest: +SKIP
+
+What a run writes into ``output_dir``:
+
+=========================== ==============================================================
+``adapter_model.safetensors`` the LoRA adapter, with ``adapter_config.json`` (its base model
+                             as named in the config, so it resolves on another machine)
+tokenizer files              the tokenizer trained with (pad distinct from EOS)
+``productdesc_config.toml``  the exact :class:`~productdesc.config.FineTuneConfig` used
+``loss_history.json``        one entry per logged step (see :func:`loss_history`)
+``loss.png``                 the loss curve (needs matplotlib)
+``README.md``                a model card: base, data counts, final losses, config
+``checkpoints/``             ``checkpoint-N`` every ``training.save_steps`` (for resuming)
+``merged/``                  with ``merge=True``: the adapter merged into an unquantized base
+=========================== ==============================================================
+
+:meth:`~productdesc.describe.Describer.from_pretrained` loads ``output_dir`` (or ``merged/``).
+
+With the ``unsloth`` or ``auto`` backend, creating a :class:`LoraFineTuner` imports unsloth,
+which must come before transformers, trl and peft in the process: create it first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from productdesc._io import atomic_write, write_text_atomic
+from productdesc._version import __version__
+from productdesc.config import FineTuneConfig
+from productdesc.errors import OutputDirError, UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["LoraFineTuner", "TrainResult", "loss_history"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "productdesc_config.toml"
+HISTORY_FILE = "loss_history.json"
+PLOT_FILE = "loss.png"
+CARD_FILE = "README.md"
+CHECKPOINTS = "checkpoints"
+MERGED = "merged"
+_TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence = complete
+
+
+@attrs.frozen(kw_only=True)
+class TrainResult:
+    """What a finished run produced and measured.
+
+    Attributes:
+        output_dir: The adapter directory (load it with ``Describer.from_pretrained``).
+        merged_dir: The merged model directory, when ``merge=True``.
+        backend: The backend that trained (``"unsloth"`` or ``"transformers"``).
+        global_step: Optimizer steps done (including those before a resume).
+        first_loss: The first logged training loss.
+        train_loss: The last logged training loss.
+        eval_loss: The last validation loss, or ``None`` without validation data.
+        train_examples: Training examples (prompt-completion pairs).
+        eval_examples: Validation examples.
+        runtime_s: Wall time of training in this process, seconds.
+        tokens_per_second: Training throughput (non-padding tokens), when logged.
+        history: :func:`loss_history` of the run.
+    """
+
+    output_dir: Path
+    merged_dir: Path | None
+    backend: str
+    global_step: int
+    first_loss: float | None
+    train_loss: float | None
+    eval_loss: float | None
+    train_examples: int
+    eval_examples: int
+    runtime_s: float
+    tokens_per_second: float | None
+    history: tuple[dict[str, Any], ...] = attrs.field(repr=False)
+
+    def summary(self) -> str:
+        """One line: steps, time, first and last training loss, validation loss, tokens/s."""
+        return (
+            f"{self.global_step} steps in {self.runtime_s:.0f} s, training loss "
+            f"{_fmt(self.first_loss)} -> {_fmt(self.train_loss)}, validation loss "
+            f"{_fmt(self.eval_loss)}, {_fmt(self.tokens_per_second, '.0f')} tokens/s"
+        )
+
+
+class LoraFineTuner:
+    """Fine-tune a causal LM with LoRA on product records, as a :class:`FineTuneConfig` says.
+
+    Creating the tuner picks the backend (importing unsloth for ``"unsloth"``/``"auto"``); the
+    model loads on :meth:`load` or :meth:`train`. The tokenizer-dependent checks happen there:
+    the template must be renderable with the tokenizer and its EOS must be one token of the
+    vocabulary, or the model could not learn to stop.
+
+    Args:
+        config: The run's configuration (``None``: the defaults, the seed's recipe).
+
+    Attributes:
+        config: The configuration.
+        backend: The :class:`~productdesc.backends.base.Backend` object.
+        model: The PEFT model, after :meth:`load` (trained after :meth:`train`).
+        tokenizer: Its tokenizer, after :meth:`load`.
+        template: The prompt template bound to the tokenizer, after :meth:`load`.
+    """
+
+    def __init__(self, config: FineTuneConfig | None = None) -> None:
+        from productdesc.backends import get_backend
+
+        if config is None:
+            config = FineTuneConfig()
+        if not isinstance(config, FineTuneConfig):
+            raise TypeError(f"config must be a FineTuneConfig, not {type(config).__name__}")
+        self.config = config
+        self.backend = get_backend(config.backend)  # first: unsloth must precede transformers
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.template: Any = None
+        self._trained = False
+
+    # -- steps -----------------------------------------------------------------------------------
+    def load(self) -> tuple[Any, Any]:
+        """Load the base model, check the tokenizer against the template, add a new adapter.
+
+        Returns:
+            ``(model, tokenizer)``; also kept as :attr:`model` and :attr:`tokenizer`.
+
+        Raises:
+            ModelNotAvailableError: The base model cannot be found or downloaded.
+            UserError: The template does not fit the tokenizer (the message names the field).
+        """
+        config = self.config
+        model, tokenizer = self.backend.load_model(config.model)
+        self.template = self._template_for(tokenizer)
+        self.model = self.backend.add_adapter(
+            model, config.lora, config.training.seed, max_seq_length=config.model.max_seq_length
+        )
+        self.tokenizer = tokenizer
+        return self.model, self.tokenizer
+
+    def datasets(self, train_data: Any, eval_data: Any = None) -> tuple[Any, Any | None]:
+        """Prompt-completion ``datasets.Dataset`` objects for training and validation.
+
+        Args:
+            train_data: A prepared directory (its ``train`` split; its ``validation`` split is
+                the default validation data), an iterable of records (mappings with ``title``
+                and ``content``) or of ready pairs (``prompt`` and ``completion``), or a
+                ``datasets.Dataset`` with either pair of columns.
+            eval_data: The same kinds, for validation loss; ``None``: a prepared directory's
+                ``validation`` split, else no validation.
+
+        Raises:
+            UserError: No training examples, or rows without the needed fields.
+        """
+        train_ds, eval_ds, _ = self._datasets(train_data, eval_data)
+        return train_ds, eval_ds
+
+    def train(
+        self,
+        train_data: Any,
+        eval_data: Any = None,
+        *,
+        output_dir: str | os.PathLike[str],
+        resume_from_checkpoint: str | os.PathLike[str] | bool | None = None,
+        merge: bool = False,
+        overwrite: bool = False,
+        callbacks: Sequence[Any] = (),
+    ) -> TrainResult:
+        """Train an adapter and write it, with its config, losses, plot and card, to ``output_dir``.
+
+        Args:
+            train_data: See :meth:`datasets`.
+            eval_data: See :meth:`datasets`.
+            output_dir: Where the outputs go (see the module docs). Must be new or empty,
+                unless resuming there or ``overwrite`` is set.
+            resume_from_checkpoint: ``True``: continue the run in ``output_dir`` from its
+                latest complete checkpoint (after a crash or a kill); a path: from that
+                checkpoint. The config must be the one the run was started with.
+            merge: Also write the adapter merged into an unquantized base to ``output_dir/merged``.
+            overwrite: Allow a non-empty ``output_dir`` (a previous run's checkpoints there are
+                deleted first).
+            callbacks: Extra ``transformers.TrainerCallback`` objects.
+
+        Raises:
+            OutputDirError: ``output_dir`` holds something else, or a run with another config.
+            UserError: Bad data, a template that does not fit the model, nothing to resume.
+            ModelNotAvailableError: The base model cannot be found or downloaded.
+        """
+        out = Path(output_dir)
+        data_note = _describe_data(train_data)
+        checkpoint = self._prepare_output_dir(out, resume_from_checkpoint, overwrite)
+        if self._trained:
+            self.load()  # a second run starts from a fresh adapter, not the last one's
+        train_ds, eval_ds, manifest = self._datasets(train_data, eval_data)
+        self.config.to_toml(out / CONFIG_FILE)
+        logger.info(
+            "training %s on %d examples (%d for validation) with the %s backend",
+            self.config.model.model_name,
+            len(train_ds),
+            len(eval_ds) if eval_ds is not None else 0,
+            self.backend.name,
+        )
+        started = time.perf_counter()
+        trainer = self.backend.train(
+            self.model,
+            self.tokenizer,
+            train_ds,
+            eval_ds,
+            model_config=self.config.model,
+            training=self.config.training,
+            output_dir=out / CHECKPOINTS,
+            resume_from_checkpoint=checkpoint,
+            callbacks=callbacks,
+        )
+        step = trainer.state.global_step
+        if eval_ds is not None and not any(
+            "eval_loss" in e and e.get("step") == step for e in trainer.state.log_history
+        ):
+            trainer.evaluate()  # the final validation loss, whatever eval_steps was
+        runtime = time.perf_counter() - started
+        self.model = trainer.model
+        self._trained = True
+        self._save_adapter(out)
+        history = loss_history(trainer.state.log_history)
+        write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
+        _plot(history, out / PLOT_FILE)
+        merged = self.backend.save_merged(out, out / MERGED) if merge else None
+        result = TrainResult(
+            output_dir=out,
+            merged_dir=merged,
+            backend=self.backend.name,
+            global_step=step,
+            first_loss=_first(history, "loss"),
+            train_loss=_last(history, "loss"),
+            eval_loss=_last(history, "eval_loss"),
+            train_examples=len(train_ds),
+            eval_examples=len(eval_ds) if eval_ds is not None else 0,
+            runtime_s=runtime,
+            tokens_per_second=_last(history, "tokens_per_second"),
+            history=tuple(history),
+        )
+        write_text_atomic(out / CARD_FILE, self._card(result, data_note, manifest))
+        logger.info("done: %s; adapter in %s", result.summary(), out)
+        return result
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _template_for(self, tokenizer: Any) -> Any:
+        from productdesc.prompts import get_template
+
+        name = self.config.template
+        try:
+            template = get_template(name, tokenizer=tokenizer)
+        except UserError as exc:
+            raise UserError(f"template = {name!r} does not fit this model: {exc}") from None
+        eos = template.eos_token
+        ids = tokenizer(eos, add_special_tokens=False)["input_ids"]
+        if ids != [tokenizer.eos_token_id]:
+            raise UserError(
+                f"template = {name!r} ends answers with {eos!r}, which this tokenizer encodes as "
+                f"{ids}, not as its single EOS id {tokenizer.eos_token_id}: the model could not "
+                f"learn to stop. Fix the tokenizer's eos_token, or change model.model_name"
+            )
+        if tokenizer.pad_token_id == tokenizer.eos_token_id:  # the backends prevent this
+            raise UserError("the tokenizer pads with EOS, so EOS labels would be masked")
+        return template
+
+    def _datasets(self, train_data: Any, eval_data: Any) -> tuple[Any, Any | None, Any]:
+        train_rows, prepared = _rows(train_data, "train")
+        if eval_data is None and prepared is not None and prepared.splits.get("validation"):
+            eval_rows: Any = prepared.iter_split("validation")
+        else:
+            eval_rows = _rows(eval_data, "validation")[0] if eval_data is not None else None
+        if self.template is None:
+            self.load()
+        train_ds = self._pairs_dataset(train_rows)
+        if train_ds is None:
+            raise UserError(f"no training examples in {_describe_data(train_data)}")
+        eval_ds = self._pairs_dataset(eval_rows) if eval_rows is not None else None
+        return train_ds, eval_ds, prepared.manifest if prepared is not None else None
+
+    def _pairs_dataset(self, rows: Any) -> Any | None:
+        import datasets
+
+        if isinstance(rows, datasets.Dataset):
+            columns = set(rows.column_names)
+            if {"prompt", "completion"} <= columns:
+                pairs = rows.select_columns(["prompt", "completion"])
+                return pairs if len(pairs) else None
+            if not {"title", "content"} <= columns:
+                raise UserError(
+                    f"a dataset for training needs columns title and content (records) or "
+                    f"prompt and completion (pairs); it has {', '.join(sorted(columns))}"
+                )
+        rows = iter(rows)
+        first = next(rows, None)
+        if first is None:
+            return None
+        if not isinstance(first, Mapping):
+            raise UserError(
+                f"training data must yield mappings (records with title and content), got "
+                f"{type(first).__name__}"
+            )
+        rows = _chain(first, rows)
+        if "prompt" in first and "completion" in first:
+            pairs = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
+        else:
+            pairs = list(
+                self.template.training_pairs(
+                    rows, question_share=self.config.question_share, seed=self.config.training.seed
+                )
+            )
+        return datasets.Dataset.from_list(pairs)
+
+    def _prepare_output_dir(self, out: Path, resume: Any, overwrite: bool) -> str | None:
+        config_file = out / CONFIG_FILE
+        if resume:
+            if not config_file.is_file():
+                raise OutputDirError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
+            previous = tomllib.loads(config_file.read_text(encoding="utf-8"))
+            differ = _differences(previous, self.config.to_dict())
+            if differ:
+                raise OutputDirError(
+                    f"{out} holds a run with another config ({', '.join(differ)} differ); "
+                    f"resume it with FineTuneConfig.from_toml({str(config_file)!r})"
+                )
+            return str(_checkpoint(out, resume))
+        if out.is_file():
+            raise OutputDirError(f"output directory {out} is a file")
+        if out.is_dir() and any(out.iterdir()):
+            if not overwrite:
+                raise OutputDirError(
+                    f"output directory {out} is not empty; choose a new one, continue the run "
+                    f"there (resume_from_checkpoint=True, CLI --resume) or overwrite it "
+                    f"(overwrite=True, CLI --overwrite)"
+                )
+            for sub in (CHECKPOINTS, MERGED):
+                shutil.rmtree(out / sub, ignore_errors=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
+        return None
+
+    def _save_adapter(self, out: Path) -> None:
+        # Written in a scratch directory, then each file renamed into place: a reader (or a
+        # crash) never sees a half-written adapter under its final name.
+        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+        try:
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+            (tmp / CARD_FILE).unlink(missing_ok=True)  # PEFT's placeholder card; ours follows
+            for path in tmp.iterdir():
+                os.replace(path, out / path.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _card(self, result: TrainResult, data_note: str, manifest: Any) -> str:
+        config = self.config
+        name = config.model.model_name
+        head = ["---", "library_name: peft", "tags: [productdesc, lora, sft, trl]"]
+        if "/" in name and not Path(name).exists():
+            head.append(f"base_model: {name}")
+        head.append("---")
+        rows = [
+            ("optimizer steps", f"{result.global_step}"),
+            ("training examples", f"{result.train_examples}"),
+            ("validation examples", f"{result.eval_examples}"),
+            ("first training loss", _fmt(result.first_loss)),
+            ("final training loss", _fmt(result.train_loss)),
+            ("final validation loss", _fmt(result.eval_loss)),
+            ("training time (this process)", f"{result.runtime_s:.0f} s"),
+            ("throughput", f"{_fmt(result.tokens_per_second, '.0f')} tokens/s"),
+        ]
+        lines = [
+            *head,
+            "",
+            f"# {result.output_dir.name}: a LoRA adapter that describes products",
+            "",
+            f"Fine-tuned from `{name}` with the `{result.backend}` backend and the "
+            f"`{config.template}` prompt template by productdesc {__version__}.",
+            "",
+            "## Use",
+            "",
+            "```python",
+            "from productdesc import Describer",
+            "",
+            f'describer = Describer.from_pretrained("{result.output_dir}")',
+            'print(describer.describe("Nice for Mice"))',
+            "```",
+            "",
+            f'or `productdesc describe --model {result.output_dir} "Nice for Mice"`.',
+            "",
+            "## Data",
+            "",
+            f"- source: {data_note}",
+            f"- share of examples phrased as a question: {config.question_share:g}",
+        ]
+        if manifest is not None:
+            dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest.dropped.items())) or "none"
+            splits = ", ".join(f"{k} {v.rows}" for k, v in manifest.splits.items())
+            lines += [
+                f"- input: `{manifest.input.name}`, {manifest.lines} lines read, "
+                f"{manifest.kept} kept; dropped: {dropped}",
+                f"- splits: {splits}",
+            ]
+        lines += ["", "## Results", "", "| | |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in rows]
+        if (result.output_dir / PLOT_FILE).is_file():
+            lines += ["", f"![loss curve]({PLOT_FILE})"]
+        lines += [
+            "",
+            "## Configuration",
+            "",
+            f"The exact config, also in `{CONFIG_FILE}`:",
+            "",
+            "```toml",
+            config.to_toml().rstrip(),
+            "```",
+            "",
+        ]
+        return "\n".join(lines)
+
+
+# -- data --------------------------------------------------------------------------------------
+def _rows(data: Any, split: str) -> tuple[Any, Any]:
+    """``(rows, prepared)``: a prepared directory's split and the directory, or ``data`` itself."""
+    if isinstance(data, (str, os.PathLike)):
+        from productdesc.data.dataset import AmazonTitlesDataset
+
+        path = Path(data)
+        if not path.is_dir():
+            raise UserError(f"training data not found: {path} is not a directory")
+        prepared = AmazonTitlesDataset.from_prepared(path)
+        return prepared.iter_split(split), prepared
+    if isinstance(data, Mapping) or not isinstance(data, Iterable):
+        raise UserError(
+            f"training data must be a prepared directory, an iterable of records or a "
+            f"datasets.Dataset, not {type(data).__name__}"
+        )
+    return data, None
+
+
+def _describe_data(data: Any) -> str:
+    if isinstance(data, (str, os.PathLike)):
+        return f"prepared data in `{data}`"
+    return f"{type(data).__name__} given in code"
+
+
+def _chain(first: Any, rest: Iterable[Any]) -> Iterable[Any]:
+    yield first
+    yield from rest
+
+
+# -- outputs -----------------------------------------------------------------------------------
+def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The trainer's ``log_history`` reduced to one entry per logged step, in step order.
+
+    Each entry has ``step`` and ``epoch``, and those of ``loss`` (training loss),
+    ``eval_loss`` (validation loss), ``learning_rate``, ``grad_norm`` and
+    ``tokens_per_second`` (non-padding tokens per second since the start of this process's
+    training) that were logged at that step. Steps where only validation ran have no ``loss``.
+    """
+    renames = {
+        "loss": "loss",
+        "eval_loss": "eval_loss",
+        "learning_rate": "learning_rate",
+        "grad_norm": "grad_norm",
+        "train_tokens_per_second": "tokens_per_second",
+    }
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in log_history:
+        if "loss" not in entry and "eval_loss" not in entry:
+            continue  # the end-of-training summary and other bookkeeping
+        row = by_step.setdefault(int(entry["step"]), {"step": int(entry["step"])})
+        if entry.get("epoch") is not None:
+            row["epoch"] = float(entry["epoch"])
+        for key, name in renames.items():
+            if key in entry:
+                row[name] = float(entry[key])
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.warning("matplotlib is not installed; no %s (pip install matplotlib)", path.name)
+        return
+    # A bare Figure (no pyplot): no global state, no GUI backend, safe in threads.
+    figure = Figure(figsize=(6, 3.5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, label, style in (("loss", "training", "-"), ("eval_loss", "validation", "o-")):
+        steps = [h["step"] for h in history if key in h]
+        if steps:
+            values = [h[key] for h in history if key in h]
+            axes.plot(steps, values, style, label=label, markersize=4)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+
+
+def _checkpoint(out: Path, resume: Any) -> Path:
+    if resume is True:
+        complete = [
+            p for p in (out / CHECKPOINTS).glob("checkpoint-*") if (p / _TRAINER_STATE).is_file()
+        ]
+        if not complete:
+            raise UserError(
+                f"no complete checkpoint in {out / CHECKPOINTS} to resume from "
+                f"(checkpoints are written every training.save_steps steps)"
+            )
+        return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    path = Path(resume)
+    if not (path / _TRAINER_STATE).is_file():
+        raise UserError(f"{path} is not a complete checkpoint (no {_TRAINER_STATE})")
+    return path
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    found: list[str] = []
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
+def _first(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((h[key] for h in history if key in h), None)
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((h[key] for h in reversed(history) if key in h), None)
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
