@@ -471,23 +471,13 @@ def _run_config(path: Path) -> Any:
 
 def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[int, int]:
     """The EOS id generation stops at, and a distinct pad id (set on the tokenizer if needed)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
+    from productdesc.models import ensure_distinct_pad
+
+    if tokenizer.eos_token_id is None:
         raise UserError(
             "the tokenizer has no EOS token, so generation would never stop; "
             "set tokenizer.eos_token to the token the model was trained to end answers with"
         )
-    pad = tokenizer.pad_token_id
-    if pad is None or pad == eos:
-        why = "has no pad token" if pad is None else "pads with its EOS token"
-        unk = tokenizer.unk_token_id
-        if unk is not None and unk != eos:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-            if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(tokenizer))
-        pad = tokenizer.pad_token_id
-        # A pad equal to EOS would make a padded row indistinguishable from one that stopped.
-        logger.info("tokenizer %s; padding with %r (id %d)", why, tokenizer.pad_token, pad)
-    return eos, pad
+    # A pad equal to EOS would make a row padded after its answer look like one cut short.
+    ensure_distinct_pad(tokenizer, model)
+    return tokenizer.eos_token_id, tokenizer.pad_token_id
