@@ -126,7 +126,7 @@ def test_bootstrap_of_a_corpus_metric_resamples_the_corpus():
 
     preds, refs, _ = _spread_system(12)
     scores = score_system(preds, refs)
-    weights = resample_weights(12, 3, seed=0)
+    weights = np.concatenate(list(resample_weights(12, 3, seed=0)))
     samples = [scores.stats["bleu"].T @ w for w in weights]
     for w, summed in zip(weights, samples, strict=True):
         idx = np.repeat(np.arange(12), w)
@@ -136,8 +136,9 @@ def test_bootstrap_of_a_corpus_metric_resamples_the_corpus():
 
 
 def test_resample_weights_draw_n_records_each():
-    weights = resample_weights(5, 100, seed=3)
-    assert weights.shape == (100, 5)
+    chunks = list(resample_weights(5, 250, seed=3))
+    assert [c.shape for c in chunks] == [(100, 5), (100, 5), (50, 5)]
+    weights = np.concatenate(chunks)
     assert (weights.sum(axis=1) == 5).all()
     assert (weights >= 0).all()
 

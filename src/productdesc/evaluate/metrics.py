@@ -21,7 +21,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -258,17 +258,39 @@ def score_system(
     return SystemScores(stats)
 
 
-def resample_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` records is drawn in each resample: an int array (resamples, n).
+def resample_weights(
+    n: int, n_resamples: int, seed: int, *, chunk: int = 100
+) -> Iterator[np.ndarray]:
+    """How often each of ``n`` records is drawn in each resample, ``chunk`` resamples at a time.
 
-    Drawing with replacement and counting (rather than indexing) lets a resample's sum of
-    statistics be one matrix product. The same seed gives the same resamples, so systems scored
-    on the same records are resampled identically (a paired bootstrap).
+    Yields int arrays ``(resamples in this chunk, n)``. Counting draws (rather than indexing)
+    makes a resample's sum of statistics one matrix product; chunks bound the memory to
+    ``chunk * n`` counts however many resamples. The same seed gives the same resamples, so
+    systems scored on the same records are resampled identically (a paired bootstrap).
     """
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    offsets = (np.arange(n_resamples) * n)[:, None]
-    return np.bincount((idx + offsets).ravel(), minlength=n_resamples * n).reshape(n_resamples, n)
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        idx = rng.integers(0, n, size=(size, n))
+        offsets = (np.arange(size) * n)[:, None]
+        yield np.bincount((idx + offsets).ravel(), minlength=size * n).reshape(size, n)
+
+
+def _resampled_scores(
+    stats: dict[str, np.ndarray], n_resamples: int, seed: int
+) -> dict[str, np.ndarray]:
+    """``metric -> scores of n_resamples resampled corpora``; one pass for all metrics."""
+    names = list(stats)
+    widths = [stats[name].shape[1] for name in names]
+    table = np.hstack([stats[name] for name in names])
+    n = table.shape[0]
+    sums = np.concatenate([w @ table for w in resample_weights(n, n_resamples, seed)])
+    out, column = {}, 0
+    for name, width in zip(names, widths, strict=True):
+        summed = sums[:, column : column + width]
+        out[name] = np.asarray(_BY_NAME[name].score(summed), dtype=np.float64)
+        column += width
+    return out
 
 
 def _percentile_interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -286,24 +308,21 @@ def bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
-    weights: np.ndarray | None = None,
 ) -> dict[str, Interval]:
     """Percentile bootstrap interval over records for every metric of one system.
 
     Args:
         scores: From :func:`score_system`.
         n_resamples: Resamples of the records (with replacement).
-        seed: Seed of the resampling; same seed, same intervals.
+        seed: Seed of the resampling; same seed, same intervals (and, for systems scored on
+            the same records, the same resamples).
         confidence: Coverage of the interval (0.95: the 2.5th to 97.5th percentile).
-        weights: Precomputed :func:`resample_weights` (share them to pair systems).
     """
-    if weights is None:
-        weights = resample_weights(scores.n, n_resamples, seed)
-    out = {}
-    for name, rows in scores.stats.items():
-        samples = np.asarray(_BY_NAME[name].score(weights @ rows), dtype=np.float64)
-        out[name] = Interval(scores.value(name), *_percentile_interval(samples, confidence))
-    return out
+    samples = _resampled_scores(scores.stats, n_resamples, seed)
+    return {
+        name: Interval(scores.value(name), *_percentile_interval(samples[name], confidence))
+        for name in scores.stats
+    }
 
 
 def bootstrap_difference(
@@ -317,13 +336,14 @@ def bootstrap_difference(
     """Paired bootstrap of ``a - b`` for every metric both systems have (same records)."""
     if a.n != b.n:
         raise ValueError(f"systems scored on different record counts ({a.n} vs {b.n})")
-    weights = resample_weights(a.n, n_resamples, seed)
-    out = {}
-    for name in a.stats.keys() & b.stats.keys():
-        metric = _BY_NAME[name]
-        diff = metric.score(weights @ a.stats[name]) - metric.score(weights @ b.stats[name])
-        out[name] = Interval(
+    shared = [m.name for m in METRICS if m.name in a.stats and m.name in b.stats]
+    # Same seed and record count: both systems see exactly the same resamples.
+    samples_a = _resampled_scores({k: a.stats[k] for k in shared}, n_resamples, seed)
+    samples_b = _resampled_scores({k: b.stats[k] for k in shared}, n_resamples, seed)
+    return {
+        name: Interval(
             a.value(name) - b.value(name),
-            *_percentile_interval(np.asarray(diff, dtype=np.float64), confidence),
+            *_percentile_interval(samples_a[name] - samples_b[name], confidence),
         )
-    return {m.name: out[m.name] for m in METRICS if m.name in out}
+        for name in shared
+    }

@@ -38,7 +38,6 @@ from productdesc.evaluate.metrics import (
     SystemScores,
     bootstrap,
     bootstrap_difference,
-    resample_weights,
     score_system,
 )
 
@@ -170,7 +169,6 @@ def score_runs(
     runs = sorted(runs, key=lambda run: ORDER.index(run.name) if run.name in ORDER else len(ORDER))
     if not runs:
         raise ValueError("no system to score")
-    weights = resample_weights(len(references), n_resamples, seed)
     scores, intervals = {}, {}
     for run in runs:
         if len(run.outputs) != len(references):
@@ -178,7 +176,7 @@ def score_runs(
                 f"{run.name}: {len(run.outputs)} answers for {len(references)} records"
             )
         scores[run.name] = score_system(run.outputs, references, run.stopped_at_eos)
-        intervals[run.name] = bootstrap(scores[run.name], weights=weights)
+        intervals[run.name] = bootstrap(scores[run.name], n_resamples=n_resamples, seed=seed)
     differences = {}
     for first, second in (("tuned", "base"), ("tuned", "retrieval"), ("compare", "tuned")):
         if first in scores and second in scores:
