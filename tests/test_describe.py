@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from productdesc.config import FineTuneConfig, GenerationConfig
-from productdesc.describe import CONFIG_FILE
 from productdesc.errors import UserError
+from productdesc.finetune import CONFIG_FILE
 
 # Lengths differ a lot, so a batch of them is left-padded by many tokens.
 TITLES = [

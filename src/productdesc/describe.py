@@ -37,8 +37,6 @@ __all__ = ["Describer", "Description", "evolve_generation"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "productdesc_config.toml"  # written by LoraFineTuner next to the adapter
-
 
 @attrs.frozen
 class Description:
@@ -464,6 +462,7 @@ def _resolve_template(template: Any, tokenizer: Any) -> Any:
 
 def _run_config(path: Path) -> Any:
     from productdesc.config import FineTuneConfig
+    from productdesc.finetune import CONFIG_FILE
 
     config_path = path / CONFIG_FILE
     return FineTuneConfig.from_toml(config_path) if config_path.is_file() else None
