@@ -112,6 +112,12 @@ class Describer:
         backend: A backend object or name (see :mod:`productdesc.backends`) whose
             ``prepare_for_inference`` is applied to ``model`` once (Unsloth's
             ``for_inference``); ``None`` uses the model as given.
+        fast: Greedy, non-streamed calls decode with
+            :class:`~productdesc.fastgen.StaticGreedyDecoder` (static KV cache, one-token step
+            compiled into CUDA graphs, early exit): ``None`` turns it on where the model is on
+            a CUDA GPU, except under Unsloth, whose inference mode patches the model. The first
+            call of each batch shape compiles (tens of seconds); later calls replay. Sampling,
+            repetition penalty and :meth:`stream` always use ``generate``.
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class Describer:
         template: Any = None,
         generation: GenerationConfig | None = None,
         backend: Any = None,
+        fast: bool | None = None,
     ) -> None:
         if isinstance(backend, str):
             from productdesc.backends import get_backend
@@ -141,6 +148,17 @@ class Describer:
                 f"generation must be a GenerationConfig, not {type(self.generation).__name__}"
             )
         self._lock = threading.Lock()
+        cuda = model.device.type == "cuda"
+        if fast is None:
+            fast = cuda and getattr(backend, "name", None) != "unsloth"
+        self._fast = None
+        if fast:
+            from productdesc.fastgen import StaticGreedyDecoder
+
+            # On CPU, compiling costs more than a job saves: the static-cache loop runs eagerly.
+            self._fast = StaticGreedyDecoder(
+                model, compile_mode="reduce-overhead" if cuda else None
+            )
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -151,9 +169,10 @@ class Describer:
         backend: str = "auto",
         base_only: bool = False,
         load_in_4bit: bool = False,
-        merge_lora: bool = False,
+        merge_lora: bool | None = None,
         generation: GenerationConfig | None = None,
         template: Any = None,
+        fast: bool | None = None,
     ) -> Describer:
         """Load a training output directory (LoRA adapter) or a merged model directory.
 
@@ -170,8 +189,10 @@ class Describer:
             load_in_4bit: Load the base in 4-bit NF4 (needs bitsandbytes).
             merge_lora: Merge the adapter into the weights (``merge_and_unload``): faster
                 generation, same outputs within float tolerance. Not possible in 4-bit.
+                ``None``: merge on a CUDA GPU unless ``load_in_4bit``.
             generation: Default decoding settings (``None``: the seed's, greedy and 128 tokens).
             template: A template object or name (``None``: the run's, else ``"alpaca"``).
+            fast: The CUDA fast path (see :class:`Describer`); ``None``: on where CUDA is.
 
         Raises:
             UserError: The directory is missing, or ``merge_lora`` is asked for in 4-bit.
@@ -195,12 +216,21 @@ class Describer:
         model, tokenizer = backend_obj.load_for_inference(
             path, load_in_4bit=load_in_4bit, adapter=not base_only
         )
+        if merge_lora is None:
+            merge_lora = not load_in_4bit and model.device.type == "cuda"
         if merge_lora:
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
             else:
                 logger.info("%s has no LoRA adapter loaded; merge_lora has nothing to merge", path)
-        return cls(model, tokenizer, template=template, generation=generation, backend=backend_obj)
+        return cls(
+            model,
+            tokenizer,
+            template=template,
+            generation=generation,
+            backend=backend_obj,
+            fast=fast,
+        )
 
     # -- public API ----------------------------------------------------------------------------
     def describe(self, title: str, question: str | None = None, **overrides: Any) -> str:
@@ -332,6 +362,16 @@ class Describer:
         """
         import torch
 
+        greedy = not gen.do_sample and gen.repetition_penalty == 1.0
+        if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
+            return self._fast.generate(
+                input_ids,
+                attention_mask,
+                max_new_tokens=gen.max_new_tokens,
+                min_new_tokens=gen.min_new_tokens,
+                eos_token_id=self._eos_id,
+                pad_token_id=self._pad_id,
+            )
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
