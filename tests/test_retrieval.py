@@ -148,3 +148,11 @@ def test_real_sample_leave_one_out(real_sample):
     assert all(
         normalize_title(h[0].title) == normalize_title(t) for h, t in zip(hits, titles, strict=True)
     )
+
+
+def test_ties_rank_in_index_order():
+    records = [{"uid": str(i), "title": "Red Mug", "content": f"mug {i}"} for i in range(5)]
+    records.insert(2, {"uid": "b", "title": "Blue Plate", "content": "plate"})
+    index = RetrievalIndex.build(records, show_progress=False)
+    assert [h.uid for h in index.search("red mug", k=6)] == ["0", "1", "2", "3", "4", "b"]
+    assert [h.uid for h in index.search("unrelated words", k=3)] == ["0", "1", "b"]

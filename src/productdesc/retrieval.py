@@ -21,7 +21,10 @@ title, so a smaller index that builds in far less memory over the full 1.2 milli
 
 On disk an index is a directory: ``index.json`` (format, analyzer, count), bm25s's arrays,
 and the records as ``records.jsonl`` with a byte-offset table, memory-mapped on load so that only
-the records a search returns are ever read.
+the records a search returns are ever read. Measured on a 2-core CPU with 1.2 million synthetic
+records (titles drawn from the real sample's words, real descriptions): building took 99 s at
+2.7 GB peak memory, the index is 1.0 GB on disk (mostly the descriptions), loads in 0.04 s,
+and answers a title in about 20 ms.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import numpy as np
 import orjson
 from attrs import field, frozen
 from attrs import validators as v
+from tqdm.auto import tqdm
 
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc.errors import UserError
@@ -148,6 +152,23 @@ class Hit:
     score: float
 
 
+def _top(scores: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the ``m`` highest scores, best first; ties and zero scores in index order.
+
+    bm25s's own top-k runs ``np.argpartition`` over every score, which takes ~90 ms on 300,000
+    titles because nearly all are equal (0): numpy's selection degrades on ties. Selecting among
+    the records that share a term with the query takes ~1 ms.
+    """
+    matching = np.flatnonzero(scores > 0)
+    if len(matching) > m:
+        cut = len(matching) - m
+        matching = matching[np.argpartition(scores[matching], cut)[cut:]]
+    ranked = matching[np.lexsort((matching, -scores[matching]))]
+    if len(ranked) < m:  # too few records share a term: fill with others, in index order
+        ranked = np.concatenate([ranked, np.flatnonzero(scores <= 0)[: m - len(ranked)]])
+    return ranked
+
+
 class _Records:
     """Records as JSON lines in one buffer plus a start-offset table; rows decode on demand."""
 
@@ -225,7 +246,6 @@ class RetrievalIndex:
             UserError: ``records`` holds no usable record.
         """
         import bm25s
-        from tqdm.auto import tqdm
 
         analyzer = analyzer or Analyzer()
         kept: list[tuple[str | None, str, str]] = []
@@ -366,34 +386,35 @@ class RetrievalIndex:
                 raise ValueError(f"{name} has {len(seq)} entries for {n} queries")
         uids = exclude_uids or [None] * n
         titles = [None if t is None else normalize_title(t) for t in (exclude_titles or [None] * n)]
-        tokens = [self.analyzer(q) for q in queries]
-        results: list[list[Hit] | None] = [None] * n
-        # Fetch a few more than k so that excluded records rarely force a second pass; a query
-        # whose extra hits were all excluded is asked again for twice as many.
-        pending = list(range(n))
-        fetch = min(k + (4 if exclude_uids or exclude_titles else 0), len(self))
-        while pending:
-            docs, scores = self._bm25.retrieve(
-                [tokens[i] for i in pending], k=fetch, show_progress=show_progress
-            )
-            again = []
-            for row, i in enumerate(pending):
+        # A few more than k, so that excluded records rarely force a second, larger selection.
+        first = min(k + (4 if exclude_uids or exclude_titles else 0), len(self))
+        results = []
+        for i, query in enumerate(tqdm(queries, desc="search", disable=not show_progress)):
+            scores = self._scores(query)
+            fetch = first
+            while True:
                 hits = []
-                for doc, score in zip(docs[row], scores[row], strict=True):
+                for doc in _top(scores, fetch):
                     uid, title, content = self._records[int(doc)]
                     if (uids[i] is not None and uid == uids[i]) or (
                         titles[i] is not None and normalize_title(title) == titles[i]
                     ):
                         continue
-                    hits.append(Hit(uid, title, content, float(score)))
+                    hits.append(Hit(uid, title, content, float(scores[doc])))
                     if len(hits) == k:
                         break
-                if len(hits) < k and fetch < len(self):
-                    again.append(i)
-                else:
-                    results[i] = hits
-            pending, fetch = again, min(fetch * 2, len(self))
-        return results  # type: ignore[return-value]
+                if len(hits) == k or fetch == len(self):
+                    break
+                fetch = min(fetch * 2, len(self))
+            results.append(hits)
+        return results
+
+    def _scores(self, query: str) -> np.ndarray:
+        """BM25 score of every record's title for ``query`` (0: no shared term)."""
+        tokens = self.analyzer(query)
+        if not tokens:  # bm25s indexes tokens[0] to tell strings from ids
+            return np.zeros(len(self), dtype=np.float32)
+        return self._bm25.get_scores(tokens)
 
     def answer(self, titles: Sequence[str], **exclude: Any) -> list[str]:
         """The retrieval baseline: each title's nearest known product's description.
