@@ -55,7 +55,7 @@ def _columns(width: str):
 
 
 def _literal(text: str) -> list[str]:
-    return ["::", "", *("    " + line if line else "" for line in text.rstrip().splitlines()), ""]
+    return [".. code-block:: text", "", *("    " + line if line else "" for line in text.rstrip().splitlines()), ""]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -158,12 +158,25 @@ def config_table(cls: type, warn: Any) -> list[str]:
         name = field.alias or field.name
         text = docs.get(name) or docs.get(field.name)
         if not text:
-            warn(f"{cls.__module__}.{cls.__qualname__}: field {name!r} has no entry in the "
-                 f"class docstring's Attributes section")
+            warn(
+                f"{cls.__module__}.{cls.__qualname__}: field {name!r} has no entry in the "
+                f"class docstring's Attributes section"
+            )
             text = ""
         rows.append([f"``{name}``", _type(field), _default(field), text])
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 18 18 18 46", "",
-             "   * - Field", "     - Type", "     - Default", "     - Meaning"]
+    # The class names the table, so tests (and CSS) can find the table of a given class.
+    css = f"productdesc-config-{cls.__qualname__.lower()}"
+    lines = [
+        ".. list-table::",
+        "   :header-rows: 1",
+        "   :widths: 18 18 18 46",
+        f"   :class: {css}",
+        "",
+        "   * - Field",
+        "     - Type",
+        "     - Default",
+        "     - Meaning",
+    ]
     for row in rows:
         lines.append(f"   * - {_cell(row[0])}")
         lines += [f"     - {_cell(cell)}" for cell in row[1:]]
@@ -205,8 +218,13 @@ class RegistryDirective(ConfigDirective):
                 continue  # only what productdesc ships; installed plugins vary by machine
             cls = info.obj
             title = f"``{info.name}``"
-            lines += [title, "~" * len(title), "",
-                      f":class:`{cls.__module__}.{cls.__qualname__}`", ""]
+            lines += [
+                title,
+                "~" * len(title),
+                "",
+                f":class:`{cls.__module__}.{cls.__qualname__}`",
+                "",
+            ]
             summary = inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)[0]
             lines += [summary, ""]
             if attrs.has(cls):
@@ -226,12 +244,17 @@ class ResultsDirective(_Generated):
             if p.suffix in suffixes and p.is_file()
         )
         if not pages:
-            return self._parse([
-                "No evaluation results are committed yet. ``productdesc evaluate`` writes a",
-                "report (``report.md``, ``report.html``, ``results.json``, ``loss.png``); put",
-                "its ``report.md`` under ``docs/results/<run>/`` to publish it here.", "",
-            ])
-        return self._parse([".. toctree::", "   :maxdepth: 1", "", *(f"   /{p}" for p in pages), ""])
+            return self._parse(
+                [
+                    "No evaluation results are committed yet. ``productdesc evaluate`` writes a",
+                    "report (``report.md``, ``report.html``, ``results.json``, ``loss.png``); put",
+                    "its ``report.md`` under ``docs/results/<run>/`` to publish it here.",
+                    "",
+                ]
+            )
+        return self._parse(
+            [".. toctree::", "   :maxdepth: 1", "", *(f"   /{p}" for p in pages), ""]
+        )
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
