@@ -163,6 +163,8 @@ def main() -> int:
         res = json.loads(out.read_text())
         res["wall_s"] = round(time.time() - t0, 1)
         results.append(res)
+        # Partial results survive a run cut short by a time limit.
+        Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results))
         print(
             f"== {name}: {res['tokens_per_s']:,.0f} tok/s, {res['s_per_step']:.3f} s/step, "
             f"peak {res['peak_gb']:.1f} GB, MFU {res['mfu']:.1%}",
@@ -418,7 +420,10 @@ def run_trl(stack: str, cfg: dict, spec: dict, pairs: list[dict], steps: int, ti
         optim=cfg["optim"],
         weight_decay=0.01,
         lr_scheduler_type="linear",
-        group_by_length=cfg["group_by_length"] and not cfg["packing"],
+        # transformers 5 spells the seed's group_by_length=True as a sampling strategy
+        train_sampling_strategy=(
+            "group_by_length" if cfg["group_by_length"] and not cfg["packing"] else "random"
+        ),
         packing=cfg["packing"],
         max_length=cfg["max_length"],
         bf16=torch.cuda.is_available(),
@@ -449,8 +454,9 @@ def run_library(spec: dict, pairs: list[dict], steps: int, timer) -> None:
         training=attrs.evolve(cfg.training, max_steps=steps, save_steps=None),
     )
     records = [{"title": p["title"], "content": p["content"]} for p in pairs]
-    tuner = LoraFineTuner(cfg, callbacks=[timer])
-    tuner.train(records, output_dir=os.path.join(tempfile.gettempdir(), "pd-lib-run"))
+    LoraFineTuner(cfg).train(
+        records, output_dir=os.path.join(tempfile.gettempdir(), "pd-lib-run"), callbacks=[timer]
+    )
 
 
 if __name__ == "__main__":

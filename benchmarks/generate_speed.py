@@ -1,0 +1,280 @@
+"""Generation speed of a TinyLlama-1.1B-shaped model: Describer's fast path vs generate().
+
+Run on a CUDA machine (no downloads: random weights, tokenizer trained in-process)::
+
+    python benchmarks/generate_speed.py --out benchmarks/results/generate_speed.json
+
+Every variant answers the same prompts (synthetic titles rendered with the Alpaca template),
+greedy, with ``min_new_tokens = max_new_tokens = 128`` so every answer has the same length, at
+batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on import):
+
+* ``hf_generate_bf16`` / ``hf_generate_4bit``: ``model.generate`` on a left-padded batch, as a
+  transformers user writes it (the baseline);
+* ``unsloth_4bit`` / ``unsloth_bf16``: Unsloth's ``FastLanguageModel.for_inference`` + generate;
+* ``describer_fast_bf16`` / ``describer_fast_4bit``: :class:`productdesc.Describer` with its
+  CUDA fast path (static KV cache, compiled one-token step, early exit);
+* ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
+
+Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
+one-off warm-up (compilation) time, and how many answers equal the baseline's exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = [
+    "hf_generate_bf16",
+    "describer_fast_bf16",
+    "describer_plain_bf16",
+    "hf_generate_4bit",
+    "describer_fast_4bit",
+    "unsloth_4bit",
+    "unsloth_bf16",
+]
+
+
+def build(work: Path, n_titles: int, shape: str) -> tuple[Path, list[str]]:
+    import torch
+
+    from productdesc.data.synthetic import synthetic_records
+    from productdesc.testing import make_random_llama
+
+    titles, corpus = [], []
+    for rec in synthetic_records(seed=1):
+        if rec["title"].strip() and rec["content"].strip():
+            titles.append(rec["title"])
+            corpus.append(rec["title"] + " " + rec["content"])
+        if len(titles) == max(n_titles, 4000):
+            break
+    model_dir = work / shape
+    if not (model_dir / "config.json").exists():
+        cuda = torch.cuda.is_available()
+        make_random_llama(
+            model_dir,
+            shape,
+            dtype="bfloat16" if cuda else "float32",
+            device="cuda" if cuda else "cpu",
+            texts=corpus,
+        )
+    return model_dir, titles[:n_titles]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--single", type=int, default=6, help="titles timed one at a time")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batch calls (median)")
+    parser.add_argument("--shape", default="tinyllama-1.1b", help="'tiny' for a CPU smoke run")
+    parser.add_argument("--out", default=str(HERE / "results" / "generate_speed.json"))
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "pd-gen-speed"))
+    args = parser.parse_args()
+    import torch
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir, titles = build(work, args.batch, args.shape)
+    results = []
+    reference = work / "reference.json"
+    reference.unlink(missing_ok=True)
+    for name in args.variants.split(","):
+        spec = {**vars(args), "name": name, "model_dir": str(model_dir), "titles": titles}
+        spec["reference"] = str(reference)
+        out = work / f"{name}.json"
+        out.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", json.dumps(spec), str(out)],
+            text=True,
+            capture_output=True,
+        )
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stdout + proc.stderr)[-3000:]
+            print(f"== {name} FAILED (rc {proc.returncode})\n{tail}", flush=True)
+            results.append({"name": name, "error": tail[-800:]})
+            continue
+        res = json.loads(out.read_text())
+        results.append(res)
+        print(
+            f"== {name}: b1 {res['b1_tokens_per_s']:,.0f} tok/s, b{args.batch} "
+            f"{res['batch_tokens_per_s']:,.0f} tok/s, ttft {res['ttft_ms']:.1f} ms, "
+            f"same as baseline {res.get('same_as_baseline')}",
+            flush=True,
+        )
+
+    base = {r["name"]: r for r in results if "error" not in r}
+    for r in base.values():
+        for key in ("b1_tokens_per_s", "batch_tokens_per_s"):
+            ref = base.get("hf_generate_4bit" if "4bit" in r["name"] else "hf_generate_bf16")
+            if ref:
+                r[key.replace("tokens_per_s", "speedup_vs_generate")] = r[key] / ref[key]
+    report = {
+        "benchmark": "generate_speed",
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else platform.processor(),
+        "torch": torch.__version__,
+        "command": "python " + " ".join(sys.argv),
+        "new_tokens": args.new_tokens,
+        "batch": args.batch,
+        "results": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(
+        f"\n{'variant':24} {'b1 tok/s':>9} {'x gen':>6} {'bN tok/s':>9} {'x gen':>6} {'ttft ms':>8} {'peak GB':>7} {'same':>7}"
+    )
+    for r in results:
+        if "error" in r:
+            print(f"{r['name']:24} failed")
+            continue
+        print(
+            f"{r['name']:24} {r['b1_tokens_per_s']:9,.0f} {r.get('b1_speedup_vs_generate', 0):6.1f} "
+            f"{r['batch_tokens_per_s']:9,.0f} {r.get('batch_speedup_vs_generate', 0):6.1f} "
+            f"{r['ttft_ms']:8.1f} {r['peak_gb']:7.2f} {r.get('same_as_baseline')!s:>7}"
+        )
+    return 0
+
+
+def worker(spec: dict, out_path: str) -> None:
+    name = spec["name"]
+    if name.startswith("unsloth"):
+        from unsloth import FastLanguageModel
+    import torch
+
+    cuda = torch.cuda.is_available()
+    four_bit = name.endswith("4bit")
+    n_new = spec["new_tokens"]
+    titles = spec["titles"]
+
+    from productdesc.prompts import PromptTemplate
+
+    if name.startswith("describer"):
+        from productdesc.describe import Describer
+
+        describer = Describer.from_pretrained(
+            spec["model_dir"],
+            backend="transformers",
+            load_in_4bit=four_bit,
+            fast="plain" not in name,
+        )
+
+        def answer(batch: list[str], new_tokens: int) -> list[str]:
+            return describer.describe_batch(
+                batch, batch_size=len(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens
+            )
+    else:
+        if name.startswith("unsloth"):
+            model, tok = FastLanguageModel.from_pretrained(
+                spec["model_dir"], max_seq_length=2048, load_in_4bit=four_bit, dtype=None
+            )
+            FastLanguageModel.for_inference(model)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+            tok = AutoTokenizer.from_pretrained(spec["model_dir"])
+            quant = (
+                BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_compute_dtype=torch.bfloat16,
+                )
+                if four_bit
+                else None
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                spec["model_dir"],
+                quantization_config=quant,
+                dtype=torch.bfloat16 if cuda else torch.float32,
+                device_map="cuda" if cuda else None,
+            )
+        tok.padding_side = "left"
+        template = PromptTemplate.for_tokenizer(tok)
+
+        def answer(batch: list[str], new_tokens: int) -> list[str]:
+            enc = tok([template.render(t) for t in batch], return_tensors="pt", padding=True).to(
+                model.device
+            )
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id,
+                )
+            new = out[:, enc.input_ids.shape[1] :]
+            return [template.parse(tok.decode(row, skip_special_tokens=True)) for row in new]
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    # Warm-up: compilation, CUDA graph capture, allocator growth; timed separately.
+    sync()
+    t0 = time.perf_counter()
+    answer(titles[:1], n_new)
+    answer(titles[:1], 1)
+    answer(titles, n_new)
+    sync()
+    warmup_s = time.perf_counter() - t0
+
+    single_answers, single_times, ttfts = [], [], []
+    for title in titles[: spec["single"]]:
+        sync()
+        t = time.perf_counter()
+        answer([title], 1)
+        sync()
+        ttfts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        single_answers += answer([title], n_new)
+        sync()
+        single_times.append(time.perf_counter() - t)
+    batch_times = []
+    for _ in range(spec["repeats"]):
+        sync()
+        t = time.perf_counter()
+        batch_answers = answer(titles, n_new)
+        sync()
+        batch_times.append(time.perf_counter() - t)
+
+    answers = {"single": single_answers, "batch": batch_answers}
+    ref_path = Path(spec["reference"])
+    same = None
+    if name == "hf_generate_bf16":
+        ref_path.write_text(json.dumps(answers))
+    elif ref_path.exists():
+        ref = json.loads(ref_path.read_text())
+        pairs = list(zip(ref["single"] + ref["batch"], single_answers + batch_answers, strict=True))
+        same = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+    result = {
+        "name": name,
+        "b1_tokens_per_s": n_new * len(single_times) / sum(single_times),
+        "batch_tokens_per_s": n_new * len(titles) / statistics.median(batch_times),
+        "ttft_ms": 1000 * statistics.median(ttfts),
+        "warmup_s": warmup_s,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0,
+        "same_as_baseline": same,
+        "sample_answer": single_answers[0][:200],
+    }
+    Path(out_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(json.loads(sys.argv[2]), sys.argv[3])
+    else:
+        sys.exit(main())
