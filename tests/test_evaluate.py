@@ -254,38 +254,35 @@ def test_report_rebuilds_from_results(prepared, model_dir, fake_describer, tmp_p
 
 
 @pytest.fixture(scope="module")
-def tiny_adapter(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter on the tiny random Llama, laid out as a training run leaves it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def tiny_run(tiny_llama: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (few-step) LoraFineTuner run on the tiny random Llama and the prepared train split."""
+    from productdesc.config import FineTuneConfig, LoraSettings, ModelConfig, TrainingConfig
+    from productdesc.finetune import LoraFineTuner
 
-    from productdesc.config import FineTuneConfig
-    from productdesc.describe import CONFIG_FILE
-
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(tiny_llama),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    config = FineTuneConfig(
+        backend="transformers",
+        model=ModelConfig(model_name=str(tiny_llama), max_seq_length=256, load_in_4bit=False),
+        lora=LoraSettings(r=8, lora_alpha=16, use_gradient_checkpointing=False),
+        training=TrainingConfig(
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            max_steps=6,
+            warmup_steps=0,
+            learning_rate=5e-3,  # large, so six steps move the adapter away from the base
+            logging_steps=1,
+            save_steps=None,
+        ),
     )
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)  # so the adapter changes the answers
-    out = tmp_path_factory.mktemp("tiny-run")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(out)
-    FineTuneConfig(backend="transformers", template="alpaca").to_toml(out / CONFIG_FILE)
-    history = [{"step": s, "loss": 4.0 - 0.1 * s, "epoch": s / 20} for s in range(1, 21)]
-    (out / "loss_history.json").write_text(json.dumps(history))
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    LoraFineTuner(config).train(prepared, output_dir=out)
     return out
 
 
 @pytest.mark.slow
-def test_report_from_a_tiny_run(prepared, tiny_adapter, tmp_path):
+def test_report_from_a_tiny_run(prepared, tiny_run, tmp_path):
     out = tmp_path / "report"
     generation = GenerationConfig(max_new_tokens=12, batch_size=4)
-    result = evaluate(tiny_adapter, prepared, out_dir=out, limit=6, generation=generation,
+    result = evaluate(tiny_run, prepared, out_dir=out, limit=6, generation=generation,
                       backend="transformers", n_resamples=100, progress=False)  # fmt: skip
     assert list(result.runs) == ["retrieval", "base", "tuned"]
     for name in ("base", "tuned"):
@@ -296,7 +293,8 @@ def test_report_from_a_tiny_run(prepared, tiny_adapter, tmp_path):
             n == 12 for n, eos in zip(run.new_tokens, run.stopped_at_eos, strict=True) if not eos
         )
     assert result.runs["base"].outputs != result.runs["tuned"].outputs  # the adapter is applied
-    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(REPORT_FILES)  # loss.png included
+    assert [row["step"] for row in result.loss_history] == [1, 2, 3, 4, 5, 6]
     page = (out / "report.html").read_text()
     for run in result.runs.values():
         assert f"<th>{run.label}</th>" in page
