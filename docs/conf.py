@@ -23,7 +23,7 @@ from productdesc import __version__  # noqa: E402
 
 project = "productdesc"
 author = "productdesc developers"
-copyright = "productdesc developers"  # noqa: A001
+copyright = "productdesc developers"
 release = __version__
 version = ".".join(__version__.split(".")[:2])
 
