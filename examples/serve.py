@@ -5,8 +5,7 @@ curl -N "http://127.0.0.1:8000/describe?title=Nice%20for%20Mice"
 curl -N "http://127.0.0.1:8000/describe?title=Nice%20for%20Mice&question=Is%20it%20for%20kids%3F"
 
 Needs ``starlette`` and ``uvicorn`` (``pip install starlette uvicorn``). One Describer serves every
-request: its calls are serialised by its own lock, and a client that disconnects stops its
-generation.
+request: its calls are serialised by its own lock, so concurrent requests wait their turn.
 """
 
 from __future__ import annotations
