@@ -400,15 +400,38 @@ def test_example_portuguese_template_renders_and_trains() -> None:
 
 
 @needs_example
-def test_example_template_drives_the_describer(tiny_llama: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_example_template_drives_finetuning_and_describing(tiny_llama: Path) -> None:
+    from productdesc import (
+        Describer,
+        FineTuneConfig,
+        LoraFineTuner,
+        LoraSettings,
+        ModelConfig,
+    )
 
-    from productdesc import Describer
+    config = FineTuneConfig(
+        model=ModelConfig(model_name=str(tiny_llama), load_in_4bit=False, max_seq_length=128),
+        lora=LoraSettings(use_gradient_checkpointing=False),
+        backend="transformers",
+        template="alpaca_pt",
+        question_share=0.5,
+    )
+    tuner = LoraFineTuner(config)
+    model, tokenizer = tuner.load()
+    assert tuner.template.name == "alpaca_pt"
+    records = [{"title": f"Sabonete {i}", "content": f"Um sabonete numero {i}."} for i in range(8)]
+    train, _ = tuner.datasets(records)
+    prompts = train["prompt"]
+    assert all("### Instruction:" in p for p in prompts)
+    instructions = {p.split("### Instruction:\n")[1].split("\n")[0] for p in prompts}
+    from productdesc_plugin_example.templates import PERGUNTAS
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    asked = instructions - {"Descreva o produto"}
+    assert asked and len(asked) < len(instructions)  # some instructions, some questions
+    assert asked <= {q.format(title=r["title"]) for q in PERGUNTAS for r in records}
+    assert all(c.endswith(tokenizer.eos_token) for c in train["completion"])
+
     describer = Describer(model, tokenizer, template="alpaca_pt")
-
     assert describer.template.name == "alpaca_pt"
     assert describer.template.eos_token == tokenizer.eos_token  # bound to the model's tokenizer
     assert "Descreva o produto" in describer.template.render("Sabonete de queijo")
