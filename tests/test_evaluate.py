@@ -87,6 +87,7 @@ def fake_describer(monkeypatch: pytest.MonkeyPatch) -> type[FakeDescriber]:
 def model_dir(tmp_path: Path) -> Path:
     path = tmp_path / "model"
     path.mkdir()
+    (path / "adapter_config.json").write_text("{}")  # what tells a base apart from the tuned
     return path
 
 
@@ -215,6 +216,15 @@ def test_bad_arguments_are_user_errors(prepared, model_dir, fake_describer, kwar
         evaluate(model_dir, prepared, **kwargs)
     with pytest.raises(UserError, match="model directory not found"):
         evaluate(model_dir / "missing", prepared)
+
+
+def test_base_needs_an_adapter(prepared, model_dir, fake_describer):
+    (model_dir / "adapter_config.json").unlink()  # a merged model: base and tuned are one
+    with pytest.raises(UserError, match="no LoRA adapter"):
+        evaluate(model_dir, prepared)
+    assert fake_describer.calls == []  # refused before loading anything
+    result = evaluate(model_dir, prepared, baselines=("retrieval",), n_resamples=10)
+    assert list(result.runs) == ["retrieval", "tuned"]
 
 
 def test_cli(prepared, model_dir, fake_describer, capsys):

@@ -236,7 +236,8 @@ def evaluate(
         progress: Show tqdm bars.
 
     Raises:
-        UserError: A missing directory, an unknown baseline, an empty split.
+        UserError: A missing directory, an unknown baseline, an empty split, or the
+            ``"base"`` baseline asked of a model directory without a LoRA adapter.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -247,6 +248,17 @@ def evaluate(
     for what, path in (("model", model_dir), ("data", data_dir), ("compare model", compare)):
         if path is not None and not Path(path).is_dir():
             raise UserError(f"{what} directory not found: {path}")
+    if "base" in baselines:
+        from productdesc.backends.base import ADAPTER_CONFIG
+
+        if not (model_dir / ADAPTER_CONFIG).is_file():
+            # A merged or plain model has no base to fall back to: "base" would be the tuned
+            # model again, and the comparison a silent tie.
+            raise UserError(
+                f"{model_dir} holds no LoRA adapter ({ADAPTER_CONFIG}), so the base model cannot "
+                "be evaluated without it; point at the training output directory, or skip the "
+                "base baseline (--no-base)"
+            )
     generation = generation if generation is not None else GenerationConfig()
 
     records = _load_records(data_dir, split, limit)
