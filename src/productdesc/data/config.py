@@ -1,0 +1,120 @@
+""":class:`PrepareConfig`: what ``prepare`` does to ``trn.json`` (frozen, validated)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from attrs import field, frozen
+from attrs import validators as v
+
+from productdesc.data.cleaning import (
+    DEDUPE_MODES,
+    Pipeline,
+    default_steps,
+    is_keyed,
+    step_name,
+    step_options,
+)
+from productdesc.data.split import SPLIT_NAMES, parse_split
+
+__all__ = ["PrepareConfig"]
+
+
+def _to_steps(value: Any) -> Any:
+    # Names resolve through the plugin registry, so `steps=("html_unescape", MyStep())` works.
+    if value is None or not isinstance(value, (list, tuple)):
+        return value
+    from productdesc.plugins import cleaners
+
+    return tuple(cleaners.get(s)() if isinstance(s, str) else s for s in value)
+
+
+def _check_steps(instance: PrepareConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, tuple):
+        raise TypeError(f"'steps' must be a sequence of cleaning steps, got {type(value).__name__}")
+    for step in value:
+        if not (callable(step) or is_keyed(step)):
+            raise TypeError(f"'steps' item {step!r} is neither callable nor a keyed step")
+    shorthand = {
+        name: getattr(instance, name)
+        for name in ("keep_chars", "min_length", "dedupe")
+        if getattr(instance, name) != attrs.fields_dict(PrepareConfig)[name].default
+    }
+    if shorthand:
+        raise ValueError(
+            f"'steps' replaces the default pipeline, so {', '.join(sorted(shorthand))} would be "
+            f"ignored: set those options on the steps instead (e.g. KeepChars(extra=...))"
+        )
+
+
+@frozen(kw_only=True)
+class PrepareConfig:
+    """Options of :meth:`AmazonTitlesDataset.prepare <productdesc.AmazonTitlesDataset.prepare>`.
+
+    Cleaning (used to build the default pipeline when ``steps`` is ``None``):
+
+    Attributes:
+        keep_chars: Characters kept besides letters, digits, spaces, ``,`` and ``.``
+            (e.g. ``"-'&%/"``); the seed keeps none.
+        min_length: Records whose cleaned title or content is shorter are dropped
+            (``too_short``); empty ones are always dropped (``empty_title``/``empty_content``).
+        dedupe: ``"text"`` (same normalised title and content), ``"title"``, ``"uid"`` or
+            ``"off"``.
+        steps: A full pipeline of step instances (or registered step names) replacing the
+            default one; ``None`` for :func:`~productdesc.data.cleaning.default_steps`.
+
+    Output:
+
+    Attributes:
+        shard_size: Records per shard file (``train-00000.jsonl`` ...).
+        split: Train/validation/test shares, as ``"98/1/1"`` or three numbers.
+        rejects_per_reason: How many dropped lines of each reason go to ``rejects.jsonl``.
+
+    Run (not part of the output's identity; any value writes the same bytes):
+
+    Attributes:
+        workers: Processes that parse and clean (2 uses both cores of a 2-core machine;
+            1 runs in this process).
+        chunk_bytes: Bytes of input per task handed to a worker.
+    """
+
+    keep_chars: str = field(default="", validator=v.instance_of(str))
+    min_length: int = field(default=1, validator=[v.instance_of(int), v.ge(1)])
+    dedupe: Literal["text", "title", "uid", "off"] = field(
+        default="text", validator=v.in_(DEDUPE_MODES)
+    )
+    steps: tuple[Any, ...] | None = field(default=None, converter=_to_steps, validator=_check_steps)
+    shard_size: int = field(default=100_000, validator=[v.instance_of(int), v.gt(0)])
+    split: tuple[float, float, float] = field(default=(98, 1, 1), converter=parse_split)
+    rejects_per_reason: int = field(default=100, validator=[v.instance_of(int), v.ge(0)])
+    # Run options are left out of to_dict(): any value writes the same bytes, so re-running
+    # with another one refreshes the same output directory.
+    workers: int = field(default=2, validator=[v.instance_of(int), v.ge(1)])
+    chunk_bytes: int = field(default=8 << 20, validator=[v.instance_of(int), v.ge(1)])
+
+    @keep_chars.validator
+    def _no_whitespace(self, attribute: attrs.Attribute, value: str) -> None:
+        if any(ch.isspace() for ch in value):
+            raise ValueError("'keep_chars' must not contain whitespace (spaces are always kept)")
+
+    def pipeline_steps(self) -> tuple[Any, ...]:
+        """The steps a run uses: ``steps``, or the default pipeline from the shorthand fields."""
+        if self.steps is not None:
+            return self.steps
+        return default_steps(self.keep_chars, self.min_length, self.dedupe)
+
+    def pipeline(self) -> Pipeline:
+        """A fresh :class:`~productdesc.data.cleaning.Pipeline` of :meth:`pipeline_steps`."""
+        return Pipeline(self.pipeline_steps())
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the output depends on, as JSON-ready data (the manifest's ``config``)."""
+        return {
+            "steps": [{"step": step_name(s), **step_options(s)} for s in self.pipeline_steps()],
+            "split": dict(zip(SPLIT_NAMES, self.split, strict=True)),
+            "shard_size": self.shard_size,
+            "rejects_per_reason": self.rejects_per_reason,
+        }
