@@ -77,6 +77,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "unsloth",
         dict(packing=True, batch=8, grad_accum=1, grad_ckpt="unsloth"),
     ),
+    "x_unsloth_4bit_packed_b8_nockpt": (
+        "unsloth",
+        dict(packing=True, batch=8, grad_accum=1, grad_ckpt=False),
+    ),
     "x_unsloth_bf16_packed_b8_nockpt": (
         "unsloth",
         dict(load_in_4bit=False, packing=True, batch=8, grad_accum=1, grad_ckpt=False),
@@ -116,6 +120,7 @@ def main() -> int:
     parser.add_argument("--variants", default="a_seed_hf,b_seed_unsloth,c_productdesc")
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0: by --tokens)")
     parser.add_argument("--tokens", type=int, default=300_000, help="real tokens per variant")
+    parser.add_argument("--seed-steps", type=int, default=8, help="steps of the slow seed variants")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--examples", type=int, default=12_000)
     parser.add_argument("--out", default=str(HERE / "results" / "train_speed.json"))
@@ -293,6 +298,8 @@ def worker(spec: dict, out_path: str) -> None:
 
     timer = Timer()
     tokens_per_step_guess = 160 * cfg["batch"] * cfg["grad_accum"] * (12 if cfg["packing"] else 1)
+    if name.startswith(("a_", "b_")):
+        spec = {**spec, "steps": spec["seed_steps"]}
     steps = spec["steps"] or max(
         spec["warmup"] + 5, math.ceil(spec["tokens"] / tokens_per_step_guess)
     )
