@@ -74,6 +74,32 @@ def _train(backend, tiny_llama: Path, out: Path):
     return model, tokenizer, trainer
 
 
+def _packed_and_padded_loss(backend, model, tokenizer) -> tuple[float, float]:
+    """The loss on all PAIRS in one batch, packed into rows and padded one a row."""
+    import torch
+    from datasets import Dataset
+
+    from productdesc.backends._sft import build_trainer
+
+    losses = []
+    for packing in (True, False):
+        trainer = build_trainer(
+            model,
+            tokenizer,
+            Dataset.from_list(PAIRS),
+            None,
+            model_config=ModelConfig(max_seq_length=256),
+            training=TrainingConfig(packing=packing, save_steps=None),
+            output_dir="unused",
+        )
+        dataset = trainer.train_dataset
+        batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
+        assert ("position_ids" in batch) == packing  # packed: no attention mask, positions restart
+        with torch.no_grad():
+            losses.append(float(trainer.compute_loss(model, batch)))
+    return losses[0], losses[1]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     """The transformers backend's tuned tiny model, its adapter saved to a directory."""
@@ -92,10 +118,10 @@ def test_training_logs_a_finite_loss_and_throughput(trained) -> None:
     assert any("train_tokens_per_second" in e for e in trainer.state.log_history)
 
 
-def test_adapter_records_its_base_as_named(trained, tiny_llama: Path) -> None:
+def test_adapter_records_its_base(trained, tiny_llama: Path) -> None:
     *_, adapter_dir = trained
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == str(tiny_llama.resolve())
+    assert config["base_model_name_or_path"] == str(tiny_llama)
     assert (adapter_dir / "adapter_model.safetensors").is_file()
 
 
@@ -132,6 +158,13 @@ def test_merged_model_gives_the_adapter_logits(trained, tmp_path: Path) -> None:
     torch.testing.assert_close(
         _logits(merged, tokenizer), _logits(model, tokenizer), atol=1e-4, rtol=1e-4
     )
+
+
+def test_packed_examples_do_not_attend_to_each_other(trained) -> None:
+    # Packed into one row, each example must see only itself: the same loss as padded rows.
+    backend, model, tokenizer, *_ = trained
+    packed, padded = _packed_and_padded_loss(backend, model, tokenizer)
+    assert packed == pytest.approx(padded, rel=1e-5)
 
 
 def test_prepared_model_generates(trained) -> None:
@@ -198,7 +231,7 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     assert "transformers" not in sys.modules
     backend = get_backend("auto")  # imports unsloth, before transformers
     import torch
-    from test_backends import _logits, _train
+    from test_backends import _logits, _packed_and_padded_loss, _train
 
     tiny, work = Path(sys.argv[1]), Path(sys.argv[2])
     report = {"auto": backend.name}
@@ -215,6 +248,7 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     batch = tokenizer(["Title: wireless mouse\\nDescription: "], return_tensors="pt")
     out = fast.generate(**batch, max_new_tokens=4, do_sample=False)
     report["generated"] = out.shape[1] - batch["input_ids"].shape[1]
+    report["packed_and_padded_loss"] = _packed_and_padded_loss(backend, model, tokenizer)
     # The transformers backend in a process unsloth has patched.
     plain = get_backend("transformers")
     _, _, trainer = _train(plain, tiny, work / "transformers-ckpt")
@@ -265,6 +299,12 @@ def test_unsloth_backend_trains_on_cpu(unsloth_report: dict, trained) -> None:
 def test_unsloth_adapter_and_merged_model_reload_to_the_same_logits(unsloth_report) -> None:
     assert unsloth_report["reload_diff"] < 1e-5
     assert unsloth_report["merged_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_unsloth_packed_examples_do_not_attend_to_each_other(unsloth_report: dict) -> None:
+    packed, padded = unsloth_report["packed_and_padded_loss"]
+    assert packed == pytest.approx(padded, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ class TrainResult:
         global_step: Optimizer steps done (including those before a resume).
         first_loss: The first logged training loss.
         train_loss: The last logged training loss.
+        initial_eval_loss: The base model's validation loss (before training), or ``None``.
         eval_loss: The last validation loss, or ``None`` without validation data.
         train_examples: Training examples (prompt-completion pairs).
         eval_examples: Validation examples.
@@ -89,6 +90,7 @@ class TrainResult:
     global_step: int
     first_loss: float | None
     train_loss: float | None
+    initial_eval_loss: float | None
     eval_loss: float | None
     train_examples: int
     eval_examples: int
@@ -101,7 +103,8 @@ class TrainResult:
         return (
             f"{self.global_step} steps in {self.runtime_s:.0f} s, training loss "
             f"{_fmt(self.first_loss)} -> {_fmt(self.train_loss)}, validation loss "
-            f"{_fmt(self.eval_loss)}, {_fmt(self.tokens_per_second, '.0f')} tokens/s"
+            f"{_fmt(self.initial_eval_loss)} -> {_fmt(self.eval_loss)}, "
+            f"{_fmt(self.tokens_per_second, '.0f')} tokens/s"
         )
 
 
@@ -252,6 +255,9 @@ class LoraFineTuner:
             global_step=step,
             first_loss=_first(history, "loss"),
             train_loss=_last(history, "loss"),
+            initial_eval_loss=next(
+                (h["eval_loss"] for h in history if h["step"] == 0 and "eval_loss" in h), None
+            ),
             eval_loss=_last(history, "eval_loss"),
             train_examples=len(train_ds),
             eval_examples=len(eval_ds) if eval_ds is not None else 0,
@@ -362,6 +368,8 @@ class LoraFineTuner:
         return None
 
     def _save_adapter(self, out: Path) -> None:
+        from productdesc.models import resolve_model
+
         # Written in a scratch directory, then each file renamed into place: a reader (or a
         # crash) never sees a half-written adapter under its final name.
         tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
@@ -369,6 +377,12 @@ class LoraFineTuner:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / CARD_FILE).unlink(missing_ok=True)  # PEFT's placeholder card; ours follows
+            # The base as the user named it ("smollm2-135m", a Hub id, an absolute path), not
+            # a cache path: the adapter then resolves its base on another machine too.
+            adapter_config = tmp / "adapter_config.json"
+            settings = json.loads(adapter_config.read_text(encoding="utf-8"))
+            settings["base_model_name_or_path"] = resolve_model(self.config.model.model_name).source
+            adapter_config.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
             for path in tmp.iterdir():
                 os.replace(path, out / path.name)
         finally:
@@ -387,6 +401,7 @@ class LoraFineTuner:
             ("validation examples", f"{result.eval_examples}"),
             ("first training loss", _fmt(result.first_loss)),
             ("final training loss", _fmt(result.train_loss)),
+            ("validation loss before training", _fmt(result.initial_eval_loss)),
             ("final validation loss", _fmt(result.eval_loss)),
             ("training time (this process)", f"{result.runtime_s:.0f} s"),
             ("throughput", f"{_fmt(result.tokens_per_second, '.0f')} tokens/s"),

@@ -24,8 +24,12 @@ def sft_config(
     output_dir: str | os.PathLike[str],
     *,
     has_eval: bool,
+    evaluate_first: bool = False,
 ) -> Any:
-    """The ``trl.SFTConfig`` for a run: the config's values plus what this machine can do."""
+    """The ``trl.SFTConfig`` for a run: the config's values plus what this machine can do.
+
+    ``evaluate_first`` adds a validation loss at step 0, the base to compare the run with.
+    """
     import torch
     from trl import SFTConfig
 
@@ -64,6 +68,7 @@ def sft_config(
         logging_steps=training.logging_steps,
         eval_strategy=eval_strategy,
         eval_steps=training.eval_steps,
+        eval_on_start=has_eval and evaluate_first,
         save_strategy="steps" if training.save_steps else "no",
         save_steps=training.save_steps or 500,
         save_total_limit=training.save_total_limit,
@@ -95,10 +100,12 @@ def trainer_class() -> type:
     class SFTTrainer(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if plain_loss:
+                # No KV cache, as TRL's own loss does: transformers only separates packed
+                # examples (from position_ids) when there is none, else they attend across.
                 return transformers.Trainer.compute_loss(
                     self,
                     model,
-                    inputs,
+                    {**inputs, "use_cache": False},
                     return_outputs=return_outputs,
                     num_items_in_batch=num_items_in_batch,
                 )
@@ -120,11 +127,19 @@ def build_trainer(
     training: TrainingConfig,
     output_dir: str | os.PathLike[str],
     callbacks: Sequence[Any] = (),
+    evaluate_first: bool = False,
 ) -> Any:
     """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``."""
-    args = sft_config(training, model_config, output_dir, has_eval=eval_dataset is not None)
     from transformers.trainer_callback import ProgressCallback
 
+    _report_overlong(tokenizer, train_dataset, model_config.max_seq_length)
+    args = sft_config(
+        training,
+        model_config,
+        output_dir,
+        has_eval=eval_dataset is not None,
+        evaluate_first=evaluate_first,
+    )
     trainer = trainer_class()(
         model=model,
         args=args,
@@ -135,20 +150,22 @@ def build_trainer(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(progress_callback())
-    if not training.packing:  # packed rows are all max_length long by design
-        _report_truncation(trainer.train_dataset, model_config.max_seq_length)
     return trainer
 
 
-def _report_truncation(dataset: Any, max_length: int) -> None:
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    cut = sum(n >= max_length for n in lengths)
+def _report_overlong(tokenizer: Any, pairs: Any, max_length: int, chunk: int = 1000) -> None:
+    """Log how many prompt-completion pairs TRL will cut at ``max_length`` (packed or not)."""
+    cut = 0
+    for start in range(0, len(pairs), chunk):
+        rows = pairs[start : start + chunk]
+        texts = [p + c for p, c in zip(rows["prompt"], rows["completion"], strict=True)]
+        cut += sum(len(ids) > max_length for ids in tokenizer(texts)["input_ids"])
     if cut:
         logger.warning(
-            "%d of %d training examples reach max_seq_length=%d and were cut there: their ends, "
-            "EOS included, are not learned (raise model.max_seq_length to keep them)",
+            "%d of %d training examples are longer than max_seq_length=%d and are cut there: "
+            "their ends, EOS included, are not learned (raise model.max_seq_length to keep them)",
             cut,
-            len(lengths),
+            len(pairs),
             max_length,
         )
 

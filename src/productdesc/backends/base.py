@@ -130,25 +130,17 @@ class Backend(abc.ABC):
     ) -> Any:
         """A new LoRA adapter on ``model``, initialised from ``seed``.
 
-        The adapter records the base model as the user named it (``"smollm2-135m"``, a Hub id
-        or an absolute path), so that a saved adapter resolves its base on any machine.
-
         Raises:
             UserError: A ``lora.target_modules`` entry matches no layer of the model.
         """
-        base_name = getattr(model, "name_or_path", None)
         try:
-            peft_model = self._add_adapter(model, lora, seed=seed, max_seq_length=max_seq_length)
+            return self._add_adapter(model, lora, seed=seed, max_seq_length=max_seq_length)
         except ValueError as exc:
             if "target" in str(exc).lower() and "module" in str(exc).lower():
                 raise UserError(
                     f"lora.target_modules {list(lora.target_modules)} does not fit this model: {exc}"
                 ) from exc
             raise
-        if base_name:
-            for adapter_config in peft_model.peft_config.values():
-                adapter_config.base_model_name_or_path = base_name
-        return peft_model
 
     def train(
         self,
@@ -175,6 +167,8 @@ class Backend(abc.ABC):
             output_dir: Where checkpoints go.
             resume_from_checkpoint: A checkpoint directory to continue from, or ``None``.
             callbacks: Extra ``transformers.TrainerCallback`` objects.
+
+        With validation data, a fresh run first logs the base model's validation loss (step 0).
         """
         from productdesc.backends._sft import build_trainer
 
@@ -187,6 +181,7 @@ class Backend(abc.ABC):
             training=training,
             output_dir=output_dir,
             callbacks=callbacks,
+            evaluate_first=not resume_from_checkpoint,
         )
         trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         return trainer
@@ -282,8 +277,6 @@ class Backend(abc.ABC):
         with loading_errors(resolved):
             model, tokenizer = self._load(resolved.path, **options)
         ensure_distinct_pad(tokenizer, model)
-        # What PEFT records as the adapter's base: the name as given, not a cache path.
-        model.name_or_path = resolved.source
         return model, tokenizer
 
     @staticmethod
