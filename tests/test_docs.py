@@ -97,7 +97,7 @@ def test_cli_reference_has_every_command_and_option(built_docs: Path) -> None:
 
     page = _text((built_docs / "cli.html").read_text(encoding="utf-8"))
     commands = subcommands(build_parser())
-    assert {"describe", "demo", "evaluate", "plugins", "train"} <= set(commands)
+    assert {"prepare", "train", "describe", "demo", "evaluate", "plugins"} <= set(commands)
     for name, parser in commands.items():
         assert f"productdesc {name}" in page
         assert f"usage: productdesc {name}" in page

@@ -138,7 +138,7 @@ def test_wheel_installs_and_the_cli_starts_without_torch(fresh_venv: Path, tmp_p
     assert missing.returncode != 0  # so --help below really runs without torch
 
     top = run(bindir / "productdesc", "--help", cwd=tmp_path)
-    for command in ("train", "describe", "demo", "evaluate", "plugins"):
+    for command in ("prepare", "train", "describe", "demo", "evaluate", "plugins"):
         assert command in top.stdout
     demo = run(bindir / "productdesc", "demo", "--help", cwd=tmp_path)
     assert demo.stdout.startswith("usage: productdesc demo")
