@@ -462,7 +462,10 @@ def run_library(spec: dict, pairs: list[dict], steps: int, timer) -> None:
     )
     records = [{"title": p["title"], "content": p["content"]} for p in pairs]
     LoraFineTuner(cfg).train(
-        records, output_dir=os.path.join(tempfile.gettempdir(), "pd-lib-run"), callbacks=[timer]
+        records,
+        output_dir=os.path.join(tempfile.gettempdir(), "pd-lib-run"),
+        callbacks=[timer],
+        overwrite=True,
     )
 
 
