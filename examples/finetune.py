@@ -4,7 +4,8 @@ python examples/finetune.py                                  # embedded SmolLM2-
 python examples/finetune.py --data example-out/data --out example-out/run --max-steps 200
 python examples/finetune.py --model path/to/model --max-steps 2 --backend transformers
 
-Run ``examples/prepare.py`` first (it writes ``example-out/data``).
+The run's settings come from a TOML preset (default: ``examples/smollm2-cpu.toml``); the flags
+override single fields. Run ``examples/prepare.py`` first (it writes ``example-out/data``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from productdesc import FineTuneConfig, LoraSettings, ModelConfig, TrainingConfig
+import attrs
+
+from productdesc import FineTuneConfig
 from productdesc.errors import UserError
+
+PRESET = Path(__file__).with_name("smollm2-cpu.toml")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--config", type=Path, default=PRESET, help="a FineTuneConfig TOML (default: %(default)s)"
+    )
     parser.add_argument(
         "--data",
         type=Path,
@@ -33,49 +41,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="training output (default: %(default)s)",
     )
     parser.add_argument(
-        "--model",
-        default="smollm2-135m",
-        help="base model: Hub id, directory, .gguf, smollm2-135m (default)",
+        "--model", help="model.model_name: Hub id, directory, .gguf or smollm2-135m"
     )
-    parser.add_argument(
-        "--max-steps", type=int, default=30, help="optimizer steps (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        help="auto, unsloth, transformers or a plugin's (default: auto)",
-    )
-    parser.add_argument(
-        "--template", default="alpaca", help="prompt template name (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--question-share", type=float, default=0.3, help="share of examples phrased as questions"
-    )
+    parser.add_argument("--max-steps", type=int, help="training.max_steps")
+    parser.add_argument("--backend", help="auto, unsloth, transformers or a plugin's")
+    parser.add_argument("--template", help="prompt template name: alpaca, chat or a plugin's")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser.parse_args(argv)
 
 
+def configure(args: argparse.Namespace) -> FineTuneConfig:
+    """The preset with the flags applied; configs are frozen, so changes are evolve()d copies."""
+    config = FineTuneConfig.from_toml(args.config)
+    if args.model is not None:
+        config = attrs.evolve(config, model=attrs.evolve(config.model, model_name=args.model))
+    if args.max_steps is not None:
+        training = attrs.evolve(config.training, max_steps=args.max_steps)
+        config = attrs.evolve(config, training=training)
+    top = {"backend": args.backend, "template": args.template}
+    return attrs.evolve(config, **{k: v for k, v in top.items() if v is not None})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    # CPU-sized settings: a 135M model in float32, sequences cut at 384 tokens (the sample's
-    # descriptions fit), 8 sequences a step, no intermediate checkpoints.
-    config = FineTuneConfig(
-        model=ModelConfig(model_name=args.model, max_seq_length=384, load_in_4bit=False),
-        lora=LoraSettings(r=16, lora_alpha=32, use_gradient_checkpointing=False),
-        training=TrainingConfig(
-            per_device_train_batch_size=8,
-            gradient_accumulation_steps=1,
-            max_steps=args.max_steps,
-            warmup_steps=min(3, args.max_steps),
-            learning_rate=1e-3,  # high for LoRA, so a short run visibly learns
-            optim="adamw_torch",
-            logging_steps=1,
-            save_steps=None,
-        ),
-        backend=args.backend,
-        template=args.template,
-        question_share=args.question_share,
-    )
+    try:
+        config = configure(args)
+    except (UserError, ValueError, TypeError) as exc:  # attrs validators raise the last two
+        print(f"finetune: error: {exc}", file=sys.stderr)
+        return 2
     print(config.to_toml())
     try:
         from productdesc import LoraFineTuner  # imports the backend's stack (torch, maybe unsloth)
