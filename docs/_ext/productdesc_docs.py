@@ -55,7 +55,12 @@ def _columns(width: str):
 
 
 def _literal(text: str) -> list[str]:
-    return [".. code-block:: text", "", *("    " + line if line else "" for line in text.rstrip().splitlines()), ""]
+    return [
+        ".. code-block:: text",
+        "",
+        *("    " + line if line else "" for line in text.rstrip().splitlines()),
+        "",
+    ]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
