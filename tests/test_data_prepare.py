@@ -104,14 +104,15 @@ def test_split_assignment_is_pinned() -> None:
     """Same answer on every machine and run: a change here re-splits users' data."""
     splitter = Splitter((0.98, 0.01, 0.01))
     assert splitter.name("Evergreen Premium Kettle") == "train"
-    assert splitter.name("Fabrikam Stainless Wallet") == "validation"
-    assert splitter.name("Harbor Vintage Tent") == "validation"
-    assert splitter.name("Contoso Soft Cookbook (Office)") == "test"
-    assert splitter.name("The Collectible Skillet") == "test"
-    assert splitter.name("  the COLLECTIBLE   skillet") == "test"  # normalised title
+    assert splitter.name("Harbor Vintage Tent") == "train"
+    assert splitter.name("Cedar Compact Tent") == "validation"
+    assert splitter.name("Cedar Soft Puzzle") == "validation"
+    assert splitter.name("Willow Soft Scarf") == "test"
+    assert splitter.name("Lumen Vintage Mug") == "test"
+    assert splitter.name("  lumen VINTAGE   mug") == "test"  # normalised title
     counts = Counter(splitter.name(f"product {i}") for i in range(10_000))
-    assert counts == {"train": 9816, "validation": 92, "test": 92}
-    assert Splitter((1.0, 0.0, 0.0)).name("Harbor Vintage Tent") == "train"
+    assert counts == {"train": 9800, "validation": 100, "test": 100}
+    assert Splitter((1.0, 0.0, 0.0)).name("Willow Soft Scarf") == "train"
 
 
 def test_same_title_never_in_two_splits(synthetic: Path, tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ class AmazonTitlesDataset:
         Runs the whole pipeline (with ``config.workers`` processes); nothing is written.
         """
         for kept in Run(self.source, self.config, hash_input=False):
-            for _, line in kept:
+            for _, line in kept.in_order():
                 yield orjson.loads(line)
 
     def prepare(self, out_dir: str | os.PathLike[str], progress: bool = True) -> Manifest:

@@ -16,7 +16,10 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
+from array import array
 from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -34,79 +37,192 @@ from productdesc.data.reader import (
     split_lines,
     stream_blocks,
 )
-from productdesc.data.split import Splitter
+from productdesc.data.split import SPLIT_NAMES, Splitter
 from productdesc.errors import DataFormatError
 
 __all__ = ["Kept", "Run"]
 
 logger = logging.getLogger(__name__)
 
-Kept = tuple[int, bytes]  # (split index, JSON line with "\n")
+_LATE = 255  # split marker of a record dropped by a step after a keyed one
 
 
 class _Chunk(NamedTuple):
-    """What a worker sends back for one chunk (line numbers are chunk-local, 0-based)."""
+    """What a worker sends back for one chunk (line numbers are chunk-local, 0-based).
+
+    *Pending* records are those the parent must still judge: every record the per-record
+    steps kept, and the few dropped after a keyed step (whose keys still count).
+    """
 
     lines: int
     dropped: dict[str, int]  # drops decided in the worker
     rejects: list[tuple[int, str, str, str]]  # (line, reason, detail, raw text)
-    # Records the parent must still check against keyed steps, in line order:
-    # (line, keys, split index, JSON line); split -1 means a later step dropped it, and the
-    # last item is then (reason, detail, raw text).
-    pending: list[tuple[int, tuple[Any, ...], int, Any]]
+    rows: list[int]  # line of each pending record, in input order
+    keys: list[Any]  # its keys (bare with Pipeline.single_keyed, else tuples)
+    splits: bytearray  # its split index, or _LATE
+    blobs: tuple[bytes, ...]  # per split: the JSON lines of its pending records, joined
+    spill: str | None  # or the file they were written to, one after the other
+    ends: tuple[array, ...]  # per split: end offset of each of those lines in the blob
+    late: dict[int, tuple[str, str, str]]  # pending index -> (reason, detail, raw) if _LATE
     error: tuple[int, str] | None  # (line, message) of a step that raised
 
 
-class _Worker:
-    """Processes chunks; built once per worker process."""
+class Kept(NamedTuple):
+    """One chunk's surviving records, as their JSON lines grouped by split.
 
-    def __init__(self, config: PrepareConfig, path: str | None) -> None:
+    Attributes:
+        blobs: Per split, the JSON lines (each ending in ``\\n``) the workers produced.
+        ends: Per split, the end offset of each line in its blob.
+        skip: Per split, sorted positions of the lines a keyed step dropped.
+        splits: Split of each pending record in input order (``_LATE``: not in a blob).
+        dropped: Input-order indices, into ``splits``, of the records that did not survive.
+    """
+
+    blobs: tuple[bytes | memoryview, ...]
+    ends: tuple[array, ...]
+    skip: tuple[list[int], ...]
+    splits: bytearray
+    dropped: set[int]
+
+    def runs(self, split: int) -> Iterator[tuple[int, int]]:
+        """``[start, stop)`` ranges of surviving line positions of ``split``."""
+        start = 0
+        for position in (*self.skip[split], len(self.ends[split])):
+            if position > start:
+                yield start, position
+            start = position + 1
+
+    def in_order(self) -> Iterator[tuple[int, bytes]]:
+        """``(split, JSON line)`` of the survivors, in input order."""
+        cursor = [0] * len(self.blobs)
+        for i, split in enumerate(self.splits):
+            if split == _LATE:
+                continue
+            position = cursor[split]
+            cursor[split] += 1
+            if i not in self.dropped:
+                ends = self.ends[split]
+                yield (
+                    split,
+                    self.blobs[split][ends[position - 1] if position else 0 : ends[position]],
+                )
+
+
+class _Worker:
+    """Processes chunks; built once per worker process.
+
+    Args:
+        config: The run's config.
+        path: The plain input file (workers read their byte ranges), or ``None``.
+        spill_dir: Where to write each chunk's JSON lines for the parent, which reads them
+            from the page cache: cheaper for both sides than pickling megabytes through a
+            pipe. ``None`` keeps them in the result (one process).
+    """
+
+    def __init__(self, config: PrepareConfig, path: str | None, spill_dir: str | None) -> None:
         self.pipeline = config.pipeline()
         self.split_index = Splitter(config.split).index
         self.limit = config.rejects_per_reason
         self.fd = os.open(path, os.O_RDONLY) if path is not None else None
+        self.spill_dir = spill_dir
 
-    def __call__(self, task: tuple[int, int] | bytes) -> _Chunk:
+    def __call__(self, seq: int, task: tuple[int, int] | bytes) -> _Chunk:
         if isinstance(task, bytes):
             data = task
         else:
             start, end = task
             data = os.pread(self.fd, end - start, start)
-        return self.process(data)
+        chunk = self.process(data)
+        if self.spill_dir is None or chunk.error is not None:
+            return chunk
+        spill = os.path.join(self.spill_dir, f"chunk-{seq:08d}")
+        with open(spill, "wb") as fh:
+            for blob in chunk.blobs:
+                fh.write(blob)
+        return chunk._replace(blobs=(), spill=spill)
 
     def process(self, data: bytes) -> _Chunk:
         lines = split_lines(data)
         dropped: dict[str, int] = {}
         rejects: list[tuple[int, str, str, str]] = []
-        pending: list[tuple[int, tuple[Any, ...], int, Any]] = []
+        rows: list[int] = []
+        keys: list[Any] = []
+        splits = bytearray()
+        parts: tuple[list[bytes], ...] = tuple([] for _ in SPLIT_NAMES)
+        ends = tuple(array("Q") for _ in SPLIT_NAMES)
+        sizes = [0] * len(SPLIT_NAMES)
+        late: dict[int, tuple[str, str, str]] = {}
         limit = self.limit
         process = self.pipeline.process
+        bare = self.pipeline.single_keyed
         split_index = self.split_index
         dumps = orjson.dumps
+
+        def failed(i: int, message: str) -> _Chunk:
+            blobs = tuple(b"" for _ in SPLIT_NAMES)
+            return _Chunk(
+                len(lines),
+                dropped,
+                rejects,
+                [],
+                [],
+                bytearray(),
+                blobs,
+                None,
+                ends,
+                {},
+                (i, message),
+            )
 
         for i, raw in enumerate(lines):
             record = parse_line(raw)
             if type(record) is not Drop:
                 try:
-                    keys, record = process(record)
+                    record_keys, record = process(record)
                 except CleaningStepError as exc:
-                    return _Chunk(len(lines), dropped, rejects, pending, (i, str(exc)))
+                    return failed(i, str(exc))
                 if type(record) is not Drop:
                     try:
                         line = dumps(record, option=orjson.OPT_APPEND_NEWLINE)
                     except TypeError as exc:
-                        msg = f"a cleaning step returned a record JSON cannot hold: {exc}"
-                        return _Chunk(len(lines), dropped, rejects, pending, (i, msg))
-                    pending.append((i, keys, split_index(record["title"]), line))
-                    continue
-                if keys:  # dropped after a keyed step: the parent must still see its keys
-                    pending.append((i, keys, -1, (record.reason, record.detail, _text(raw))))
+                        return failed(
+                            i, f"a cleaning step returned a record JSON cannot hold: {exc}"
+                        )
+                    split = split_index(record["title"])
+                    parts[split].append(line)
+                    sizes[split] += len(line)
+                    ends[split].append(sizes[split])
+                elif record_keys:  # dropped after a keyed step: its keys still count
+                    split = _LATE
+                    late[len(rows)] = (record.reason, record.detail, _text(raw))
+                else:
+                    split = -1
+                if split >= 0:
+                    rows.append(i)
+                    keys.append(record_keys[0] if bare else record_keys)
+                    splits.append(split)
                     continue
             n = dropped.get(record.reason, 0)
             dropped[record.reason] = n + 1
             if n < limit:
                 rejects.append((i, record.reason, record.detail, _text(raw)))
-        return _Chunk(len(lines), dropped, rejects, pending, None)
+        blobs = tuple(b"".join(p) for p in parts)
+        return _Chunk(
+            len(lines), dropped, rejects, rows, keys, splits, blobs, None, ends, late, None
+        )
+
+
+def _unspill(path: str, ends: tuple[array, ...]) -> tuple[memoryview, ...]:
+    with open(path, "rb") as fh:
+        data = memoryview(fh.read())
+    os.unlink(path)
+    blobs = []
+    start = 0
+    for split_ends in ends:
+        stop = start + (split_ends[-1] if split_ends else 0)
+        blobs.append(data[start:stop])
+        start = stop
+    return tuple(blobs)
 
 
 def _text(raw: bytes) -> str:
@@ -116,14 +232,14 @@ def _text(raw: bytes) -> str:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(config: PrepareConfig, path: str | None) -> None:
+def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str) -> None:
     global _WORKER
-    _WORKER = _Worker(config, path)
+    _WORKER = _Worker(config, path, spill_dir)
 
 
-def _run_task(task: tuple[int, int] | bytes) -> _Chunk:
+def _run_task(seq: int, task: tuple[int, int] | bytes) -> _Chunk:
     assert _WORKER is not None
-    return _WORKER(task)
+    return _WORKER(seq, task)
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
@@ -145,6 +261,7 @@ class Run:
         config: What to do.
         hash_input: Compute the input's SHA-256 on the way (for the manifest).
         progress: Show a tqdm bar with records/s on stderr.
+        spill_parent: Directory for the workers' temporary files (default: the system's).
     """
 
     def __init__(
@@ -154,11 +271,13 @@ class Run:
         *,
         hash_input: bool = True,
         progress: bool = False,
+        spill_parent: str | os.PathLike[str] | None = None,
     ) -> None:
         self.source = source
         self.config = config
         self.hash_input = hash_input
         self.progress = progress
+        self.spill_parent = spill_parent
         self.lines = 0
         self.kept = 0
         self.dropped: Counter[str] = Counter()
@@ -168,8 +287,8 @@ class Run:
         self._memory = self._pipeline.new_memory()
 
     # -- parent side ----------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[list[Kept]]:
-        """Yields, for each chunk in input order, its surviving ``(split, JSON line)`` pairs.
+    def __iter__(self) -> Iterator[Kept]:
+        """Yields, for each chunk in input order, its surviving records (:class:`Kept`).
 
         Raises:
             DataFormatError: A truncated or corrupt gzip stream (the message has the number
@@ -207,40 +326,49 @@ class Run:
 
         return tqdm(desc=f"prepare {self.source.path.name}", unit="rec", unit_scale=True)
 
-    def _absorb(self, chunk: _Chunk) -> list[Kept]:
+    def _absorb(self, chunk: _Chunk) -> Kept:
         base = self.lines + 1  # 1-based line numbers, as editors show them
         if chunk.error is not None:
             line, message = chunk.error
             raise CleaningStepError(f"line {base + line}: {message}")
+        if chunk.spill is not None:
+            chunk = chunk._replace(blobs=_unspill(chunk.spill, chunk.ends))
         self.lines += chunk.lines
         self.dropped.update(chunk.dropped)
         for line, reason, detail, raw in chunk.rejects:
             self._reject(reason, {"line": base + line, "detail": detail, "raw": raw})
-        admit = self._pipeline.admit
-        memory = self._memory
-        kept: list[Kept] = []
-        for line, keys, split, payload in chunk.pending:
-            drop = admit(keys, memory) if keys else None
-            if drop is None and split >= 0:
-                kept.append((split, payload))
-                continue
-            if drop is None:  # dropped in the worker by a step after a keyed one
-                drop = Drop(payload[0], payload[1])
-                entry = {"line": base + line, "detail": drop.detail, "raw": payload[2]}
+
+        # Keyed steps judge the pending records in input order; a keyed drop of a record a
+        # later step dropped in the worker wins, as it came first.
+        decided = dict(self._pipeline.admit_all(chunk.keys, self._memory))
+        skip: tuple[list[int], ...] = tuple([] for _ in chunk.blobs)
+        for i in sorted(decided.keys() | chunk.late.keys()):
+            split = chunk.splits[i]
+            line = base + chunk.rows[i]
+            drop = decided.get(i)
+            if split == _LATE:
+                reason, detail, raw = chunk.late[i]
+                if drop is None:
+                    drop = Drop(reason, detail)
+                entry: dict[str, Any] = {"line": line, "detail": drop.detail, "raw": raw}
             else:
-                entry = {"line": base + line, "detail": drop.detail, "record": payload}
+                assert drop is not None
+                position = chunk.splits.count(split, 0, i)  # its place in the split's blob
+                skip[split].append(position)
+                ends = chunk.ends[split]
+                start = ends[position - 1] if position else 0
+                record = orjson.loads(chunk.blobs[split][start : ends[position]])
+                entry = {"line": line, "detail": drop.detail, "record": record}
             self.dropped[drop.reason] += 1
             self._reject(drop.reason, entry)
-        self.kept += len(kept)
-        return kept
+        dropped = decided.keys() | chunk.late.keys()
+        self.kept += len(chunk.rows) - len(dropped)
+        return Kept(chunk.blobs, chunk.ends, skip, chunk.splits, dropped)
 
     def _reject(self, reason: str, entry: dict[str, Any]) -> None:
         kept = self._rejects.setdefault(reason, [])
         if len(kept) < self.config.rejects_per_reason:
-            entry = {"line": entry["line"], "reason": reason, **entry}
-            if isinstance(entry.get("record"), bytes):
-                entry["record"] = orjson.loads(entry["record"])
-            kept.append(entry)
+            kept.append({"line": entry["line"], "reason": reason, **entry})
 
     # -- dispatch -------------------------------------------------------------------------------
     def _results(self) -> Iterator[tuple[_Chunk, int]]:
@@ -250,26 +378,33 @@ class Run:
         tasks = self._plain_tasks() if plain else self._gzip_tasks()
         workers = self.config.workers
         if workers == 1:
-            worker = _Worker(self.config, path)
+            worker = _Worker(self.config, path, None)
             try:
-                for task, position in tasks:
-                    yield worker(task), position
+                for seq, (task, position) in enumerate(tasks):
+                    yield worker(seq, task), position
             finally:
                 if worker.fd is not None:
                     os.close(worker.fd)
             return
-        with _mp_context().Pool(workers, _init_worker, (self.config, path)) as pool:
-            # A bounded window of tasks in flight keeps memory flat whatever the file size
-            # (Pool.imap would read the whole input ahead).
-            window: deque[tuple[Any, int]] = deque()
-            for task, position in tasks:
-                window.append((pool.apply_async(_run_task, (task,)), position))
-                if len(window) >= 3 * workers:
-                    result, pos = window.popleft()
-                    yield result.get(), pos
-            while window:
+        spill_dir = tempfile.mkdtemp(prefix=".spill-", dir=self.spill_parent)
+        try:
+            with _mp_context().Pool(workers, _init_worker, (self.config, path, spill_dir)) as pool:
+                yield from self._pooled(pool, tasks)
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+
+    def _pooled(self, pool: Any, tasks: Iterator[tuple[Any, int]]) -> Iterator[tuple[_Chunk, int]]:
+        # A bounded window of tasks in flight keeps memory flat whatever the file size
+        # (Pool.imap would read the whole input ahead).
+        window: deque[tuple[Any, int]] = deque()
+        for seq, (task, position) in enumerate(tasks):
+            window.append((pool.apply_async(_run_task, (seq, task)), position))
+            if len(window) >= 3 * self.config.workers:
                 result, pos = window.popleft()
                 yield result.get(), pos
+        while window:
+            result, pos = window.popleft()
+            yield result.get(), pos
 
     def _plain_tasks(self) -> Iterator[tuple[tuple[int, int], int]]:
         sha = hashlib.sha256() if self.hash_input else None

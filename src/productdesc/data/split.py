@@ -14,7 +14,7 @@ from productdesc.data.cleaning import normalise_text, stable_hash64
 __all__ = ["SPLIT_NAMES", "Splitter", "parse_split"]
 
 SPLIT_NAMES = ("train", "validation", "test")
-_PERSON = b"productdesc-spl"  # keeps split hashes independent of the dedupe hashes
+_SALT = b"productdesc split\x00"  # keeps split hashes independent of the dedupe hashes
 _SPACE = 1 << 64
 
 
@@ -62,7 +62,7 @@ class Splitter:
 
     def index(self, title: str) -> int:
         """Split index of ``title`` (compared in normalised form)."""
-        h = stable_hash64(normalise_text(title), person=_PERSON)
+        h = stable_hash64(normalise_text(title), salt=_SALT)
         for i, bound in enumerate(self._bounds):
             if h < bound:
                 return i

@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,21 +51,25 @@ class _ShardWriter:
         self._bytes = 0
         self._sha = hashlib.sha256()
 
-    def write(self, lines: list[bytes]) -> None:
-        start = 0
-        while start < len(lines):
-            if self._fh is None:
-                name = f"{self.split}-{len(self.shards):05d}.jsonl"
-                self._fh = self._stack.enter_context(atomic_write(self.directory / name, "wb"))
-            take = lines[start : start + self.size - self._rows]
-            data = b"".join(take)
-            self._fh.write(data)
-            self._sha.update(data)
-            self._rows += len(take)
-            self._bytes += len(data)
-            start += len(take)
-            if self._rows == self.size:
-                self._finish()
+    def write(
+        self, blob: bytes | memoryview, ends: Sequence[int], runs: Iterable[tuple[int, int]]
+    ) -> None:
+        """Append the lines ``[start, stop)`` of each run; ``ends[i]`` is where line i ends."""
+        view = memoryview(blob)
+        for start, stop in runs:
+            while start < stop:
+                if self._fh is None:
+                    name = f"{self.split}-{len(self.shards):05d}.jsonl"
+                    self._fh = self._stack.enter_context(atomic_write(self.directory / name, "wb"))
+                take = min(stop - start, self.size - self._rows)
+                data = view[ends[start - 1] if start else 0 : ends[start + take - 1]]
+                self._fh.write(data)
+                self._sha.update(data)
+                self._rows += take
+                self._bytes += len(data)
+                start += take
+                if self._rows == self.size:
+                    self._finish()
 
     def _finish(self) -> None:
         self._stack.close()  # fsync and rename into place
@@ -116,16 +120,12 @@ def _prepare_into(
     progress: bool,
 ) -> Manifest:
     with _staging(out) as staging:
-        run = Run(source, config, hash_input=True, progress=progress)
+        run = Run(source, config, hash_input=True, progress=progress, spill_parent=staging)
         writers = [_ShardWriter(staging, name, config.shard_size) for name in SPLIT_NAMES]
         try:
             for kept in run:
-                per_split: list[list[bytes]] = [[], [], []]
-                for split, line in kept:
-                    per_split[split].append(line)
-                for writer, lines in zip(writers, per_split, strict=True):
-                    if lines:
-                        writer.write(lines)
+                for split, writer in enumerate(writers):
+                    writer.write(kept.blobs[split], kept.ends[split], kept.runs(split))
             splits = {w.split: w.close() for w in writers}
         except BaseException:
             for writer in writers:
