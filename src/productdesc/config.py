@@ -7,8 +7,9 @@ Every field is validated at construction and a bad value names the field. Change
 :meth:`FineTuneConfig.to_toml`.
 
 The defaults are the seed notebook's recipe (TinyLlama chat in 4-bit, LoRA r=16 on every
-projection, batch 2 x 22 accumulation, ``adamw_8bit``), which is also
-:meth:`FineTuneConfig.seed_recipe`.
+projection, ``adamw_8bit``, lr 2e-4) except for batching: examples are packed, 8 rows of
+``max_seq_length`` tokens a step, where the seed pads 2 examples x 22 accumulation steps (see
+:class:`TrainingConfig`). :meth:`FineTuneConfig.seed_recipe` is the seed's recipe exactly.
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ class Describer:
         early stops it. Options are checked here, before the first piece is asked for.
 
         Pieces are released as the template's ``parse`` of the text so far grows, so whitespace
-        it trims and a following ``### `` section are never sent. The one case where the joined
+        it trims and a following ``"### "`` section are never sent. The one case where the joined
         pieces can differ from :meth:`describe`: text that ``parse`` cuts only once more of it
         arrives (a model that writes the Alpaca preamble into its answer) may have been sent.
 

@@ -2,13 +2,13 @@
 
 Three groups exist, one registry each:
 
-========================  ==========================  ==========================================
-entry-point group         registry                    what an entry point names
-========================  ==========================  ==========================================
-``productdesc.cleaners``  :data:`cleaners`            a cleaning step class (see ``data.cleaning``)
-``productdesc.templates`` :data:`templates`           a prompt template class (see ``prompts``)
-``productdesc.backends``  :data:`backends`            a fine-tuning backend class (see ``backends``)
-========================  ==========================  ==========================================
+=========================  =================  ==============================================
+entry-point group          registry           what an entry point names
+=========================  =================  ==============================================
+``productdesc.cleaners``   :data:`cleaners`   a cleaning step class (see ``data.cleaning``)
+``productdesc.templates``  :data:`templates`  a prompt template class (see ``prompts``)
+``productdesc.backends``   :data:`backends`   a fine-tuning backend class (see ``backends``)
+=========================  =================  ==============================================
 
 Built-ins register exactly as third-party plugins do: they are listed below as
 ``"module:attribute"`` strings and loaded by the same code as entry points, so a built-in

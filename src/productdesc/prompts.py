@@ -316,7 +316,7 @@ class PromptTemplate(BaseTemplate):
         )
 
     def parse(self, generated_text: str) -> str:
-        """See :meth:`BaseTemplate.parse`; also cuts at a following ``### `` section."""
+        """See :meth:`BaseTemplate.parse`; also cuts at a following ``"### "`` section."""
         answer = _strip_echo(generated_text, ALPACA_PREAMBLE, "### Response:")
         answer = _cut(answer, self.eos_token)
         return _NEXT_SECTION.split(answer.lstrip(), 1)[0].strip()

@@ -12,10 +12,12 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from productdesc._version import __version__
 from productdesc.errors import UserError
+from productdesc.plugins import PluginWarning
 
 # Order here is the order in `productdesc --help`.
 _COMMANDS = ["prepare", "train", "describe", "demo", "evaluate", "plugins"]
@@ -47,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # A skipped plugin is already logged once; the warning would repeat it with a file and line.
+    warnings.simplefilter("ignore", PluginWarning)
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
