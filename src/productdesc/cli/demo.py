@@ -8,6 +8,7 @@ model's answers side by side for a few held-out titles.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sys
 import textwrap
@@ -26,17 +27,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="prepare the bundled sample, fine-tune the embedded SmolLM2-135M, compare answers",
         description=__doc__.split("\n\n")[1].replace("\n", " "),
     )
-    p.add_argument("--out", default="productdesc-demo", help="working directory (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=60, help="optimizer steps (default: %(default)s)")
-    p.add_argument("--titles", type=int, default=4, help="held-out titles to compare (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=80, help="answer length cap (default: %(default)s)")
-    p.add_argument("--model", default=DEMO_MODEL, help="base model (default: %(default)s, embedded)")
+    p.add_argument(
+        "--out", default="productdesc-demo", help="working directory (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=60, help="optimizer steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--titles", type=int, default=4, help="held-out titles to compare (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=80, help="answer length cap (default: %(default)s)"
+    )
+    p.add_argument(
+        "--model", default=DEMO_MODEL, help="base model (default: %(default)s, embedded)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import attrs
-
     from productdesc.config import FineTuneConfig, LoraSettings, ModelConfig, TrainingConfig
     from productdesc.data import sample_path
     from productdesc.data.dataset import AmazonTitlesDataset, PrepareConfig
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from productdesc.describe import Describer
 
     ds = AmazonTitlesDataset.from_prepared(data_dir)
-    records = [r for _, r in zip(range(args.titles), ds.iter_split("test"))]
+    records = list(itertools.islice(ds.iter_split("test"), args.titles))
     titles = [r["title"] for r in records]
     gen = {"max_new_tokens": args.max_new_tokens, "repetition_penalty": 1.1}
     base = Describer.from_pretrained(run_dir, base_only=True).describe_batch(titles, **gen)
