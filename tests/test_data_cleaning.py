@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import random
 import re
 
@@ -42,6 +43,29 @@ def rec(title: str, content: str = "some content", uid: str | None = "u1") -> di
 )
 def test_html_unescape_repeats_until_stable(raw: str, clean: str) -> None:
     assert HtmlUnescape().transform(raw) == clean
+
+
+def test_html_unescape_fast_path_equals_repeated_html_unescape() -> None:
+    """Common entities skip html.unescape; the result must not change, however they mix."""
+
+    def reference(text: str) -> str:
+        while html.unescape(text) != text:
+            text = html.unescape(text)
+        return text
+
+    fragments = (
+        " ",
+        *(
+            "& &amp; amp; &#x2019; &#X2019; &#x2019 &rsquo; &rsquo &not &notin; &no t ; # #x 2019 "
+            "&#151; &#8217; &#82 17; &quot; &amp;quot; &nbsp; x é ’ &copy &copy; &#38; &#x26; &lt; "
+            "&# &#x a 1 &eacute; &hellip; &trade; &frac12; &amp;#x2019; &amp;amp;"
+        ).split(),
+    )
+    rng = random.Random(11)
+    unescape = HtmlUnescape()
+    for _ in range(20_000):
+        text = "".join(rng.choice(fragments) for _ in range(rng.randint(0, 10)))
+        assert unescape.transform(text) == reference(text), repr(text)
 
 
 def test_text_step_returns_same_record_when_unchanged_and_copy_otherwise() -> None:
