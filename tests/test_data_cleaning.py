@@ -190,14 +190,16 @@ def test_normalise_text() -> None:
 
 # -- pipeline ---------------------------------------------------------------------------------
 def test_default_pipeline_order_and_registry_names() -> None:
-    steps = default_steps()
+    steps = default_steps(min_length=3)
     assert [type(s) for s in steps] == [
+        DropShort,  # records empty in the input: no need to clean them
         HtmlUnescape,
         NormalizeUnicode,
         KeepChars,
         DropShort,
         Dedupe,
     ]
+    assert (steps[0].min_length, steps[4].min_length) == (1, 3)
     assert default_steps(dedupe="off")[-1].__class__ is DropShort
     for name, cls in [
         ("html_unescape", HtmlUnescape),

@@ -34,7 +34,7 @@ def test_input_omitted_prepares_the_sample_with_options(
     assert main([*args, "--shard-size", "10", "--workers", "1", "--no-progress"]) == 0
     assert "bundled sample" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["config"]["steps"][2] == {
+    assert manifest["config"]["steps"][3] == {
         "step": "keep_chars",
         "extra": "-'&%/",
         "fields": ["title", "content"],

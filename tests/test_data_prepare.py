@@ -85,7 +85,7 @@ def test_parallel_run_equals_the_plain_loop_with_a_plugin_keyed_step(
                 stable_hash64(normalise_text(record["content"])[:40]) if record["content"] else None
             )
 
-    steps = (*default_steps(dedupe="off")[:3], SameOpening(), *default_steps()[3:])
+    steps = (*default_steps(dedupe="off")[:4], SameOpening(), *default_steps()[4:])
     config = PrepareConfig(steps=steps, workers=2, chunk_bytes=20_000, split="1/0/0")
     manifest = AmazonTitlesDataset(synthetic, config).prepare(tmp_path / "out", progress=False)
     prepared = list(AmazonTitlesDataset.from_prepared(tmp_path / "out").iter_split("train"))
@@ -97,7 +97,7 @@ def test_parallel_run_equals_the_plain_loop_with_a_plugin_keyed_step(
         sorted(Counter(r.reason for r in expected if not isinstance(r, dict)).items())
     )
     assert manifest.dropped["same_opening"] > 0
-    assert manifest.config["steps"][3]["step"].endswith("SameOpening")
+    assert manifest.config["steps"][4]["step"].endswith("SameOpening")
 
 
 def test_split_assignment_is_pinned() -> None:

@@ -25,7 +25,8 @@ same for any number of workers.
 
 The default pipeline (:func:`default_steps`) is the seed notebook's cleaning, made explicit:
 :class:`HtmlUnescape`, :class:`NormalizeUnicode`, :class:`KeepChars`, :class:`DropShort`,
-:class:`Dedupe`. A pipeline is a plain tuple of step instances; add, remove or reorder freely.
+:class:`Dedupe` (after a :class:`DropShort` that skips records empty in the input). A pipeline
+is a plain tuple of step instances; add, remove or reorder freely.
 """
 
 from __future__ import annotations
@@ -449,12 +450,19 @@ def default_steps(
 ) -> tuple[Any, ...]:
     """The default pipeline: unescape, normalise, keep characters, drop short, dedupe.
 
+    It opens with a :class:`DropShort` that drops records whose title or content is empty
+    in the input: they would be dropped after cleaning anyway (cleaning never fills a text),
+    and nearly half the dump's records have no description, so skipping their cleaning
+    saves a tenth of the run. (A record with an empty description and a title that cleaning
+    empties is counted ``empty_content``, not ``empty_title``.)
+
     Args:
         keep_chars: Extra characters :class:`KeepChars` keeps.
-        min_length: :class:`DropShort`'s minimum length.
+        min_length: The minimum length of the :class:`DropShort` after cleaning.
         dedupe: :class:`Dedupe`'s ``by``, or ``"off"`` for no dedupe step.
     """
     steps: list[Any] = [
+        DropShort(),
         HtmlUnescape(),
         NormalizeUnicode(),
         KeepChars(extra=keep_chars),
