@@ -26,7 +26,7 @@ from productdesc.errors import UserError
 
 HAS_UNSLOTH = importlib.util.find_spec("unsloth") is not None
 PAIRS = [
-    {"prompt": f"Title: {title}\nDescription: ", "completion": f"{text}</s>"}
+    {"prompt": f"Title: {title}\nDescription:\n", "completion": f"{text}</s>"}
     for title, text in [
         ("soft cotton blanket", "a warm blanket for babies"),
         ("kitchen knife set", "six stainless steel knives"),
@@ -36,7 +36,7 @@ PAIRS = [
 ]
 
 
-def _logits(model, tokenizer, text: str = "Title: ballet tutu\nDescription: a pink"):
+def _logits(model, tokenizer, text: str = "Title: ballet tutu\nDescription:\na pink"):
     import torch
 
     batch = tokenizer([text], return_tensors="pt")
@@ -60,6 +60,7 @@ def _train(backend, tiny_llama: Path, out: Path):
         warmup_steps=0,
         learning_rate=5e-3,
         save_steps=None,
+        packing=False,  # Unsloth turns packing off on CPU; padded rows keep the backends equal
     )
     trainer = backend.train(
         model,
@@ -74,14 +75,18 @@ def _train(backend, tiny_llama: Path, out: Path):
     return model, tokenizer, trainer
 
 
-def _packed_and_padded_loss(backend, model, tokenizer) -> tuple[float, float]:
-    """The loss on all PAIRS in one batch, packed into rows and padded one a row."""
+def _packed_and_padded_loss(backend, model, tokenizer) -> tuple[float, float, bool]:
+    """The loss on all PAIRS in one batch, packed into rows and padded one a row.
+
+    Returns the two losses and whether the packed batch was packed (Unsloth turns packing off
+    where it cannot keep examples apart).
+    """
     import torch
     from datasets import Dataset
 
     from productdesc.backends._sft import build_trainer
 
-    losses = []
+    losses, packed = [], False
     for packing in (True, False):
         trainer = build_trainer(
             model,
@@ -94,10 +99,10 @@ def _packed_and_padded_loss(backend, model, tokenizer) -> tuple[float, float]:
         )
         dataset = trainer.train_dataset
         batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
-        assert ("position_ids" in batch) == packing  # packed: no attention mask, positions restart
+        packed = packed or "position_ids" in batch  # packed: no attention mask, positions restart
         with torch.no_grad():
             losses.append(float(trainer.compute_loss(model, batch)))
-    return losses[0], losses[1]
+    return losses[0], losses[1], packed
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +168,41 @@ def test_merged_model_gives_the_adapter_logits(trained, tmp_path: Path) -> None:
 def test_packed_examples_do_not_attend_to_each_other(trained) -> None:
     # Packed into one row, each example must see only itself: the same loss as padded rows.
     backend, model, tokenizer, *_ = trained
-    packed, padded = _packed_and_padded_loss(backend, model, tokenizer)
+    packed, padded, was_packed = _packed_and_padded_loss(backend, model, tokenizer)
+    assert was_packed
     assert packed == pytest.approx(padded, rel=1e-5)
 
 
 def test_prepared_model_generates(trained) -> None:
     backend, model, tokenizer, *_ = trained
     model = backend.prepare_for_inference(model)
-    batch = tokenizer(["Title: wireless mouse\nDescription: "], return_tensors="pt")
+    batch = tokenizer(["Title: wireless mouse\nDescription:\n"], return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > batch["input_ids"].shape[1]
+
+
+def test_gradient_checkpointing_trains(tiny_llama: Path, tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    backend = TransformersBackend()
+    model_config = ModelConfig(model_name=str(tiny_llama), max_seq_length=64, load_in_4bit=False)
+    model, tokenizer = backend.load_model(model_config)
+    # "unsloth" (the seed's setting) means plain checkpointing on this backend
+    model = backend.add_adapter(model, LoraSettings(use_gradient_checkpointing="unsloth"), seed=0)
+    assert model.base_model.model.is_gradient_checkpointing
+    trainer = backend.train(
+        model,
+        tokenizer,
+        Dataset.from_list(PAIRS),
+        None,
+        model_config=model_config,
+        training=TrainingConfig(max_steps=2, per_device_train_batch_size=2, save_steps=None),
+        output_dir=tmp_path,
+    )
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: gradients reached it
 
 
 def test_wrong_target_modules_name_the_field(tiny_llama: Path) -> None:
@@ -245,7 +275,7 @@ UNSLOTH_SCRIPT = textwrap.dedent(
     merged, _ = backend.load_for_inference(backend.save_merged(work / "adapter", work / "merged"))
     report["merged_diff"] = (_logits(merged, tokenizer) - expected).abs().max().item()
     fast = backend.prepare_for_inference(loaded)
-    batch = tokenizer(["Title: wireless mouse\\nDescription: "], return_tensors="pt")
+    batch = tokenizer(["Title: wireless mouse\\nDescription:\\n"], return_tensors="pt")
     out = fast.generate(**batch, max_new_tokens=4, do_sample=False)
     report["generated"] = out.shape[1] - batch["input_ids"].shape[1]
     report["packed_and_padded_loss"] = _packed_and_padded_loss(backend, model, tokenizer)
@@ -302,8 +332,9 @@ def test_unsloth_adapter_and_merged_model_reload_to_the_same_logits(unsloth_repo
 
 
 @pytest.mark.slow
-def test_unsloth_packed_examples_do_not_attend_to_each_other(unsloth_report: dict) -> None:
-    packed, padded = unsloth_report["packed_and_padded_loss"]
+def test_unsloth_packing_is_correct_or_off(unsloth_report: dict) -> None:
+    # On CPU Unsloth turns packing off (no FlashAttention); where it packs, examples stay apart.
+    packed, padded, _ = unsloth_report["packed_and_padded_loss"]
     assert packed == pytest.approx(padded, rel=1e-5)
 
 

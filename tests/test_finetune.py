@@ -130,6 +130,29 @@ def test_describer_loads_the_output_dir(run) -> None:
     assert isinstance(describer.describe("travel mug", max_new_tokens=4), str)
 
 
+def test_cli_trains_prints_progress_and_dumps_config(run, prepared, tmp_path, capsys) -> None:
+    from productdesc.cli import main
+
+    config, _, _ = run
+    config_file = tmp_path / "run.toml"
+    config.to_toml(config_file)
+    assert main(["train", "--print-config", "--config", str(config_file), "--max-steps", "3"]) == 0
+    (tmp_path / "printed.toml").write_text(capsys.readouterr().out)
+    assert FineTuneConfig.from_toml(tmp_path / "printed.toml") == attrs.evolve(
+        config, training=attrs.evolve(config.training, max_steps=3)
+    )
+
+    out = tmp_path / "cli-run"
+    args = ["train", "--data", str(prepared), "--out", str(out), "--config", str(config_file)]
+    assert main([*args, "--max-steps", "2", "--backend", "transformers"]) == 0
+    captured = capsys.readouterr()
+    assert "done: 2 steps" in captured.out and "tokens/s" in captured.out
+    assert "step 1/2  loss" in captured.out  # the progress lines, under the bar
+    assert (out / "adapter_model.safetensors").is_file()
+    assert main([*args, "--max-steps", "2"]) == 2  # --out is not empty now
+    assert "not empty" in capsys.readouterr().err
+
+
 def _trainer(tuner: LoraFineTuner, **training):
     """A trainer over RECORDS as the run would build it, ``training`` fields changed."""
     from productdesc.backends._sft import build_trainer
@@ -281,7 +304,7 @@ def _generate(model, tokenizer, prompts: list[str], max_new_tokens: int):
 
 @pytest.mark.slow
 def test_tuned_tiny_model_stops_at_eos(tiny_llama: Path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_llama, per_device_train_batch_size=6, max_steps=50, logging_steps=10)
+    config = tiny_config(tiny_llama, per_device_train_batch_size=6, max_steps=20, logging_steps=10)
     tuner = LoraFineTuner(config)
     tuner.train(RECORDS, output_dir=tmp_path / "out")
     model, tokenizer = tuner.model.eval(), tuner.tokenizer
