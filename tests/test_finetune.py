@@ -197,7 +197,8 @@ def test_packed_rows_keep_every_eos_label(loaded_tuner: LoraFineTuner) -> None:
     tokenizer = loaded_tuner.tokenizer
     trainer = _trainer(loaded_tuner, packing=True)
     rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
-    assert len(rows) < len(RECORDS)  # several examples share a row
+    # several examples share a row (unless Unsloth was imported: it unpacks on CPU)
+    assert len(rows) < len(RECORDS) or "unsloth" in sys.modules
     eos_seen = 0
     for row in rows:
         for token, label in zip(row["input_ids"], row["labels"], strict=True):
