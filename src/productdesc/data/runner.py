@@ -1,12 +1,14 @@
 """The prepare engine: parse and clean in worker processes, decide in the parent.
 
 Work is cut into chunks of whole lines (byte ranges of a plain file, each worker reading its
-own; decompressed blocks of a gzip file). A worker parses every line and runs the per-record
-steps (:meth:`Pipeline.process <productdesc.data.cleaning.Pipeline.process>`), then sends back
-only counts, a few rejected lines, and for each surviving record its line, its dedupe keys
-(8-byte hashes), its split and its final JSON line. The parent takes chunks in input order,
-checks the keys (:meth:`Pipeline.admit <productdesc.data.cleaning.Pipeline.admit>`) and
-hands the records on. The output is the same for any number of workers and any chunk size.
+own; decompressed blocks of a gzip file). A worker parses every line, runs the per-record
+steps (:meth:`Pipeline.process <productdesc.data.cleaning.Pipeline.process>`), writes the
+surviving records' JSON lines, grouped by split, to a spill file, and sends back only counts,
+a few rejected lines, and for each surviving record its line number, split and keyed-step
+keys (an 8-byte hash for :class:`~productdesc.data.cleaning.Dedupe`). The parent takes the
+chunks in input order, judges the keys (:meth:`Pipeline.admit_all
+<productdesc.data.cleaning.Pipeline.admit_all>`), and appends the survivors to the shards in
+runs of consecutive lines. The output is the same for any number of workers and chunk size.
 """
 
 from __future__ import annotations
