@@ -346,7 +346,7 @@ def test_smollm2_learns_the_task_on_the_real_sample(real_sample: Path, tmp_path:
     )
     result = LoraFineTuner(config).train(data, output_dir=tmp_path / "run")
     print(result.summary(), file=sys.stderr)
-    assert result.eval_loss < result.initial_eval_loss - 0.3  # validation: unseen records
+    assert result.eval_loss < result.initial_eval_loss - 0.25  # validation: unseen records
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < losses[0]
 

@@ -164,6 +164,9 @@ class LoraFineTuner:
     def datasets(self, train_data: Any, eval_data: Any = None) -> tuple[Any, Any | None]:
         """Prompt-completion ``datasets.Dataset`` objects for training and validation.
 
+        Records become pairs through the config's template, which needs the tokenizer: the
+        model is loaded first (:meth:`load`) if it is not yet.
+
         Args:
             train_data: A prepared directory (its ``train`` split; its ``validation`` split is
                 the default validation data), an iterable of records (mappings with ``title``
