@@ -100,7 +100,7 @@ def test_describe_streams_one_title(run_dir: Path, workdir: Path) -> None:
             "describe.py", "--model", run_dir, "--max-new-tokens", "8", "Nice for Mice", cwd=workdir
         )
     )
-    expected = Describer.from_pretrained(run_dir).describe(
+    expected = Describer.from_pretrained(run_dir, backend="transformers").describe(
         "Nice for Mice", max_new_tokens=8, repetition_penalty=1.1
     )
     assert result.stdout == expected + "\n"

@@ -72,6 +72,17 @@ def _to_tuple(value: Any) -> Any:
     return value
 
 
+OFF = "off"  # how an optional field set to None is spelled in TOML, which has no null
+
+
+def _off_to_none(value: Any) -> Any:
+    return None if value == OFF else value
+
+
+def _optional_positive() -> Any:
+    return {"converter": _off_to_none, "validator": v.optional(_positive())}
+
+
 def _gradient_checkpointing(value: Any) -> Any:
     if value in ("true", "True"):
         return True
@@ -156,7 +167,8 @@ class TrainingConfig:
             (2 x 22 = 44 sequences a step in the seed recipe).
         warmup_steps: Linear warm-up steps.
         num_train_epochs: Epochs over the train split; ignored when ``max_steps`` is set.
-        max_steps: Stop after this many optimizer steps (``None``: run the epochs).
+        max_steps: Stop after this many optimizer steps (``None``, in TOML ``"off"``: run the
+            epochs). Every optional field below is written ``"off"`` in TOML when ``None``.
         learning_rate: Peak learning rate.
         max_grad_norm: Gradient clipping norm.
         optim: A ``transformers`` optimizer name. ``adamw_8bit`` needs bitsandbytes and a GPU;
@@ -181,7 +193,7 @@ class TrainingConfig:
     num_train_epochs: float = field(
         default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
     )
-    max_steps: int | None = field(default=None, validator=v.optional(_positive()))
+    max_steps: int | None = field(default=None, **_optional_positive())
     learning_rate: float = field(
         default=2e-4, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
     )
@@ -198,9 +210,9 @@ class TrainingConfig:
     completion_only_loss: bool = field(default=True, validator=v.instance_of(bool))
     seed: int = field(default=3407, validator=_non_negative())
     logging_steps: int = field(default=1, validator=_positive())
-    eval_steps: int | None = field(default=None, validator=v.optional(_positive()))
-    save_steps: int | None = field(default=100, validator=v.optional(_positive()))
-    save_total_limit: int | None = field(default=3, validator=v.optional(_positive()))
+    eval_steps: int | None = field(default=None, **_optional_positive())
+    save_steps: int | None = field(default=100, **_optional_positive())
+    save_total_limit: int | None = field(default=3, **_optional_positive())
     dataloader_num_workers: int = field(default=0, validator=_non_negative())
 
 
@@ -315,14 +327,14 @@ class FineTuneConfig:
 
     # -- dict / TOML round trip --------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A plain nested dict; ``None`` fields are left out (TOML has no null)."""
-        return attrs.asdict(
-            self,
-            filter=lambda a, value: value is not None,
-            value_serializer=lambda inst, a, value: (
-                list(value) if isinstance(value, tuple) else value
-            ),
-        )
+        """A plain nested dict that TOML can hold: tuples as lists, ``None`` as ``"off"``."""
+
+        def serialize(inst: Any, a: Any, value: Any) -> Any:
+            if value is None:
+                return OFF
+            return list(value) if isinstance(value, tuple) else value
+
+        return attrs.asdict(self, value_serializer=serialize)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FineTuneConfig:

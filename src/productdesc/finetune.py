@@ -7,17 +7,17 @@
 
 What a run writes into ``output_dir``:
 
-=========================== ==============================================================
-``adapter_model.safetensors`` the LoRA adapter, with ``adapter_config.json`` (its base model
-                             as named in the config, so it resolves on another machine)
-tokenizer files              the tokenizer trained with (pad distinct from EOS)
-``productdesc_config.toml``  the exact :class:`~productdesc.config.FineTuneConfig` used
-``loss_history.json``        one entry per logged step (see :func:`loss_history`)
-``loss.png``                 the loss curve (needs matplotlib)
-``README.md``                a model card: base, data counts, final losses, config
-``checkpoints/``             ``checkpoint-N`` every ``training.save_steps`` (for resuming)
-``merged/``                  with ``merge=True``: the adapter merged into an unquantized base
-=========================== ==============================================================
+=============================  ================================================================
+``adapter_model.safetensors``  the LoRA adapter, with ``adapter_config.json`` (its base model
+                               as named in the config, so it resolves on another machine)
+tokenizer files                the tokenizer trained with (pad distinct from EOS)
+``productdesc_config.toml``    the exact :class:`~productdesc.config.FineTuneConfig` used
+``loss_history.json``          one entry per logged step (see :func:`loss_history`)
+``loss.png``                   the loss curve (needs matplotlib)
+``README.md``                  a model card: base, data counts, final losses, config
+``checkpoints/``               ``checkpoint-N`` every ``training.save_steps`` (for resuming)
+``merged/``                    with ``merge=True``: the adapter merged into an unquantized base
+=============================  ================================================================
 
 :meth:`~productdesc.describe.Describer.from_pretrained` loads ``output_dir`` (or ``merged/``).
 

@@ -244,6 +244,6 @@ backends: Registry[type] = Registry(
         "transformers": "productdesc.backends.transformers:TransformersBackend",
         "unsloth": "productdesc.backends.unsloth:UnslothBackend",
     },
-    _is_class_with("load", "train"),
+    _is_class_with("load_model", "load_for_inference", "train"),
 )
 """Fine-tuning backends: ``name -> backend class``."""
