@@ -398,8 +398,10 @@ class Dedupe:
     """Drop records equal to an earlier one (reason ``duplicate``); the first is kept.
 
     Records are compared by a 64-bit hash of their normalised text (case-folded, whitespace
-    collapsed): 8 bytes a record in the parent, whatever the text length. With a million
-    distinct records, the chance that two different ones share a hash is about 3e-8.
+    collapsed), whatever the text length. With a million distinct records, the chance that
+    two different ones share a hash is about 3e-8. The run remembers one hash per distinct
+    record, about 90 bytes of Python memory each (110 MB for the dump's 1.2 million): the
+    only memory of a prepare that grows with the input (``dedupe="off"`` keeps it flat).
 
     Attributes:
         by: ``"text"``: same normalised (title, content); ``"title"``: same normalised title;

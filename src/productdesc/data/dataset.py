@@ -82,6 +82,10 @@ class AmazonTitlesDataset:
         ``rejects.jsonl`` and, written last, ``manifest.json``. Re-running with the same
         input and config rewrites the same bytes.
 
+        ``rejects.jsonl`` holds the first ``config.rejects_per_reason`` dropped lines of each
+        reason, by line number: ``{"line", "reason", "detail", "raw"}`` with the input line,
+        or, for duplicates, ``{"line", "reason", "detail", "record"}`` with the cleaned record.
+
         Args:
             out_dir: A new or empty directory, or one holding a prepare of the same input
                 and config (it is refreshed).
