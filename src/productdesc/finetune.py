@@ -118,6 +118,10 @@ class LoraFineTuner:
 
     Args:
         config: The run's configuration (``None``: the defaults, the seed's recipe).
+        retriever: For a template that shows context (``template = "context"``): the retrieval
+            index its neighbours come from, or its directory (see
+            :func:`productdesc.context.open_index`). ``None``: the prepared training data's
+            index (``DATA/retrieval``, else its train split indexed in memory).
 
     Attributes:
         config: The configuration.
@@ -127,7 +131,7 @@ class LoraFineTuner:
         template: The prompt template bound to the tokenizer, after :meth:`load`.
     """
 
-    def __init__(self, config: FineTuneConfig | None = None) -> None:
+    def __init__(self, config: FineTuneConfig | None = None, *, retriever: Any = None) -> None:
         from productdesc.backends import get_backend
 
         if config is None:
@@ -139,6 +143,7 @@ class LoraFineTuner:
         self.model: Any = None
         self.tokenizer: Any = None
         self.template: Any = None
+        self.retriever = retriever
         self._trained = False
 
     # -- steps -----------------------------------------------------------------------------------
@@ -301,6 +306,11 @@ class LoraFineTuner:
             eval_rows = _rows(eval_data, "validation")[0] if eval_data is not None else None
         if self.template is None:
             self.load()
+        # Context templates (issue 9) get their index here; leave-one-out is the template's job.
+        from productdesc.context import bind_retriever
+
+        default = prepared.directory if prepared is not None else None
+        self.template = bind_retriever(self.template, self.retriever, default=default)
         train_ds = self._pairs_dataset(train_rows)
         if train_ds is None:
             raise UserError(f"no training examples in {_describe_data(train_data)}")
