@@ -11,10 +11,12 @@ inference, and the answer it gives back:
   user's question (:data:`QUESTIONS`) so the tuned model answers questions, not one instruction.
 * :meth:`~BaseTemplate.parse`: generated text to the answer alone.
 
-Two templates are built in, registered in :data:`productdesc.plugins.templates`:
-``"alpaca"`` (:class:`PromptTemplate`, the seed notebook's) and ``"chat"``
-(:class:`ChatTemplate`, the tokenizer's own chat template). Build either for a tokenizer, which
-supplies the EOS string, with :meth:`~BaseTemplate.for_tokenizer` or :func:`get_template`.
+Three templates are built in, registered in :data:`productdesc.plugins.templates`:
+``"alpaca"`` (:class:`PromptTemplate`, the seed notebook's), ``"chat"`` (:class:`ChatTemplate`,
+the tokenizer's own chat template) and ``"context"`` (:class:`ContextTemplate`: Alpaca with the
+nearest known products' titles and descriptions, from a retrieval index). Build any of them for a
+tokenizer, which supplies the EOS string, with :meth:`~BaseTemplate.for_tokenizer` or
+:func:`get_template`.
 
 Encode rendered text with the tokenizer's defaults (``add_special_tokens=True``), as TRL does for
 prompt-completion strings: the texts hold no BOS of their own.
@@ -49,9 +51,11 @@ from productdesc.errors import UserError
 __all__ = [
     "ALPACA_PREAMBLE",
     "ALPACA_PROMPT",
+    "CONTEXT_PROMPT",
     "QUESTIONS",
     "BaseTemplate",
     "ChatTemplate",
+    "ContextTemplate",
     "PromptTemplate",
     "TemplateError",
     "get_template",
@@ -66,6 +70,12 @@ ALPACA_PROMPT = (
     "### Response:\n{response}"
 )
 """The classic Alpaca prompt as Unsloth's notebooks (and the seed) write it."""
+
+CONTEXT_PROMPT = (
+    ALPACA_PREAMBLE + "\n\n### Instruction:\n{instruction}\n\n### Context:\n{context}\n\n"
+    "### Input:\n{title}\n\n### Response:\n{response}"
+)
+"""The Alpaca prompt with a ``### Context:`` section of similar products before the input."""
 
 QUESTIONS: tuple[str, ...] = (
     "What is {title}?",
@@ -262,7 +272,13 @@ class BaseTemplate(abc.ABC):
                     f"'content' (run `productdesc prepare` to clean the data)"
                 ) from None
             question = self._question_for(title, content, share, seed)
-            yield self.render_pair(title, content, question)
+            yield self._record_pair(record, title, content, question)
+
+    def _record_pair(
+        self, record: Mapping[str, Any], title: str, content: str, question: str | None
+    ) -> dict[str, str]:
+        """One record's pair; a template that needs more of the record than its text overrides."""
+        return self.render_pair(title, content, question)
 
     def _question_for(self, title: str, content: str, share: float, seed: int) -> str | None:
         digest = hashlib.blake2b(
@@ -309,10 +325,20 @@ class PromptTemplate(BaseTemplate):
         self, title: str, question: str | None = None, description: str | None = None
     ) -> str:
         """See :meth:`BaseTemplate.render`."""
+        return self._fill(ALPACA_PROMPT, title, question, description)
+
+    def _fill(
+        self,
+        pattern: str,
+        title: str,
+        question: str | None,
+        description: str | None,
+        **fields: str,
+    ) -> str:
         instruction = self.instruction if question is None else _text(question, "question")
         response = "" if description is None else _text(description, "description") + self._eos()
-        return ALPACA_PROMPT.format(
-            instruction=instruction, title=_text(title, "title"), response=response
+        return pattern.format(
+            instruction=instruction, title=_text(title, "title"), response=response, **fields
         )
 
     def parse(self, generated_text: str) -> str:
@@ -429,6 +455,190 @@ class ChatTemplate(BaseTemplate):
         if self.tokenizer_bos and text.startswith(self.tokenizer_bos):
             text = text[len(self.tokenizer_bos) :]
         return text
+
+
+NO_CONTEXT = "No similar product is known."
+"""The context section's text when the retriever finds no related product."""
+
+
+@frozen(kw_only=True)
+class ContextTemplate(PromptTemplate):
+    """Alpaca with context (:data:`CONTEXT_PROMPT`): similar known products, then the title.
+
+    The ``### Context:`` section lists up to :attr:`k` products nearest to the title in a
+    retrieval index (:mod:`productdesc.context`), best match first, each as a ``Product:`` line
+    and a ``Description:`` line; the descriptions share :attr:`max_context_chars`. The model
+    learns to write the asked product's description from its neighbours'.
+
+    Context comes from :attr:`retriever` (bind one with :meth:`with_retriever` or
+    ``get_template("context", retriever=index)``) or is passed to :meth:`render` as ``context``.
+    :meth:`training_pairs` leaves every record out of its own context (its uid, its normalised
+    title and its exact description), so the model never learns to copy the answer from it.
+
+    Attributes:
+        k: Neighbours shown at most (fewer when fewer share a word with the title).
+        max_context_chars: Characters the neighbours' descriptions may take together: each gets
+            an equal share, and what a short one leaves goes to the longer ones; a description
+            over its share is cut at a word and ends with "…". Titles are not counted.
+        retriever: What finds the neighbours: a :class:`~productdesc.retrieval.RetrievalIndex`
+            or anything with its ``search``. Not compared, not shown in ``repr``.
+        instruction: See :class:`PromptTemplate`.
+        eos_token: See :class:`BaseTemplate`.
+        questions: See :class:`BaseTemplate`.
+
+    >>> t = ContextTemplate(eos_token="</s>")
+    >>> print(t.render("Tutu Blue", context=[{"title": "Tutu Pink", "content": "A pink tutu."}])
+    ...       .split("### Context:\\n")[1])
+    Product: Tutu Pink
+    Description: A pink tutu.
+    <BLANKLINE>
+    ### Input:
+    Tutu Blue
+    <BLANKLINE>
+    ### Response:
+    <BLANKLINE>
+    """
+
+    name: ClassVar[str] = "context"
+    uses_context: ClassVar[bool] = True  # what Describer and LoraFineTuner look for
+
+    # 3 x ~400 characters: about 300 tokens of context, so prompt and answer fit in 768 tokens.
+    k: int = field(default=3, validator=[v.instance_of(int), v.ge(1)])
+    max_context_chars: int = field(default=1200, validator=[v.instance_of(int), v.ge(1)])
+    retriever: Any = field(default=None, eq=False, repr=False)
+
+    def with_retriever(self, retriever: Any) -> ContextTemplate:
+        """This template finding its context with ``retriever``."""
+        return attrs.evolve(self, retriever=retriever)
+
+    def render(
+        self,
+        title: str,
+        question: str | None = None,
+        description: str | None = None,
+        *,
+        context: Iterable[Any] | None = None,
+    ) -> str:
+        """See :meth:`BaseTemplate.render`.
+
+        Args:
+            title: The product title.
+            question: A user's question; replaces the instruction.
+            description: The answer to train on.
+            context: The neighbours to show: :class:`~productdesc.retrieval.Hit` objects or
+                mappings with ``title`` and ``content``, best first. ``None``: ask
+                :attr:`retriever` for the title's neighbours.
+
+        Raises:
+            TemplateError: No ``context`` and no retriever, or a neighbour without text.
+        """
+        hits = self.context_for(_text(title, "title")) if context is None else context
+        return self._fill(
+            CONTEXT_PROMPT, title, question, description, context=self.format_context(hits)
+        )
+
+    def render_pair(
+        self,
+        title: str,
+        description: str,
+        question: str | None = None,
+        *,
+        context: Iterable[Any] | None = None,
+    ) -> dict[str, str]:
+        """See :meth:`BaseTemplate.render_pair`; ``context`` as in :meth:`render`, looked up once."""
+        hits = self.context_for(_text(title, "title")) if context is None else list(context)
+        prompt = self.render(title, question, context=hits)
+        # The answer is the pattern's last field, so prompt + completion == render(..., description).
+        return {"prompt": prompt, "completion": _text(description, "description") + self._eos()}
+
+    def training_pairs(
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        question_share: float = 0.0,
+        seed: int = 3407,
+    ) -> Iterator[dict[str, str]]:
+        """See :meth:`BaseTemplate.training_pairs`; each record is left out of its own context.
+
+        Records may carry a ``uid``; without one, the title and description still leave the
+        record out.
+
+        Raises:
+            TemplateError: As the base method, and at once when there is no retriever.
+        """
+        self._retriever()
+        return super().training_pairs(records, question_share=question_share, seed=seed)
+
+    def _record_pair(
+        self, record: Mapping[str, Any], title: str, content: str, question: str | None
+    ) -> dict[str, str]:
+        context = self.context_for(title, leave_out=record)
+        return self.render_pair(title, content, question, context=context)
+
+    def context_for(self, title: str, *, leave_out: Mapping[str, Any] | None = None) -> list[Any]:
+        """The title's neighbours from :attr:`retriever` (see :func:`productdesc.context.neighbours`).
+
+        Args:
+            title: The product title (the query).
+            leave_out: A record that must not be its own context (training).
+        """
+        from productdesc.context import neighbours
+
+        return neighbours(self._retriever(), title, self.k, leave_out=leave_out)
+
+    def format_context(self, hits: Iterable[Any]) -> str:
+        """The context section's text for ``hits`` (the first :attr:`k`), within the budget."""
+        entries = []
+        for i, hit in enumerate(hits):
+            if i == self.k:
+                break
+            title, content = (
+                (hit.get("title"), hit.get("content"))
+                if isinstance(hit, Mapping)
+                else (getattr(hit, "title", None), getattr(hit, "content", None))
+            )
+            entries.append(
+                (_text(title, f"context {i} title"), _text(content, f"context {i} content"))
+            )
+        if not entries:
+            return NO_CONTEXT
+        texts = [" ".join(content.split()) for _, content in entries]
+        shares = _fair_shares([len(t) for t in texts], self.max_context_chars)
+        return "\n\n".join(
+            f"Product: {' '.join(title.split())}\nDescription: {_clip(text, share)}"
+            for (title, _), text, share in zip(entries, texts, shares, strict=True)
+        )
+
+    def _retriever(self) -> Any:
+        if self.retriever is None:
+            raise TemplateError(
+                "the 'context' template has no retriever to find similar products with: pass "
+                "retriever= (a RetrievalIndex or its directory) to Describer or LoraFineTuner, "
+                "--context INDEX on the command line, or context= to render"
+            )
+        return self.retriever
+
+
+def _fair_shares(lengths: list[int], budget: int) -> list[int]:
+    """Characters per text: an equal share each, a short text's leftover going to longer ones."""
+    shares = [0] * len(lengths)
+    left = budget
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for done, i in enumerate(order):
+        shares[i] = min(lengths[i], left // (len(order) - done))
+        left -= shares[i]
+    return shares
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, marked with "…"."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    space = cut.rfind(" ")
+    if space > limit // 2:  # a cut mid-word only when the last word is very long
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 def get_template(name: str, tokenizer: Any = None, **options: Any) -> BaseTemplate:
