@@ -232,6 +232,7 @@ templates: Registry[type] = Registry(
     {
         "alpaca": "productdesc.prompts:PromptTemplate",
         "chat": "productdesc.prompts:ChatTemplate",
+        "context": "productdesc.prompts:ContextTemplate",
     },
     _is_class_with("render", "parse"),
 )
