@@ -26,11 +26,12 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import run_variant
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [
@@ -92,20 +93,10 @@ def main() -> int:
     for name in args.variants.split(","):
         spec = {**vars(args), "name": name, "model_dir": str(model_dir), "titles": titles}
         spec["reference"] = str(reference)
-        out = work / f"{name}.json"
-        out.unlink(missing_ok=True)
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(spec), str(out)],
-            text=True,
-            capture_output=True,
-        )
-        if proc.returncode != 0 or not out.exists():
-            tail = (proc.stdout + proc.stderr)[-3000:]
-            print(f"== {name} FAILED (rc {proc.returncode})\n{tail}", flush=True)
-            results.append({"name": name, "error": tail[-800:]})
-            continue
-        res = json.loads(out.read_text())
+        res = run_variant(__file__, spec, work / f"{name}.json")
         results.append(res)
+        if "error" in res:
+            continue
         print(
             f"== {name}: b1 {res['b1_tokens_per_s']:,.0f} tok/s, b{args.batch} "
             f"{res['batch_tokens_per_s']:,.0f} tok/s, ttft {res['ttft_ms']:.1f} ms, "

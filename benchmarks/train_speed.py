@@ -30,11 +30,12 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _harness import run_variant
 
 HERE = Path(__file__).resolve().parent
 PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
@@ -152,22 +153,10 @@ def main() -> int:
     results = []
     for name in args.variants.split(","):
         spec = {"name": name, "model_dir": str(model_dir), "texts": str(texts), **vars(args)}
-        out = work / f"{name}.json"
-        out.unlink(missing_ok=True)
-        t0 = time.time()
-        proc = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(spec), str(out)],
-            text=True,
-            capture_output=True,
-        )
-        if proc.returncode != 0 or not out.exists():
-            tail = (proc.stdout + proc.stderr)[-3000:]
-            print(f"== {name} FAILED (rc {proc.returncode})\n{tail}", flush=True)
-            results.append({"name": name, "error": tail[-800:]})
-            continue
-        res = json.loads(out.read_text())
-        res["wall_s"] = round(time.time() - t0, 1)
+        res = run_variant(__file__, spec, work / f"{name}.json")
         results.append(res)
+        if "error" in res:
+            continue
         # Partial results survive a run cut short by a time limit.
         Path(args.out).with_suffix(".partial.json").write_text(json.dumps(results))
         print(
