@@ -36,7 +36,15 @@ from productdesc.data.manifest import MANIFEST_NAME
 from productdesc.errors import UserError
 from productdesc.retrieval import Analyzer, Hit, RetrievalIndex
 
-__all__ = ["INDEX_DIR", "bind_retriever", "build_index", "neighbours", "open_index", "uses_context"]
+__all__ = [
+    "INDEX_DIR",
+    "bind_retriever",
+    "build_index",
+    "check_retriever",
+    "neighbours",
+    "open_index",
+    "uses_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,26 +114,42 @@ def bind_retriever(template: Any, retriever: Any = None, *, default: Any = None)
         default: The fallback source (a prepared data directory), or ``None``.
 
     Raises:
-        UserError: A retriever for a template that takes no context (it would be ignored), or
-            a template that takes context with none to be had.
+        UserError: See :func:`check_retriever`.
     """
     if not uses_context(template):
-        if retriever is not None:
-            raise UserError(
-                f"a retrieval index was given, but the {template.name!r} prompt template shows "
-                f"no context; train and answer with the 'context' template to use one"
-            )
+        check_retriever(template, retriever)  # refuses an index it would ignore
         return template
     if retriever is None and getattr(template, "retriever", None) is not None:
         return template
     source = retriever if retriever is not None else default
-    if source is None:
-        raise UserError(
-            f"the {template.name!r} prompt template answers from similar products and needs a "
-            f"retrieval index: build one with `productdesc index DATA`, then pass it as "
-            f"retriever= (Python) or --context INDEX (command line)"
-        )
+    check_retriever(template, source)
     return template.with_retriever(open_index(source))
+
+
+def check_retriever(template: Any, retriever: Any) -> None:
+    """Check that a template and a retriever go together, before anything slow happens.
+
+    Args:
+        template: A template object or a registered name.
+        retriever: The index (or its directory) to be used, or ``None``.
+
+    Raises:
+        UserError: A retriever for a template that shows no context (it would be ignored), or
+            a template that shows context with neither a retriever nor one of its own.
+    """
+    name = template if isinstance(template, str) else template.name
+    if not uses_context(template):
+        if retriever is not None:
+            raise UserError(
+                f"a retrieval index was given, but the {name!r} prompt template shows no "
+                f"context; train and answer with the 'context' template to use one"
+            )
+    elif retriever is None and getattr(template, "retriever", None) is None:
+        raise UserError(
+            f"the {name!r} prompt template answers from similar products and needs a retrieval "
+            f"index: build one with `productdesc index DATA`, then pass it as retriever= "
+            f"(Python) or --context INDEX (command line)"
+        )
 
 
 def build_index(

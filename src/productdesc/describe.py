@@ -11,6 +11,9 @@ Usage::
     for piece in describer.stream("Nice for Mice"):
         print(piece, end="", flush=True)
 
+    # a model trained with the "context" template answers from the nearest known products
+    describer = Describer.from_pretrained("runs/context-lora", retriever="data/prepared/retrieval")
+
 Every public method goes through one private step, :meth:`Describer._generate_padded`, which
 runs ``generate`` on one left-padded batch; a faster CUDA path (static KV cache,
 ``torch.compile``) replaces that step and nothing else.
@@ -112,6 +115,10 @@ class Describer:
         backend: A backend object or name (see :mod:`productdesc.backends`) whose
             ``prepare_for_inference`` is applied to ``model`` once (Unsloth's
             ``for_inference``); ``None`` uses the model as given.
+        retriever: For a template that shows context (``"context"``): the retrieval index the
+            nearest known products come from at answer time, or its directory (see
+            :func:`productdesc.context.open_index`). With ``template=None`` it selects the
+            ``"context"`` template.
         fast: Greedy, non-streamed calls decode with
             :class:`~productdesc.fastgen.StaticGreedyDecoder` (static KV cache, one-token step
             compiled into CUDA graphs, early exit): ``None`` turns it on where the model is on
@@ -129,7 +136,12 @@ class Describer:
         generation: GenerationConfig | None = None,
         backend: Any = None,
         fast: bool | None = None,
+        retriever: Any = None,
     ) -> None:
+        from productdesc.context import bind_retriever
+
+        if template is None and retriever is not None:
+            template = "context"
         if isinstance(backend, str):
             from productdesc.backends import get_backend
 
@@ -141,7 +153,7 @@ class Describer:
         self.tokenizer = tokenizer
         self.backend = backend
         self._eos_id, self._pad_id = _eos_and_pad(model, tokenizer)
-        self.template = _resolve_template(template, tokenizer)
+        self.template = bind_retriever(_resolve_template(template, tokenizer), retriever)
         self.generation = generation if generation is not None else GenerationConfig()
         if not isinstance(self.generation, GenerationConfig):
             raise TypeError(
@@ -173,6 +185,7 @@ class Describer:
         generation: GenerationConfig | None = None,
         template: Any = None,
         fast: bool | None = None,
+        retriever: Any = None,
     ) -> Describer:
         """Load a training output directory (LoRA adapter) or a merged model directory.
 
@@ -193,9 +206,12 @@ class Describer:
             generation: Default decoding settings (``None``: the seed's, greedy and 128 tokens).
             template: A template object or name (``None``: the run's, else ``"alpaca"``).
             fast: The CUDA fast path (see :class:`Describer`); ``None``: on where CUDA is.
+            retriever: The retrieval index (or its directory) for a run trained with the
+                ``"context"`` template; see :class:`Describer`.
 
         Raises:
-            UserError: The directory is missing, or ``merge_lora`` is asked for in 4-bit.
+            UserError: The directory is missing, ``merge_lora`` is asked for in 4-bit, or the
+                template needs a retriever and none is given (checked before loading).
         """
         path = Path(path)
         if not path.is_dir():
@@ -210,6 +226,14 @@ class Describer:
                 backend = run_config.backend
             if template is None:
                 template = run_config.template
+        if template is None and retriever is not None:
+            template = "context"
+        from productdesc.context import check_retriever, open_index
+
+        # A missing or needless index, or a bad directory, fails before the model loads.
+        check_retriever(template if template is not None else "alpaca", retriever)
+        if retriever is not None:
+            retriever = open_index(retriever)
         from productdesc.backends import get_backend
 
         backend_obj = get_backend(backend)
@@ -230,6 +254,7 @@ class Describer:
             generation=generation,
             backend=backend_obj,
             fast=fast,
+            retriever=retriever,
         )
 
     # -- public API ----------------------------------------------------------------------------

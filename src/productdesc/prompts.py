@@ -635,9 +635,10 @@ def _clip(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     cut = text[: max(limit - 1, 0)]
-    space = cut.rfind(" ")
-    if space > limit // 2:  # a cut mid-word only when the last word is very long
-        cut = cut[:space]
+    if cut and not text[len(cut)].isspace():  # the cut splits a word: drop its start
+        space = cut.rfind(" ")
+        if space > limit // 2:  # unless the word is very long
+            cut = cut[:space]
     return cut.rstrip() + "…"
 
 

@@ -3,6 +3,7 @@
 productdesc describe --model runs/smollm2-lora "Nice for Mice"
 productdesc describe --model runs/smollm2-lora "Nice for Mice" --question "Is it good for toddlers?"
 productdesc describe --model runs/smollm2-lora --file titles.txt --out answers.jsonl
+productdesc describe --model runs/context-lora --context data/prepared "Nice for Mice"
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def add_parser(subparsers: Any) -> None:
         help="the base model without the adapter, same prompt (zero-shot baseline)",
     )
     parser.add_argument(
+        "--context",
+        type=Path,
+        metavar="INDEX",
+        help="answer from the nearest known products: a retrieval index directory "
+        "(`productdesc index`) or a prepared data directory; for models trained with the "
+        "'context' template",
+    )
+    parser.add_argument(
         "--backend",
         default="auto",
         help="backend to load with (default: the one the run used, else unsloth if installed)",
@@ -82,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
     # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.
     with contextlib.redirect_stdout(sys.stderr):
         describer = Describer.from_pretrained(
-            args.model, backend=args.backend, base_only=args.base_only, generation=generation
+            args.model,
+            backend=args.backend,
+            base_only=args.base_only,
+            generation=generation,
+            retriever=args.context,
         )
     if args.file is None:
         for piece in describer.stream(args.title, args.question):

@@ -2,6 +2,7 @@
 
 productdesc evaluate --model runs/smollm2-lora --data data/prepared --limit 200
 productdesc evaluate --model runs/a --compare runs/b --data data/prepared --out runs/a-vs-b
+productdesc evaluate --model runs/plain --context runs/with-context --data data/prepared
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--no-retrieval", action="store_true", help="skip the retrieval baseline")
     parser.add_argument(
         "--compare", type=Path, metavar="DIR", help="a second training output to compare (A/B)"
+    )
+    parser.add_argument(
+        "--context",
+        type=Path,
+        metavar="DIR",
+        help="a training output made with the 'context' template, reported as 'tuned + context'",
+    )
+    parser.add_argument(
+        "--index",
+        type=Path,
+        metavar="DIR",
+        help="retrieval index for the baseline and the context (default: DATA/retrieval, else "
+        "the train split indexed in memory); it must not hold the evaluated split",
     )
     parser.add_argument("--batch-size", type=int, help="titles per generate call (default 8)")
     parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 128)")
@@ -79,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         out_dir=out,
         baselines=baselines,
         compare=args.compare,
+        context_model=args.context,
+        index=args.index,
         generation=generation,
         seed=args.seed,
         samples=args.samples,

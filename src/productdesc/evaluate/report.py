@@ -160,6 +160,8 @@ def _describe_settings(result: EvalResult) -> list[tuple[str, str]]:
     rows = [
         ("model", meta.get("model_dir", "")),
         ("compared with", meta.get("compare_dir") or ""),
+        ("tuned + context", meta.get("context_dir") or ""),
+        ("retrieval index", meta.get("index") or ""),
         ("data", f"{meta.get('data_dir', '')}, split {meta.get('split', '')!r}"),
         ("records", str(meta.get("records", len(result.records)))),
         ("decoding", decoding if gen else ""),

@@ -12,7 +12,12 @@ Systems, all answering the same records, the generating ones with the same decod
 * ``retrieval``: the description of the nearest train title (:mod:`productdesc.retrieval`);
 * ``base``: the foundation model with the run's prompt and no adapter (zero-shot);
 * ``tuned``: the fine-tuned model;
+* ``context``: optionally, a model fine-tuned with the ``"context"`` template, answering from
+  the nearest train products (reported as "tuned + context");
 * ``compare``: optionally, a second fine-tuned model, for A/B.
+
+The retrieval baseline and every model that shows context use one index: the train split's,
+so a test record's own description is never in its context.
 """
 
 from __future__ import annotations
@@ -46,14 +51,23 @@ __all__ = ["BASELINES", "EvalResult", "SystemRun", "evaluate", "read_loss_histor
 logger = logging.getLogger(__name__)
 
 BASELINES = ("base", "retrieval")
-ORDER = ("retrieval", "base", "tuned", "compare")  # report order: baselines first
+ORDER = ("retrieval", "base", "tuned", "context", "compare")  # report order: baselines first
 LABELS = {
     "retrieval": "retrieval (nearest train title)",
     "base": "base model (no adapter)",
     "tuned": "tuned",
+    "context": "tuned + context",
     "compare": "tuned B",
 }
-INDEX_DIR = "retrieval"  # a prepared data directory's saved index, used when present
+CONTEXT_SUFFIX = " + context"  # a label's ending when that system's prompt shows context
+# (first, second) -> the paired difference "first - second", when both systems ran
+DIFFERENCES = (
+    ("tuned", "base"),
+    ("tuned", "retrieval"),
+    ("context", "retrieval"),
+    ("context", "tuned"),
+    ("compare", "tuned"),
+)
 LOSS_HISTORY = "loss_history.json"
 
 
@@ -62,7 +76,7 @@ class SystemRun:
     """One system's answers, aligned with the evaluated records.
 
     Attributes:
-        name: ``"retrieval"``, ``"base"``, ``"tuned"`` or ``"compare"``.
+        name: ``"retrieval"``, ``"base"``, ``"tuned"``, ``"context"`` or ``"compare"``.
         label: Human-readable name for reports.
         outputs: One answer per record.
         stopped_at_eos: Whether each answer ended at EOS (``None`` for retrieval).
@@ -178,7 +192,7 @@ def score_runs(
         scores[run.name] = score_system(run.outputs, references, run.stopped_at_eos)
         intervals[run.name] = bootstrap(scores[run.name], n_resamples=n_resamples, seed=seed)
     differences = {}
-    for first, second in (("tuned", "base"), ("tuned", "retrieval"), ("compare", "tuned")):
+    for first, second in DIFFERENCES:
         if first in scores and second in scores:
             differences[f"{first} - {second}"] = bootstrap_difference(
                 scores[first], scores[second], n_resamples=n_resamples, seed=seed
@@ -205,6 +219,8 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     baselines: Sequence[str] = BASELINES,
     compare: str | os.PathLike[str] | None = None,
+    context_model: str | os.PathLike[str] | None = None,
+    index: str | os.PathLike[str] | None = None,
     generation: GenerationConfig | None = None,
     seed: int = 0,
     n_resamples: int = 1000,
@@ -219,14 +235,19 @@ def evaluate(
             ``loss_history.json``) or any directory :class:`~productdesc.describe.Describer`
             loads.
         data_dir: A prepared data directory (``productdesc prepare``): the records come from
-            ``split``, the retrieval baseline searches its ``train`` split (or the index saved in
-            its ``retrieval/`` directory).
+            ``split``; the retrieval baseline and the context search its ``train`` split (the
+            index saved in its ``retrieval/`` directory, when there is one).
         split: The split to answer.
         limit: Evaluate only the split's first ``limit`` records.
         out_dir: Where to write ``report.md``, ``report.html``, ``results.json`` and
             ``loss.png``; ``None`` writes nothing.
         baselines: Any of ``"base"`` and ``"retrieval"``.
         compare: A second model directory, evaluated as ``compare`` (A/B).
+        context_model: A model directory trained with the ``"context"`` template, evaluated as
+            ``context`` ("tuned + context") with context from the index. ``model_dir`` may
+            also be such a model: every model whose template shows context gets the index.
+        index: A retrieval index directory to use instead of ``data_dir``'s; it must hold no
+            record of ``split``, or answers may quote the reference.
         generation: Decoding settings for every generating system (``None``: greedy, 128 new
             tokens, as :class:`~productdesc.config.GenerationConfig`).
         seed: Seed of the bootstrap and of the report's sample of records.
@@ -236,8 +257,9 @@ def evaluate(
         progress: Show tqdm bars.
 
     Raises:
-        UserError: A missing directory, an unknown baseline, an empty split, or the
-            ``"base"`` baseline asked of a model directory without a LoRA adapter.
+        UserError: A missing directory, an unknown baseline, an empty split, the ``"base"``
+            baseline asked of a model directory without a LoRA adapter, or a
+            ``context_model`` trained without the context template.
     """
     unknown = sorted(set(baselines) - set(BASELINES))
     if unknown:
@@ -245,9 +267,22 @@ def evaluate(
     if limit is not None and limit < 1:
         raise UserError(f"limit must be a positive number of records, got {limit}")
     model_dir, data_dir = Path(model_dir), Path(data_dir)
-    for what, path in (("model", model_dir), ("data", data_dir), ("compare model", compare)):
+    paths = (
+        ("model", model_dir),
+        ("data", data_dir),
+        ("compare model", compare),
+        ("context model", context_model),
+        ("index", index),
+    )
+    for what, path in paths:
         if path is not None and not Path(path).is_dir():
             raise UserError(f"{what} directory not found: {path}")
+    if context_model is not None and not _shows_context(Path(context_model)):
+        raise UserError(
+            f"context model {context_model} was not trained with a template that shows context "
+            f"(its productdesc_config.toml says template = "
+            f"{_template_name(Path(context_model))!r}); train it with template = 'context'"
+        )
     if "base" in baselines:
         from productdesc.backends.base import ADAPTER_CONFIG
 
@@ -265,15 +300,27 @@ def evaluate(
     titles = [r["title"] for r in records]
     logger.info("evaluating %d %s records of %s", len(records), split, data_dir)
 
+    opened: list[tuple[Any, str]] = []  # the index, opened once when first needed
+
+    def retriever() -> tuple[Any, str]:
+        if not opened:
+            opened.append(_open_index(data_dir, index, progress))
+        return opened[0]
+
     def model(name: str, path: Path, base_only: bool = False) -> SystemRun:
-        return _run_model(name, path, titles, generation, backend, progress, base_only=base_only)
+        shown = retriever()[0] if _shows_context(path) else None
+        return _run_model(
+            name, path, titles, generation, backend, progress, base_only=base_only, retriever=shown
+        )
 
     runs = []
     if "retrieval" in baselines:
-        runs.append(_run_retrieval(data_dir, titles, progress))
+        runs.append(_run_retrieval(*retriever(), titles))
     if "base" in baselines:
         runs.append(model("base", model_dir, base_only=True))
     runs.append(model("tuned", model_dir))
+    if context_model is not None:
+        runs.append(model("context", Path(context_model)))
     if compare is not None:
         runs.append(model("compare", Path(compare)))
 
@@ -281,6 +328,8 @@ def evaluate(
         "model_dir": str(model_dir),
         "data_dir": str(data_dir),
         "compare_dir": None if compare is None else str(compare),
+        "context_dir": None if context_model is None else str(context_model),
+        "index": opened[0][1] if opened else None,
         "split": split,
         "limit": limit,
         "generation": attrs.asdict(generation),
@@ -323,16 +372,34 @@ def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[st
     return records
 
 
-def _run_retrieval(data_dir: Path, titles: list[str], progress: bool) -> SystemRun:
-    from productdesc.retrieval import RetrievalIndex
+def _open_index(data_dir: Path, index: Any, progress: bool) -> tuple[Any, str]:
+    """The retrieval index and a note of where it came from."""
+    from productdesc.context import INDEX_DIR, open_index
 
+    if index is not None:
+        return open_index(index), str(index)
     saved = data_dir / INDEX_DIR
+    opened = open_index(data_dir, show_progress=progress)
     if (saved / "index.json").is_file():
-        index, source = RetrievalIndex.load(saved), str(saved)
-    else:
-        logger.info("no saved index in %s; indexing the train split", saved)
-        index = RetrievalIndex.from_prepared(data_dir, "train", show_progress=progress)
-        source = f"{data_dir} (train split, {len(index)} titles)"
+        return opened, str(saved)
+    return opened, f"{data_dir} (train split, {len(opened)} titles)"
+
+
+def _template_name(model_dir: Path) -> str:
+    """The template a training run used (``"alpaca"`` when the directory does not say)."""
+    from productdesc.describe import _run_config
+
+    config = _run_config(model_dir)
+    return config.template if config is not None else "alpaca"
+
+
+def _shows_context(model_dir: Path) -> bool:
+    from productdesc.context import uses_context
+
+    return uses_context(_template_name(model_dir))
+
+
+def _run_retrieval(index: Any, source: str, titles: list[str]) -> SystemRun:
     # The index holds train records only and splits never share a title, so a test record's
     # own description cannot be returned: no exclusion needed.
     start = time.perf_counter()
@@ -355,11 +422,14 @@ def _run_model(
     progress: bool,
     *,
     base_only: bool = False,
+    retriever: Any = None,
 ) -> SystemRun:
     from productdesc.describe import Describer
 
+    # Only a model that shows context gets the index (its prompt needs it; others refuse it).
+    extra = {} if retriever is None else {"retriever": retriever}
     describer = Describer.from_pretrained(
-        path, backend=backend, base_only=base_only, generation=generation
+        path, backend=backend, base_only=base_only, generation=generation, **extra
     )
     try:
         start = time.perf_counter()
@@ -376,9 +446,12 @@ def _run_model(
         seconds,
         sum(tokens) / seconds if seconds > 0 else float("nan"),
     )
+    label = LABELS[name]
+    if retriever is not None and not label.endswith(CONTEXT_SUFFIX):
+        label += CONTEXT_SUFFIX
     return SystemRun(
         name,
-        LABELS[name],
+        label,
         [d.text for d in details],
         stopped_at_eos=[d.stopped_at_eos for d in details],
         new_tokens=tokens,
