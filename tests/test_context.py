@@ -174,6 +174,11 @@ def test_leave_one_out_without_uids(index: RetrievalIndex) -> None:
     # duplicates among the neighbours take one place only
     contents = [" ".join(h.content.split()) for h in hits]
     assert len(contents) == len(set(contents))
+    # a listing without a description (raw data) is no context
+    sparse = RetrievalIndex.build(
+        [*CATALOGUE, {"uid": "e", "title": "ballet tutu pink", "content": " "}], show_progress=False
+    )
+    assert "e" not in {h.uid for h in neighbours(sparse, "ballet tutu pink", 8)}
 
 
 def test_real_sample_leave_one_out(real_sample: Path) -> None:

@@ -183,9 +183,10 @@ def neighbours(
 ) -> list[Hit]:
     """Up to ``k`` known products nearest to ``title``, best first, for a prompt's context.
 
-    Hits that share no word with ``title`` (score 0) are dropped, as are hits whose description
-    repeats a better hit's (one listing under several titles): context is for information, and
-    its character budget is small. So fewer than ``k`` may come back, or none.
+    Hits that share no word with ``title`` (score 0) are dropped, as are hits with an empty
+    description and hits whose description repeats a better hit's (one listing under several
+    titles): context is for information, and its character budget is small. So fewer than
+    ``k`` may come back, or none.
 
     Args:
         retriever: Anything with :meth:`RetrievalIndex.search`'s signature.
@@ -207,7 +208,7 @@ def neighbours(
         kept, seen = [], {own_content}
         for hit in hits:
             content = _collapse(hit.content)
-            if hit.score <= 0 or content in seen:
+            if hit.score <= 0 or not content or content in seen:
                 continue
             seen.add(content)
             kept.append(hit)
