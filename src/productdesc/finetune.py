@@ -23,6 +23,12 @@ tokenizer files                the tokenizer trained with (pad distinct from EOS
 
 With the ``unsloth`` or ``auto`` backend, creating a :class:`LoraFineTuner` imports unsloth,
 which must come before transformers, trl and peft in the process: create it first.
+
+The same code runs data-parallel under ``torchrun --nproc-per-node N`` or ``accelerate launch``
+(or ``productdesc train --nproc N``): every process builds the same examples, the Trainer gives
+each its share of every step's batch (DDP), and only rank 0 writes the outputs above and logs.
+One optimizer step then takes N x ``per_device_train_batch_size`` x
+``gradient_accumulation_steps`` rows. See :mod:`productdesc.backends.distributed`.
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ import attrs
 
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc._version import __version__
-from productdesc.config import FineTuneConfig
+from productdesc.backends import distributed
+from productdesc.config import FineTuneConfig, TrainingConfig
 from productdesc.errors import OutputDirError, UserError
 
 if sys.version_info >= (3, 11):
@@ -80,7 +87,9 @@ class TrainResult:
         train_examples: Training examples (prompt-completion pairs).
         eval_examples: Validation examples.
         runtime_s: Wall time of training in this process, seconds.
-        tokens_per_second: Training throughput (non-padding tokens), when logged.
+        tokens_per_second: Training throughput (non-padding tokens), when logged; of all
+            processes together in a data-parallel run.
+        world_size: Processes that trained together (data parallel; 1 without a launcher).
         history: :func:`loss_history` of the run.
     """
 
@@ -96,6 +105,7 @@ class TrainResult:
     eval_examples: int
     runtime_s: float
     tokens_per_second: float | None
+    world_size: int
     history: tuple[dict[str, Any], ...] = attrs.field(repr=False)
 
     def summary(self) -> str:
@@ -199,6 +209,10 @@ class LoraFineTuner:
     ) -> TrainResult:
         """Train an adapter and write it, with its config, losses, plot and card, to ``output_dir``.
 
+        Under ``torchrun`` or ``accelerate launch``, call it on every process with the same
+        arguments: each trains its share of the data, rank 0 alone writes ``output_dir``, and
+        every process returns the same result once the outputs are complete.
+
         Args:
             train_data: See :meth:`datasets`.
             eval_data: See :meth:`datasets`.
@@ -206,7 +220,8 @@ class LoraFineTuner:
                 unless resuming there or ``overwrite`` is set.
             resume_from_checkpoint: ``True``: continue the run in ``output_dir`` from its
                 latest complete checkpoint (after a crash or a kill); a path: from that
-                checkpoint. The config must be the one the run was started with.
+                checkpoint. The config must be the one the run was started with; the number of
+                processes may differ.
             merge: Also write the adapter merged into an unquantized base to ``output_dir/merged``.
             overwrite: Allow a non-empty ``output_dir`` (a previous run's checkpoints there are
                 deleted first).
@@ -219,18 +234,21 @@ class LoraFineTuner:
         """
         out = Path(output_dir)
         data_note = _describe_data(train_data)
+        main = distributed.is_main_process()  # the one process that writes and logs
         checkpoint = self._prepare_output_dir(out, resume_from_checkpoint, overwrite)
         if self._trained:
             self.load()  # a second run starts from a fresh adapter, not the last one's
         train_ds, eval_ds, manifest = self._datasets(train_data, eval_data)
-        self.config.to_toml(out / CONFIG_FILE)
-        logger.info(
-            "training %s on %d examples (%d for validation) with the %s backend",
-            self.config.model.model_name,
-            len(train_ds),
-            len(eval_ds) if eval_ds is not None else 0,
-            self.backend.name,
-        )
+        if main:
+            self.config.to_toml(out / CONFIG_FILE)
+            logger.info(
+                "training %s on %d examples (%d for validation) with the %s backend; %s",
+                self.config.model.model_name,
+                len(train_ds),
+                len(eval_ds) if eval_ds is not None else 0,
+                self.backend.name,
+                _batch_note(self.config.training, distributed.world_size()),
+            )
         started = time.perf_counter()
         trainer = self.backend.train(
             self.model,
@@ -249,13 +267,16 @@ class LoraFineTuner:
         ):
             trainer.evaluate()  # the final validation loss, whatever eval_steps was
         runtime = time.perf_counter() - started
-        self.model = trainer.model
+        self.model = trainer.model  # the PEFT model itself, not its DDP wrapper
         self._trained = True
-        self._save_adapter(out)
-        history = loss_history(trainer.state.log_history)
-        write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
-        _plot(history, out / PLOT_FILE)
-        merged = self.backend.save_merged(out, out / MERGED) if merge else None
+        history = loss_history(trainer.state.log_history)  # the same on every rank
+        merged = out / MERGED if merge else None
+        if main:
+            self._save_adapter(out)
+            write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
+            _plot(history, out / PLOT_FILE)
+            if merged is not None:
+                self.backend.save_merged(out, merged)
         result = TrainResult(
             output_dir=out,
             merged_dir=merged,
@@ -271,10 +292,13 @@ class LoraFineTuner:
             eval_examples=len(eval_ds) if eval_ds is not None else 0,
             runtime_s=runtime,
             tokens_per_second=_last(history, "tokens_per_second"),
+            world_size=distributed.world_size(),
             history=tuple(history),
         )
-        write_text_atomic(out / CARD_FILE, self._card(result, data_note, manifest))
-        logger.info("done: %s; adapter in %s", result.summary(), out)
+        if main:
+            write_text_atomic(out / CARD_FILE, self._card(result, data_note, manifest))
+            logger.info("done: %s; adapter in %s", result.summary(), out)
+        distributed.barrier()  # no rank returns before the outputs are complete
         return result
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -351,6 +375,21 @@ class LoraFineTuner:
         return datasets.Dataset.from_list(pairs)
 
     def _prepare_output_dir(self, out: Path, resume: Any, overwrite: bool) -> str | None:
+        checkpoint, clear = self._check_output_dir(out, resume, overwrite)
+        # Every rank checks the directory as it was, before rank 0 changes it.
+        distributed.barrier()
+        if checkpoint is None and distributed.is_main_process():
+            if clear:
+                for sub in (CHECKPOINTS, MERGED):
+                    shutil.rmtree(out / sub, ignore_errors=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
+        return checkpoint
+
+    def _check_output_dir(self, out: Path, resume: Any, overwrite: bool) -> tuple[str | None, bool]:
+        """``(checkpoint to resume from, whether to clear old checkpoints)``; changes nothing."""
         config_file = out / CONFIG_FILE
         if resume:
             if not config_file.is_file():
@@ -362,7 +401,7 @@ class LoraFineTuner:
                     f"{out} holds a run with another config ({', '.join(differ)} differ); "
                     f"resume it with FineTuneConfig.from_toml({str(config_file)!r})"
                 )
-            return str(_checkpoint(out, resume))
+            return str(_checkpoint(out, resume)), False
         if out.is_file():
             raise OutputDirError(f"output directory {out} is a file")
         if out.is_dir() and any(out.iterdir()):
@@ -372,13 +411,8 @@ class LoraFineTuner:
                     f"there (resume_from_checkpoint=True, CLI --resume) or overwrite it "
                     f"(overwrite=True, CLI --overwrite)"
                 )
-            for sub in (CHECKPOINTS, MERGED):
-                shutil.rmtree(out / sub, ignore_errors=True)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
-        return None
+            return None, True
+        return None, False
 
     def _save_adapter(self, out: Path) -> None:
         from productdesc.models import resolve_model
@@ -418,6 +452,8 @@ class LoraFineTuner:
             ("final validation loss", _fmt(result.eval_loss)),
             ("training time (this process)", f"{result.runtime_s:.0f} s"),
             ("throughput", f"{_fmt(result.tokens_per_second, '.0f')} tokens/s"),
+            ("processes (data parallel)", f"{result.world_size}"),
+            ("rows per optimizer step", _batch_note(config.training, result.world_size)),
         ]
         lines = [
             *head,
@@ -582,6 +618,17 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
         elif a != b:
             found.append(f"{prefix}{key}")
     return found
+
+
+def _batch_note(training: TrainingConfig, processes: int) -> str:
+    """``2 processes x 8 rows x 2 accumulation = 32 rows a step`` (the effective batch)."""
+    rows = training.per_device_train_batch_size
+    accumulation = training.gradient_accumulation_steps
+    total = processes * rows * accumulation
+    return (
+        f"{processes} process{'es' if processes > 1 else ''} x {rows} rows x {accumulation} "
+        f"accumulation = {total} rows a step"
+    )
 
 
 def _first(history: list[dict[str, Any]], key: str) -> float | None:

@@ -73,6 +73,10 @@ def sft_config(
         save_steps=training.save_steps or 500,
         save_total_limit=training.save_total_limit,
         dataloader_num_workers=training.dataloader_num_workers,
+        # Under DDP: every LoRA weight of a dense model gets a gradient every step, so DDP need
+        # not search the graph for unused ones (the Trainer's default for a PEFT model), a
+        # search that also breaks reentrant gradient checkpointing (4-bit bases use it).
+        ddp_find_unused_parameters=False,
         bf16=cuda and dtype == torch.bfloat16,
         fp16=cuda and dtype == torch.float16,
         use_cpu=not cuda,
@@ -132,7 +136,10 @@ def build_trainer(
     """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``."""
     from transformers.trainer_callback import ProgressCallback
 
-    _report_overlong(tokenizer, train_dataset, model_config.max_seq_length)
+    from productdesc.backends import distributed
+
+    if distributed.is_main_process():  # every rank has the same data; one report is enough
+        _report_overlong(tokenizer, train_dataset, model_config.max_seq_length)
     args = sft_config(
         training,
         model_config,

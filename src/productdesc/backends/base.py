@@ -112,10 +112,19 @@ class Backend(abc.ABC):
     def load_model(self, model_config: ModelConfig) -> tuple[Any, Any]:
         """Load the base model and tokenizer a run trains, pad token made distinct from EOS.
 
+        Under ``torchrun`` or ``accelerate launch`` each process loads its own copy onto its own
+        GPU (see :mod:`~productdesc.backends.distributed`).
+
         Raises:
             ModelNotAvailableError: The weights cannot be found or downloaded.
         """
-        resolved = resolve_model(model_config.model_name)
+        from productdesc.backends import distributed
+
+        # Under a launch: join the process group first, which gives this rank its own GPU
+        # (cuda:LOCAL_RANK) to load onto; rank 0 alone downloads or converts the model.
+        distributed.init()
+        with distributed.main_process_first():
+            resolved = resolve_model(model_config.model_name)
         model, tokenizer = self._load_resolved(
             resolved,
             max_seq_length=model_config.max_seq_length,

@@ -51,6 +51,7 @@ class TransformersBackend(Backend):
                 bnb_4bit_use_double_quant=True,
             )
         if torch.cuda.is_available():
+            # This process's GPU: under a launch, load_model made it cuda:LOCAL_RANK.
             kwargs["device_map"] = {"": torch.cuda.current_device()}
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -3,16 +3,19 @@
 productdesc train --data prepared/ --out runs/first --model smollm2-135m --max-steps 60
 productdesc train --data prepared/ --out runs/first --config run.toml
 productdesc train --print-config > run.toml
+productdesc train --data prepared/ --out runs/first --nproc 2   # 2 GPUs, data parallel
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from productdesc.backends import distributed
 from productdesc.errors import UserError
 
 
@@ -54,7 +57,17 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="print the config as TOML (defaults, or --config with the options applied) and exit",
     )
-    parser.set_defaults(func=run)
+    parser.add_argument(
+        "--nproc",
+        "--gpus",
+        type=int,
+        metavar="N",
+        help=(
+            "train data-parallel in N processes, one per GPU, started through torchrun (each "
+            "step then takes N times the rows); without CUDA, N CPU processes (gloo)"
+        ),
+    )
+    parser.set_defaults(func=run, train_parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,22 +93,89 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--data and --out are required (or use --print-config)")
     if not args.data.is_dir():
         raise UserError(f"--data {args.data}: not a directory (run `productdesc prepare` first)")
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise UserError(f"--nproc {args.nproc}: must be 1 or more")
+        if distributed.is_distributed():
+            raise UserError(
+                "--nproc starts the processes itself; leave it out under torchrun or accelerate launch"
+            )
+        if args.nproc > 1:
+            return _launch(args)
 
     # Loss, validation loss and tokens/s are on the progress bar's lines; this adds the summary.
     logging.getLogger("productdesc").setLevel(min(logging.INFO, logging.getLogger().level))
     from productdesc.finetune import LoraFineTuner
 
     tuner = LoraFineTuner(config)  # before anything imports transformers (unsloth patches it)
-    print(f"training {config.model.model_name} with the {tuner.backend.name} backend", flush=True)
-    result = tuner.train(
-        args.data,
-        output_dir=args.out,
-        resume_from_checkpoint=True if args.resume else None,
-        merge=args.merge,
-        overwrite=args.overwrite,
-    )
-    print(f"done: {result.summary()}\nadapter: {result.output_dir}")
-    if result.merged_dir:
-        print(f"merged model: {result.merged_dir}")
-    print(f'try: productdesc describe --model {result.output_dir} "Nice for Mice"')
+    main = distributed.is_main_process()  # under a launch, rank 0 alone reports
+    if main:
+        print(
+            f"training {config.model.model_name} with the {tuner.backend.name} backend", flush=True
+        )
+    try:
+        result = tuner.train(
+            args.data,
+            output_dir=args.out,
+            resume_from_checkpoint=True if args.resume else None,
+            merge=args.merge,
+            overwrite=args.overwrite,
+        )
+    finally:
+        distributed.shutdown()
+    if main:
+        print(f"done: {result.summary()}\nadapter: {result.output_dir}")
+        if result.merged_dir:
+            print(f"merged model: {result.merged_dir}")
+        print(f'try: productdesc describe --model {result.output_dir} "Nice for Mice"')
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Run this same command in ``args.nproc`` processes through torchrun; their exit status."""
+    import torch
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and args.nproc > gpus:
+        raise UserError(f"--nproc {args.nproc}: this machine has {gpus} CUDA GPU(s)")
+    if not gpus:
+        print(
+            f"no CUDA GPU: training in {args.nproc} CPU processes (gloo), which is slow; "
+            f"meant for testing the data-parallel path",
+            file=sys.stderr,
+            flush=True,
+        )
+    # NVLink multicast stays off: it buys a LoRA run nothing and has broken shared hosts.
+    os.environ[distributed.NCCL_NVLS_ENV] = "0"
+    command = [
+        "--standalone",  # one machine; a free port for the rendezvous
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "productdesc.cli",
+        *_child_argv(args),
+    ]
+    try:
+        torchrun(command)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        print(
+            f"productdesc train: process {rank} of {args.nproc} failed (exit status "
+            f"{failure.exitcode}); its error is above",
+            file=sys.stderr,
+        )
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The command line that gives each launched process ``args``, less ``--nproc``."""
+    argv = ["-v"] * args.verbose + ["train"]
+    for action in args.train_parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "nproc") or value in (None, False):
+            continue
+        option = max(action.option_strings, key=len)
+        argv += [option] if value is True else [option, str(value)]
+    return argv
