@@ -11,6 +11,8 @@ with ``backend = "unsloth"`` or ``"auto"``) before importing transformers, trl o
 
 Importing unsloth takes 10-20 s and lasts for the whole process. On a machine without a GPU,
 Unsloth trains on CPU (slowly); 4-bit is used on CUDA only, as in the transformers backend.
+Under ``torchrun`` or ``accelerate launch``, Unsloth (2026.10) trains data-parallel with DDP and
+loads one whole model per process onto that process's GPU, so ``"auto"`` keeps it there too.
 """
 
 from __future__ import annotations

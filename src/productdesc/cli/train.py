@@ -113,16 +113,14 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"training {config.model.model_name} with the {tuner.backend.name} backend", flush=True
         )
-    try:
-        result = tuner.train(
-            args.data,
-            output_dir=args.out,
-            resume_from_checkpoint=True if args.resume else None,
-            merge=args.merge,
-            overwrite=args.overwrite,
-        )
-    finally:
-        distributed.shutdown()
+    result = tuner.train(
+        args.data,
+        output_dir=args.out,
+        resume_from_checkpoint=True if args.resume else None,
+        merge=args.merge,
+        overwrite=args.overwrite,
+    )
+    distributed.shutdown()  # after a failure the launcher ends the other processes instead
     if main:
         print(f"done: {result.summary()}\nadapter: {result.output_dir}")
         if result.merged_dir:
