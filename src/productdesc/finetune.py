@@ -33,7 +33,6 @@ One optimizer step then takes N x ``per_device_train_batch_size`` x
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -565,30 +564,16 @@ def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    from productdesc.plotting import plot_loss
+
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        png = plot_loss(history)
     except ImportError:
         logger.warning("matplotlib is not installed; no %s (pip install matplotlib)", path.name)
         return
-    # A bare Figure (no pyplot): no global state, no GUI backend, safe in threads.
-    figure = Figure(figsize=(6, 3.5), dpi=120)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for key, label, style in (("loss", "training", "-"), ("eval_loss", "validation", "o-")):
-        steps = [h["step"] for h in history if key in h]
-        if steps:
-            values = [h[key] for h in history if key in h]
-            axes.plot(steps, values, style, label=label, markersize=4)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    with atomic_write(path, "wb") as fh:
-        fh.write(buffer.getvalue())
+    if png is not None:
+        with atomic_write(path, "wb") as fh:
+            fh.write(png)
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import os
 import random
@@ -26,6 +25,7 @@ from typing import Any
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc.evaluate.metrics import METRICS, Interval
 from productdesc.evaluate.runner import EvalResult
+from productdesc.plotting import plot_loss
 
 __all__ = [
     "REPORT_FILES",
@@ -78,37 +78,6 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike[str]) -> dict[st
     written["report.html"] = out / "report.html"
     logger.info("evaluation report written to %s", out)
     return written
-
-
-def plot_loss(history: Sequence[dict[str, Any]]) -> bytes | None:
-    """The training (and eval) loss against step as PNG bytes; ``None`` with nothing to plot."""
-    train = [(r["step"], r["loss"]) for r in history if _is_number(r.get("loss"))]
-    evals = [(r["step"], r["eval_loss"]) for r in history if _is_number(r.get("eval_loss"))]
-    if not train and not evals:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    # A bare Figure with an Agg canvas: no pyplot global state, no display needed.
-    fig = Figure(figsize=(6.4, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if train:
-        ax.plot(*zip(*train, strict=True), label="training loss", color="#1f77b4", linewidth=1.2)
-    if evals:
-        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="#d62728", markersize=4)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 # -- shared pieces ------------------------------------------------------------------------------
