@@ -194,7 +194,7 @@ def test_register_in_code_checks_type_and_name() -> None:
 def test_builtins_are_registered_like_plugins() -> None:
     expected = {
         "cleaners": {"html_unescape", "normalize_unicode", "keep_chars", "drop_short", "dedupe"},
-        "templates": {"alpaca", "chat"},
+        "templates": {"alpaca", "chat", "context"},
         "backends": {"transformers", "unsloth"},
     }
     for group, names in expected.items():
