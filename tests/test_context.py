@@ -162,6 +162,11 @@ def test_a_record_never_sees_itself(template: ContextTemplate) -> None:
     assert "ballet tutu pink" not in _context_titles(by_uid["7"]["prompt"])
     # uid 8 repeats uid 2's description: 2 may see 8's title, never its description
     assert "blue tutu for girls dance" not in _context_descriptions(by_uid["2"]["prompt"])
+    # unless asked to keep them: 8 is another listing, not 2 itself
+    keep = ContextTemplate(eos_token="</s>", k=8, leave_out_same_description=False)
+    kept = next(keep.with_retriever(template.retriever).training_pairs([CATALOGUE[1]]))
+    assert "blue tutu for girls dance" in _context_descriptions(kept["prompt"])
+    assert "ballet tutu blue" not in _context_titles(kept["prompt"])  # itself: never
     # at answer time (no leave-out) the product itself is the best context
     assert _context_titles(template.render("ballet tutu blue"))[0] == "ballet tutu blue"
 

@@ -179,7 +179,12 @@ def build_index(
 
 
 def neighbours(
-    retriever: Any, title: str, k: int, *, leave_out: Mapping[str, Any] | None = None
+    retriever: Any,
+    title: str,
+    k: int,
+    *,
+    leave_out: Mapping[str, Any] | None = None,
+    same_description: bool = True,
 ) -> list[Hit]:
     """Up to ``k`` known products nearest to ``title``, best first, for a prompt's context.
 
@@ -195,13 +200,17 @@ def neighbours(
         leave_out: A record (``uid``, ``title``, ``content``) that must not appear in its own
             context: hits with its uid, its normalised title or its exact description (after
             collapsing whitespace) are skipped. For training data; ``None`` at answer time.
+        same_description: With ``leave_out``, also skip other listings (another uid and title:
+            another edition or format) whose description is the record's own, word for word.
+            ``False`` keeps them, so training shows what a test record meets when another
+            edition of it is known (see ``docs/results/context-600``).
     """
     if leave_out is None:
         uid = own_title = own_content = None
     else:
         uid = None if leave_out.get("uid") is None else str(leave_out["uid"])
         own_title = leave_out.get("title") or title
-        own_content = _collapse(leave_out.get("content"))
+        own_content = _collapse(leave_out.get("content")) if same_description else None
     fetch = k
     while True:
         hits = retriever.search(title, fetch, exclude_uid=uid, exclude_title=own_title)

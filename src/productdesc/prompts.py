@@ -473,7 +473,8 @@ class ContextTemplate(PromptTemplate):
     Context comes from :attr:`retriever` (bind one with :meth:`with_retriever` or
     ``get_template("context", retriever=index)``) or is passed to :meth:`render` as ``context``.
     :meth:`training_pairs` leaves every record out of its own context (its uid, its normalised
-    title and its exact description), so the model never learns to copy the answer from it.
+    title and, unless :attr:`leave_out_same_description` is off, its exact description), so
+    the model never learns to copy the answer from it.
 
     Attributes:
         k: Neighbours shown at most (fewer when fewer share a word with the title).
@@ -482,6 +483,10 @@ class ContextTemplate(PromptTemplate):
             over its share is cut at a word and ends with "…". Titles are not counted.
         retriever: What finds the neighbours: a :class:`~productdesc.retrieval.RetrievalIndex`
             or anything with its ``search``. Not compared, not shown in ``repr``.
+        leave_out_same_description: Training pairs also leave out other listings (another uid
+            and title) whose description is the record's own, word for word. ``False`` keeps
+            them: another edition's identical description is then the answer in the context,
+            as it is for a test record whose other edition is in the index.
         instruction: See :class:`PromptTemplate`.
         eos_token: See :class:`BaseTemplate`.
         questions: See :class:`BaseTemplate`.
@@ -506,6 +511,7 @@ class ContextTemplate(PromptTemplate):
     k: int = field(default=3, validator=[v.instance_of(int), v.ge(1)])
     max_context_chars: int = field(default=1200, validator=[v.instance_of(int), v.ge(1)])
     retriever: Any = field(default=None, eq=False, repr=False)
+    leave_out_same_description: bool = field(default=True, validator=v.instance_of(bool))
 
     def with_retriever(self, retriever: Any) -> ContextTemplate:
         """This template finding its context with ``retriever``."""
@@ -584,7 +590,13 @@ class ContextTemplate(PromptTemplate):
         """
         from productdesc.context import neighbours
 
-        return neighbours(self._retriever(), title, self.k, leave_out=leave_out)
+        return neighbours(
+            self._retriever(),
+            title,
+            self.k,
+            leave_out=leave_out,
+            same_description=self.leave_out_same_description,
+        )
 
     def format_context(self, hits: Iterable[Any]) -> str:
         """The context section's text for ``hits`` (the first :attr:`k`), within the budget."""
