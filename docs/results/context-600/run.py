@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--measure", type=int, metavar="N", help="only time N training steps, then exit")
     add("--skip-train", action="store_true", help="evaluate the existing WORK/run")
     add("--reuse", type=Path, metavar="RESULTS_JSON", help="answers of the run without context")
+    add(
+        "--keep-same-description",
+        action="store_true",
+        help="train with other listings' identical descriptions left in the context "
+        "(the 'context-same-description' template: leave_out_same_description=False)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,7 +79,8 @@ def train_config(args: argparse.Namespace, max_steps: int):
     return FineTuneConfig.from_dict(
         {
             "backend": "transformers",  # as the run without context
-            "template": "context",  # k=3 neighbours, 1200 characters of their descriptions
+            # k=3 neighbours, 1200 characters of their descriptions
+            "template": "context-same-description" if args.keep_same_description else "context",
             "question_share": 0.0,  # the evaluation asks the fixed instruction only
             "model": {
                 "model_name": "smollm2-135m",
@@ -123,6 +130,24 @@ def train(args: argparse.Namespace, data_dir: Path, out: Path, max_steps: int):
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
     tuner = LoraFineTuner(train_config(args, max_steps))  # context: data_dir/retrieval
     return tuner.train(data_dir, output_dir=out, resume_from_checkpoint=resume or None)
+
+
+def register_same_description_template() -> None:
+    """Register ``"context-same-description"``: the context template keeping, in training
+    pairs, other listings whose description is the record's own (an experiment's variant;
+    registered in every process that trains or loads such a run)."""
+    from attrs import field, frozen
+
+    from productdesc.plugins import templates
+    from productdesc.prompts import ContextTemplate
+
+    @frozen(kw_only=True)
+    class SameDescriptionContext(ContextTemplate):
+        name = "context-same-description"
+        leave_out_same_description: bool = field(default=False)
+
+    if "context-same-description" not in templates:
+        templates.register("context-same-description", SameDescriptionContext)
 
 
 def _history_summary(run_dir: Path) -> str | None:
@@ -217,12 +242,16 @@ def reuse_and_evaluate(args: argparse.Namespace, data_dir: Path, run_dir: Path):
     outputs = {run.name: (run.outputs, run.stopped_at_eos) for run in runs}
     rr.write_subsets(args.out, rr.subset_scores(data_dir, references, outputs))
     rr.redact(args.out)
-    rr.retitle(args.out, "SmolLM2-135M with context from the train split: 600 real records")
+    title = "SmolLM2-135M with context from the train split: 600 real records"
+    if args.keep_same_description:
+        title += " (other listings' identical descriptions kept in the training context)"
+    rr.retitle(args.out, title)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    register_same_description_template()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     times: dict[str, float] = {}
     start = time.perf_counter()
