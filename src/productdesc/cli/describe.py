@@ -15,6 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from productdesc.cli._options import (
+    add_backend_option,
+    add_generation_options,
+    generation_from_args,
+)
 from productdesc.errors import UserError
 
 
@@ -40,12 +45,8 @@ def add_parser(subparsers: Any) -> None:
         help="with --file: write answers here (default: stdout); fields title, question, "
         "answer, stopped_at_eos, new_tokens",
     )
-    parser.add_argument("--batch-size", type=int, help="titles per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 128)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature (with --do-sample)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling mass (with --do-sample)")
-    parser.add_argument(
-        "--do-sample", action="store_true", default=None, help="sample instead of greedy decoding"
+    add_generation_options(
+        parser, "batch_size", "max_new_tokens", "temperature", "top_p", "do_sample"
     )
     parser.add_argument(
         "--base-only",
@@ -60,34 +61,19 @@ def add_parser(subparsers: Any) -> None:
         "(`productdesc index`) or a prepared data directory; for models trained with the "
         "'context' template",
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        help="backend to load with (default: the one the run used, else unsloth if installed)",
-    )
+    add_backend_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.config import GenerationConfig
-    from productdesc.describe import Describer, evolve_generation
+    from productdesc.describe import Describer
 
     if (args.title is None) == (args.file is None):
         raise UserError("give either a TITLE or --file, not both or neither")
     if args.out is not None and args.file is None:
         raise UserError("--out needs --file")
     titles = _read_titles(args.file) if args.file is not None else []
-    options = {
-        "max_new_tokens": args.max_new_tokens,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "do_sample": args.do_sample,
-        "batch_size": args.batch_size,
-    }
-    # Checked before the model loads, so a typo costs nothing.
-    generation = evolve_generation(
-        GenerationConfig(), **{k: v for k, v in options.items() if v is not None}
-    )
+    generation = generation_from_args(args)
     # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.
     with contextlib.redirect_stdout(sys.stderr):
         describer = Describer.from_pretrained(

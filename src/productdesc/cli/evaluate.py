@@ -12,6 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from productdesc.cli._options import (
+    add_backend_option,
+    add_generation_options,
+    generation_from_args,
+)
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -53,32 +59,21 @@ def add_parser(subparsers: Any) -> None:
         help="retrieval index for the baseline and the context (default: DATA/retrieval, else "
         "the train split indexed in memory); it must not hold the evaluated split",
     )
-    parser.add_argument("--batch-size", type=int, help="titles per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default 128)")
+    add_generation_options(parser, "batch_size", "max_new_tokens")
     parser.add_argument(
         "--samples", type=int, default=10, help="records shown in the report (default 10)"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and sample seed (default 0)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        help="backend to load with (default: the one the run used, else unsloth if installed)",
-    )
+    add_backend_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.config import GenerationConfig
-    from productdesc.describe import evolve_generation
     from productdesc.evaluate import evaluate
     from productdesc.evaluate.metrics import METRICS
     from productdesc.evaluate.report import format_interval
 
-    options = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
-    # Checked before any model loads, so a typo costs nothing.
-    generation = evolve_generation(
-        GenerationConfig(), **{k: v for k, v in options.items() if v is not None}
-    )
+    generation = generation_from_args(args)
     baselines = [
         name
         for name, skip in (("base", args.no_base), ("retrieval", args.no_retrieval))
