@@ -30,3 +30,46 @@ def run_variant(script: str, spec: dict, out: Path) -> dict:
     result = json.loads(out.read_text())
     result["wall_s"] = round(time.time() - started, 1)
     return result
+
+
+def profiler():
+    """A ``torch.profiler.profile`` of CPU and CUDA activity; ``start()`` it, ``stop()`` it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    return profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+
+def profile_summary(prof, wall_s: float, *, rows: int = 25) -> dict:
+    """The top kernels of a stopped profiler and how busy the GPU was over ``wall_s``.
+
+    Busy time sums kernel and memcpy durations; where several streams overlap it is counted
+    twice, so the idle share is then a lower bound.
+    """
+    import torch
+
+    busy_us = sum(
+        e.time_range.elapsed_us()
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
+    return {
+        "wall_s": wall_s,
+        "gpu_busy_s": busy_us / 1e6,
+        "gpu_idle_share": max(0.0, 1 - busy_us / 1e6 / wall_s),
+        "table": prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows),
+    }
+
+
+def profile_call(run, *, rows: int = 25) -> dict:
+    """:func:`profile_summary` of one ``run()``, timed from its start to a GPU sync."""
+    import torch
+
+    prof = profiler()
+    torch.cuda.synchronize()
+    prof.start()
+    started = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    prof.stop()
+    return profile_summary(prof, wall, rows=rows)

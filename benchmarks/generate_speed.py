@@ -31,10 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import run_variant
+from _harness import profile_call, run_variant
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [
+    "hf_generate_fp32",
+    "describer_fast_fp32",
     "hf_generate_bf16",
     "describer_fast_bf16",
     "describer_plain_bf16",
@@ -79,6 +81,7 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=6, help="titles timed one at a time")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch calls (median)")
     parser.add_argument("--shape", default="tinyllama-1.1b", help="'tiny' for a CPU smoke run")
+    parser.add_argument("--profile", action="store_true", help="profile one batch call")
     parser.add_argument("--out", default=str(HERE / "results" / "generate_speed.json"))
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "pd-gen-speed"))
     args = parser.parse_args()
@@ -88,11 +91,11 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     model_dir, titles = build(work, args.batch, args.shape)
     results = []
-    reference = work / "reference.json"
-    reference.unlink(missing_ok=True)
+    for old in work.glob("reference-*.json"):
+        old.unlink()
     for name in args.variants.split(","):
         spec = {**vars(args), "name": name, "model_dir": str(model_dir), "titles": titles}
-        spec["reference"] = str(reference)
+        spec["reference"] = str(work / f"reference-{precision(name)}.json")
         res = run_variant(__file__, spec, work / f"{name}.json")
         results.append(res)
         if "error" in res:
@@ -103,11 +106,20 @@ def main() -> int:
             f"same as baseline {res.get('same_as_baseline')}",
             flush=True,
         )
+        if res.get("teacher_forced"):
+            print(f"   teacher-forced check: {res['teacher_forced']}", flush=True)
+        if res.get("profile"):
+            prof = res["profile"]
+            print(
+                f"profile: {prof['wall_s']:.2f} s wall, GPU busy {prof['gpu_busy_s']:.2f} s, "
+                f"idle {prof['gpu_idle_share']:.0%}\n{prof['table']}",
+                flush=True,
+            )
 
     base = {r["name"]: r for r in results if "error" not in r}
     for r in base.values():
         for key in ("b1_tokens_per_s", "batch_tokens_per_s"):
-            ref = base.get("hf_generate_4bit" if "4bit" in r["name"] else "hf_generate_bf16")
+            ref = base.get(f"hf_generate_{precision(r['name'])}")
             if ref:
                 r[key.replace("tokens_per_s", "speedup_vs_generate")] = r[key] / ref[key]
     report = {
@@ -139,6 +151,11 @@ def main() -> int:
     return 0
 
 
+def precision(name: str) -> str:
+    """``bf16``, ``fp32`` or ``4bit``: the weights a variant runs, named by its suffix."""
+    return name.rsplit("_", 1)[-1]
+
+
 def worker(spec: dict, out_path: str) -> None:
     name = spec["name"]
     if name.startswith("unsloth"):
@@ -146,7 +163,9 @@ def worker(spec: dict, out_path: str) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    four_bit = name.endswith("4bit")
+    four_bit = precision(name) == "4bit"
+    dtype = torch.float32 if precision(name) == "fp32" or not cuda else torch.bfloat16
+    dtype_name = str(dtype).removeprefix("torch.")
     n_new = spec["new_tokens"]
     titles = spec["titles"]
 
@@ -159,6 +178,7 @@ def worker(spec: dict, out_path: str) -> None:
             spec["model_dir"],
             backend="transformers",
             load_in_4bit=four_bit,
+            dtype=dtype_name,
             fast="plain" not in name,
         )
 
@@ -188,7 +208,7 @@ def worker(spec: dict, out_path: str) -> None:
             model = AutoModelForCausalLM.from_pretrained(
                 spec["model_dir"],
                 quantization_config=quant,
-                dtype=torch.bfloat16 if cuda else torch.float32,
+                dtype=dtype,
                 device_map="cuda" if cuda else None,
             )
         tok.padding_side = "left"
@@ -242,10 +262,15 @@ def worker(spec: dict, out_path: str) -> None:
         sync()
         batch_times.append(time.perf_counter() - t)
 
+    profile = profile_call(lambda: answer(titles, n_new)) if spec["profile"] and cuda else None
+    checked = (
+        teacher_forced_check(describer, titles, n_new) if name.startswith("describer") else None
+    )
+
     answers = {"single": single_answers, "batch": batch_answers}
     ref_path = Path(spec["reference"])
     same = None
-    if name == "hf_generate_bf16":
+    if name.startswith("hf_generate"):
         ref_path.write_text(json.dumps(answers))
     elif ref_path.exists():
         ref = json.loads(ref_path.read_text())
@@ -260,8 +285,48 @@ def worker(spec: dict, out_path: str) -> None:
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0,
         "same_as_baseline": same,
         "sample_answer": single_answers[0][:200],
+        "teacher_forced": checked,
+        "profile": profile,
     }
     Path(out_path).write_text(json.dumps(result))
+
+
+def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
+    """Are the decoded tokens the argmax of one plain forward over prompt + answer?
+
+    Decodes the batch with the Describer's own path, then runs the whole sequence through the
+    model once (SDPA, no cache, no compilation) and compares each step's argmax with the token
+    that was chosen. Where they differ, ``max_gap`` is how far the chosen token's logit is below
+    the top one, against ``logit_std``: a near-tie that rounding can flip has a gap far below it.
+    """
+    import torch
+
+    model = describer.model
+    rows = describer._encode([describer._render(t, None) for t in titles])
+    ids, mask = describer._left_pad(rows)
+    with describer._lock:
+        gen = describer.generation
+        new = describer._generate_padded(
+            ids, mask, type(gen)(max_new_tokens=n_new, min_new_tokens=n_new)
+        )
+    full = torch.cat([ids, new], dim=1)
+    full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
+    positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=full, attention_mask=full_mask, position_ids=positions).logits
+    logits = logits[:, ids.shape[1] - 1 : -1].float().clone()
+    logits[..., describer._eos_id] = float("-inf")  # min_new_tokens held EOS back
+    top = logits.max(-1).values
+    chosen = logits.gather(-1, new[..., None])[..., 0]
+    agree = chosen == top
+    gaps = (top - chosen)[~agree]
+    finite = logits[torch.isfinite(logits)]
+    return {
+        "tokens": int(agree.numel()),
+        "agree": int(agree.sum()),
+        "max_gap": float(gaps.max()) if gaps.numel() else 0.0,
+        "logit_std": float(finite.std()),
+    }
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import run_variant
+from _harness import profile_summary, profiler, run_variant
 
 HERE = Path(__file__).resolve().parent
 PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
@@ -124,6 +124,9 @@ def main() -> int:
     parser.add_argument("--seed-steps", type=int, default=8, help="steps of the slow seed variants")
     parser.add_argument("--warmup", type=int, default=3, help="untimed first steps")
     parser.add_argument("--examples", type=int, default=12_000)
+    parser.add_argument(
+        "--profile", type=int, default=0, help="profile this many steps after the warm-up"
+    )
     parser.add_argument("--out", default=str(HERE / "results" / "train_speed.json"))
     parser.add_argument("--shape", default="tinyllama-1.1b", help="'tiny' for a CPU smoke run")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "pd-train-speed"))
@@ -164,6 +167,13 @@ def main() -> int:
             f"peak {res['peak_gb']:.1f} GB, MFU {res['mfu']:.1%}",
             flush=True,
         )
+        if res.get("profile"):
+            prof = res["profile"]
+            print(
+                f"profile: {prof['wall_s']:.2f} s wall, GPU busy {prof['gpu_busy_s']:.2f} s, "
+                f"idle {prof['gpu_idle_share']:.0%}\n{prof['table']}",
+                flush=True,
+            )
 
     summarise(results, text_stats, args)
     return 0
@@ -253,6 +263,8 @@ def worker(spec: dict, out_path: str) -> None:
             self.curve: list[list[float]] = []
             self._t = 0.0
             self._tok = 0
+            self.prof = None
+            self.profile: dict | None = None
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             def count(module, a, kwargs):
@@ -270,12 +282,21 @@ def worker(spec: dict, out_path: str) -> None:
 
         def on_step_begin(self, args, state, control, **kw):
             sync()
+            if profile_steps and len(self.steps) == spec["warmup"]:
+                self.prof = profiler()
+                self.prof.start()
             self._t = time.perf_counter()
             self._tok = meter["tokens"]
 
         def on_step_end(self, args, state, control, **kw):
             sync()
             self.steps.append((time.perf_counter() - self._t, meter["tokens"] - self._tok))
+            if self.prof is not None and len(self.steps) == spec["warmup"] + profile_steps:
+                self.prof.stop()
+                wall = sum(t for t, _ in self.steps[spec["warmup"] :])
+                self.profile = profile_summary(self.prof, wall)
+                self.prof = None
+                print(self.profile["table"], flush=True)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
@@ -285,6 +306,7 @@ def worker(spec: dict, out_path: str) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
+    profile_steps = spec.get("profile", 0)
     timer = Timer()
     tokens_per_step_guess = 160 * cfg["batch"] * cfg["grad_accum"] * (12 if cfg["packing"] else 1)
     if name.startswith(("a_", "b_")):
@@ -334,6 +356,7 @@ def worker(spec: dict, out_path: str) -> None:
         "real_tokens": meter["tokens"],
         "examples_seen": meter["examples"],
         "curve": timer.curve,
+        "profile": timer.profile,
     }
     Path(out_path).write_text(json.dumps(result))
 

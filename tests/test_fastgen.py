@@ -81,3 +81,27 @@ def test_describer_fast_path_gives_the_plain_path_answers(tiny_llama):
     assert fast.describe_batch(titles, max_new_tokens=24, return_details=True) == plain
     # sampling is not the fast path's job: it falls back to generate and still works
     assert len(fast.describe_batch(titles, max_new_tokens=4, do_sample=True)) == 3
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])
+def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from productdesc.fastgen import grouped_decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 4, True
+    query = torch.randn(3, 8, 1, 16)
+    key, value = torch.randn(3, 2, 10, 16), torch.randn(3, 2, 10, 16)
+    keep = torch.rand(3, 1, 1, 10) > 0.3
+    keep[..., -1] = True  # every row sees at least its own token
+    mask = {
+        "bool": keep,
+        "additive": torch.where(keep, 0.0, torch.finfo(torch.float32).min),
+        "none": None,
+    }[mask_kind]
+    got, _ = grouped_decode_attention(module, query, key, value, mask, scaling=0.25)
+    want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
+    assert got.shape == want.shape == (3, 1, 8, 16)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

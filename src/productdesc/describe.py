@@ -181,6 +181,7 @@ class Describer:
         backend: str = "auto",
         base_only: bool = False,
         load_in_4bit: bool = False,
+        dtype: str = "auto",
         merge_lora: bool | None = None,
         generation: GenerationConfig | None = None,
         template: Any = None,
@@ -200,6 +201,8 @@ class Describer:
             base_only: Load the base model *without* the adapter, with the same prompt (the
                 zero-shot baseline for evaluation).
             load_in_4bit: Load the base in 4-bit NF4 (needs bitsandbytes).
+            dtype: The weights' dtype, a :data:`~productdesc.config.DTYPES` name (``"auto"``:
+                bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU).
             merge_lora: Merge the adapter into the weights (``merge_and_unload``): faster
                 generation, same outputs within float tolerance. Not possible in 4-bit.
                 ``None``: merge on a CUDA GPU unless ``load_in_4bit``.
@@ -238,7 +241,7 @@ class Describer:
 
         backend_obj = get_backend(backend)
         model, tokenizer = backend_obj.load_for_inference(
-            path, load_in_4bit=load_in_4bit, adapter=not base_only
+            path, load_in_4bit=load_in_4bit, dtype=dtype, adapter=not base_only
         )
         if merge_lora is None:
             merge_lora = not load_in_4bit and model.device.type == "cuda"
