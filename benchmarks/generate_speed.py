@@ -262,7 +262,8 @@ def worker(spec: dict, out_path: str) -> None:
         sync()
         batch_times.append(time.perf_counter() - t)
 
-    profile = profile_call(lambda: answer(titles, n_new)) if spec["profile"] and cuda else None
+    wanted = spec["profile"] and cuda and name.startswith("describer")
+    profile = profile_call(lambda: answer(titles, n_new)) if wanted else None
     checked = (
         teacher_forced_check(describer, titles, n_new) if name.startswith("describer") else None
     )
