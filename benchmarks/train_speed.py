@@ -53,6 +53,8 @@ SEED = dict(
     max_length=2048,
     optim="adamw_8bit",
     liger=False,
+    varlen_shim=False,  # productdesc's torch-2.11 varlen attention for Unsloth's packed rows
+    padding=None,  # Unsloth's choice when packing is off: None (its own), "padded", "padding_free"
 )
 
 # name -> (stack, overrides of SEED). "productdesc" runs the library's own default config.
@@ -89,6 +91,29 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "x_unsloth_bf16_packed_b16_nockpt": (
         "unsloth",
         dict(load_in_4bit=False, packing=True, batch=16, grad_accum=1, grad_ckpt=False),
+    ),
+    "x_unsloth_4bit_packed_b8_nockpt_varlen": (
+        "unsloth",
+        dict(packing=True, batch=8, grad_accum=1, grad_ckpt=False, varlen_shim=True),
+    ),
+    "x_unsloth_4bit_packed_b16_nockpt_varlen": (
+        "unsloth",
+        dict(packing=True, batch=16, grad_accum=1, grad_ckpt=False, varlen_shim=True),
+    ),
+    "x_unsloth_bf16_packed_b8_nockpt_varlen": (
+        "unsloth",
+        dict(
+            load_in_4bit=False,
+            packing=True,
+            batch=8,
+            grad_accum=1,
+            grad_ckpt=False,
+            varlen_shim=True,
+        ),
+    ),
+    "x_unsloth_4bit_padded_b64_nockpt": (
+        "unsloth",
+        dict(batch=64, grad_accum=1, grad_ckpt=False, padding="padded"),
     ),
 }
 
@@ -375,6 +400,13 @@ def run_trl(stack: str, cfg: dict, spec: dict, pairs: list[dict], steps: int, ti
     modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     if stack == "unsloth":
         from unsloth import FastLanguageModel
+
+        if cfg["varlen_shim"]:
+            from productdesc.backends import _varlen
+
+            print("varlen shim installed:", _varlen.install(), flush=True)
+        if cfg["padding"]:
+            os.environ["UNSLOTH_PADDING_CHOICE"] = cfg["padding"]
 
         model, tok = FastLanguageModel.from_pretrained(
             spec["model_dir"],

@@ -38,9 +38,11 @@ def test_seed_recipe_has_the_notebooks_values():
     assert (t.group_by_length, t.packing, t.seed) == (True, False, 3407)
 
 
-def test_default_differs_from_the_seed_only_in_batching():
+def test_default_differs_from_the_seed_only_in_batching_and_checkpointing():
     default, seed = FineTuneConfig(), FineTuneConfig.seed_recipe()
-    assert default.model == seed.model and default.lora == seed.lora
+    assert default.model == seed.model
+    assert default.lora.use_gradient_checkpointing == "auto"
+    assert attrs.evolve(default.lora, use_gradient_checkpointing="unsloth") == seed.lora
     assert (
         attrs.evolve(
             default.training,

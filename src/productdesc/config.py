@@ -125,8 +125,10 @@ class LoraSettings:
         lora_dropout: Dropout on the adapter input; 0 lets Unsloth use its fast path.
         target_modules: Linear layers that get an adapter (a list, or a comma-separated string).
         bias: ``"none"``, ``"all"`` or ``"lora_only"``.
-        use_gradient_checkpointing: ``"unsloth"`` (Unsloth's offloaded variant; plain
-            checkpointing on the transformers backend), ``True`` or ``False``.
+        use_gradient_checkpointing: ``"auto"`` (recompute only when the activations would not
+            fit in the GPU's free memory; see :mod:`productdesc.backends.checkpointing`),
+            ``"unsloth"`` (Unsloth's offloaded variant; plain checkpointing on the
+            transformers backend), ``True`` or ``False``.
         use_rslora: Rank-stabilised LoRA scaling (``alpha / sqrt(r)``).
     """
 
@@ -143,10 +145,10 @@ class LoraSettings:
     bias: Literal["none", "all", "lora_only"] = field(
         default="none", validator=v.in_(("none", "all", "lora_only"))
     )
-    use_gradient_checkpointing: bool | Literal["unsloth"] = field(
-        default="unsloth",
+    use_gradient_checkpointing: bool | Literal["unsloth", "auto"] = field(
+        default="auto",
         converter=_gradient_checkpointing,
-        validator=v.in_((True, False, "unsloth")),
+        validator=v.in_((True, False, "unsloth", "auto")),
     )
     use_rslora: bool = field(default=False, validator=v.instance_of(bool))
 

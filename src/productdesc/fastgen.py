@@ -105,7 +105,7 @@ class StaticGreedyDecoder:
         *,
         compile_mode: str | None = "reduce-overhead",
         check_every: int = 16,
-        length_bucket: int = 64,
+        length_bucket: int = 128,
     ) -> None:
         import torch
 

@@ -48,7 +48,7 @@ import attrs
 
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc._version import __version__
-from productdesc.backends import distributed
+from productdesc.backends import checkpointing, distributed
 from productdesc.config import FineTuneConfig, TrainingConfig
 from productdesc.errors import OutputDirError, UserError
 
@@ -169,8 +169,16 @@ class LoraFineTuner:
         config = self.config
         model, tokenizer = self.backend.load_model(config.model)
         self.template = self._template_for(tokenizer)
+        lora = attrs.evolve(
+            config.lora,
+            use_gradient_checkpointing=checkpointing.choose(
+                config.lora.use_gradient_checkpointing,
+                model,
+                config.training.per_device_train_batch_size * config.model.max_seq_length,
+            ),
+        )
         self.model = self.backend.add_adapter(
-            model, config.lora, config.training.seed, max_seq_length=config.model.max_seq_length
+            model, lora, config.training.seed, max_seq_length=config.model.max_seq_length
         )
         self.tokenizer = tokenizer
         return self.model, self.tokenizer

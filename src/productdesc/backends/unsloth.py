@@ -47,6 +47,9 @@ def _import_unsloth() -> Any:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth
 
+    from productdesc.backends import _varlen
+
+    _varlen.install()
     return unsloth
 
 
