@@ -93,3 +93,17 @@ def test_config_file_errors_are_one_clear_line(tmp_path):
         FineTuneConfig.from_toml(bad)
     with pytest.raises(UserError, match="not found"):
         FineTuneConfig.from_toml(tmp_path / "missing.toml")
+
+
+def test_cli_prints_the_seed_recipe_on_request(tmp_path, capsys):
+    from productdesc.cli import main
+
+    assert main(["train", "--print-config", "--seed-recipe", "--max-steps", "3"]) == 0
+    (tmp_path / "seed.toml").write_text(capsys.readouterr().out)
+    seed = FineTuneConfig.seed_recipe()
+    assert FineTuneConfig.from_toml(tmp_path / "seed.toml") == attrs.evolve(
+        seed, training=attrs.evolve(seed.training, max_steps=3)
+    )
+    both = ["train", "--print-config", "--seed-recipe", "--config", str(tmp_path / "seed.toml")]
+    assert main(both) != 0
+    assert "pick one" in capsys.readouterr().err

@@ -35,6 +35,12 @@ def add_parser(subparsers: Any) -> None:
         "--config", type=Path, metavar="TOML", help="a FineTuneConfig TOML (see --print-config)"
     )
     parser.add_argument(
+        "--seed-recipe",
+        action="store_true",
+        help="start from the seed notebook's recipe (batch 2 x 22, no packing) instead of the "
+        "defaults; --config replaces both",
+    )
+    parser.add_argument(
         "--model", metavar="NAME", help="model.model_name: Hub id, dir, .gguf, smollm2-135m"
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="training.max_steps")
@@ -75,7 +81,12 @@ def run(args: argparse.Namespace) -> int:
 
     from productdesc.config import FineTuneConfig
 
-    config = FineTuneConfig.from_toml(args.config) if args.config else FineTuneConfig()
+    if args.config and args.seed_recipe:
+        raise UserError("--config and --seed-recipe both choose the starting config: pick one")
+    if args.config:
+        config = FineTuneConfig.from_toml(args.config)
+    else:
+        config = FineTuneConfig.seed_recipe() if args.seed_recipe else FineTuneConfig()
     try:
         if args.model:
             config = attrs.evolve(config, model=attrs.evolve(config.model, model_name=args.model))
