@@ -62,6 +62,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "a_seed_hf": ("hf", {}),
     "b_seed_unsloth": ("unsloth", {"grad_ckpt": "unsloth"}),
     "c_productdesc": ("productdesc", {}),
+    # (c) with the seed's loss on the whole text, to compare its learning per token with (a)
+    "c_productdesc_full_loss": ("productdesc", {"completion_only_loss": False}),
     # one change at a time from the seed, plain transformers
     "x_hf_4bit_packed_b8": ("hf", dict(packing=True, batch=8, grad_accum=1)),
     "x_hf_4bit_packed_b8_nockpt": (
@@ -341,7 +343,7 @@ def worker(spec: dict, out_path: str) -> None:
     )
 
     if stack == "productdesc":
-        run_library(spec, pairs, steps, timer)
+        run_library(spec, pairs, steps, timer, overrides)
     else:
         run_trl(stack, cfg, spec, pairs, steps, timer)
 
@@ -367,7 +369,7 @@ def worker(spec: dict, out_path: str) -> None:
     result = {
         "name": name,
         "stack": stack,
-        "config": cfg if stack != "productdesc" else "FineTuneConfig() defaults",
+        "config": cfg if stack != "productdesc" else f"FineTuneConfig() defaults, {overrides}",
         "steps": len(timer.steps),
         "timed_steps": len(timed),
         "tokens_per_s": tok_s,
@@ -492,7 +494,7 @@ def run_trl(stack: str, cfg: dict, spec: dict, pairs: list[dict], steps: int, ti
     trainer.train()
 
 
-def run_library(spec: dict, pairs: list[dict], steps: int, timer) -> None:
+def run_library(spec: dict, pairs: list[dict], steps: int, timer, overrides: dict) -> None:
     import attrs
 
     from productdesc.config import FineTuneConfig
@@ -502,7 +504,7 @@ def run_library(spec: dict, pairs: list[dict], steps: int, timer) -> None:
     cfg = attrs.evolve(
         cfg,
         model=attrs.evolve(cfg.model, model_name=spec["model_dir"]),
-        training=attrs.evolve(cfg.training, max_steps=steps, save_steps=None),
+        training=attrs.evolve(cfg.training, max_steps=steps, save_steps=None, **overrides),
     )
     records = [{"title": p["title"], "content": p["content"]} for p in pairs]
     LoraFineTuner(cfg).train(
