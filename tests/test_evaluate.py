@@ -258,9 +258,11 @@ def test_cli(prepared, model_dir, fake_describer, capsys):
 def test_report_rebuilds_from_results(prepared, model_dir, fake_describer, tmp_path):
     # write_report is usable on its own (e.g. after changing the sample size)
     result = evaluate(model_dir, prepared, n_resamples=20)
-    written = write_report(result, tmp_path / "again")
+    written = write_report(result, tmp_path / "again", title="SmolLM2 on 600 records")
     assert set(written) == set(REPORT_FILES) - {"loss.png"}
     assert all(path.is_file() for path in written.values())
+    assert written["report.md"].read_text().startswith("# SmolLM2 on 600 records\n")
+    assert "<h1>SmolLM2 on 600 records</h1>" in written["report.html"].read_text()
 
 
 @pytest.fixture(scope="module")

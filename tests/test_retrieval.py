@@ -156,3 +156,16 @@ def test_ties_rank_in_index_order():
     index = RetrievalIndex.build(records, show_progress=False)
     assert [h.uid for h in index.search("red mug", k=6)] == ["0", "1", "2", "3", "4", "b"]
     assert [h.uid for h in index.search("unrelated words", k=3)] == ["0", "1", "b"]
+
+
+def test_ties_at_the_cut_go_to_the_earlier_record():
+    import numpy as np
+
+    from productdesc.retrieval import _top
+
+    scores = np.array([0.0, 2.0, 1.0, 2.0, 1.0, 1.0, 0.0, 1.0])
+    assert _top(scores, 1).tolist() == [1]
+    assert _top(scores, 3).tolist() == [1, 3, 2]
+    assert _top(scores, 4).tolist() == [1, 3, 2, 4]
+    # each answer is a prefix of the longer ones: search(t, 1) agrees with search(t, k)[0]
+    assert all(_top(scores, k).tolist() == _top(scores, 8).tolist()[:k] for k in range(1, 9))

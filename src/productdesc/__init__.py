@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "PrepareConfig": "productdesc.data.dataset",
     "PromptTemplate": "productdesc.prompts",
     "ChatTemplate": "productdesc.prompts",
+    "ContextTemplate": "productdesc.prompts",
     "FineTuneConfig": "productdesc.config",
     "ModelConfig": "productdesc.config",
     "LoraSettings": "productdesc.config",
@@ -43,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from productdesc.data.dataset import AmazonTitlesDataset, PrepareConfig
     from productdesc.describe import Describer
     from productdesc.finetune import LoraFineTuner
-    from productdesc.prompts import ChatTemplate, PromptTemplate
+    from productdesc.prompts import ChatTemplate, ContextTemplate, PromptTemplate
 
 
 def __getattr__(name: str) -> Any:

@@ -163,8 +163,11 @@ def _top(scores: np.ndarray, m: int) -> np.ndarray:
     matching = np.flatnonzero(scores > 0)
     if len(matching) > m:
         cut = len(matching) - m
-        matching = matching[np.argpartition(scores[matching], cut)[cut:]]
-    ranked = matching[np.lexsort((matching, -scores[matching]))]
+        mth_best = scores[matching[np.argpartition(scores[matching], cut)[cut]]]
+        # Keep every record tied with the m-th best: argpartition splits ties arbitrarily,
+        # and the index order below must decide which of them make the cut.
+        matching = matching[scores[matching] >= mth_best]
+    ranked = matching[np.lexsort((matching, -scores[matching]))][:m]
     if len(ranked) < m:  # too few records share a term: fill with others, in index order
         ranked = np.concatenate([ranked, np.flatnonzero(scores <= 0)[: m - len(ranked)]])
     return ranked

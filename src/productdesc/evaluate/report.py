@@ -56,10 +56,13 @@ _FORMATS: dict[str, str] = {
 _DIFF_METRICS = ("rougeL", "rouge1", "bleu", "chrf")
 
 
-def write_report(result: EvalResult, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+def write_report(
+    result: EvalResult, out_dir: str | os.PathLike[str], *, title: str = "Evaluation"
+) -> dict[str, Path]:
     """Write the report files into ``out_dir`` (created); returns ``file name -> path``.
 
-    ``loss.png`` is written only when the run's loss history was found; the report then says so.
+    ``title`` heads both reports. ``loss.png`` is written only when the run's loss history was
+    found; the report then says so.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +75,11 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike[str]) -> dict[st
         with atomic_write(out / "loss.png", "wb") as fh:
             fh.write(png)
         written["loss.png"] = out / "loss.png"
-    write_text_atomic(out / "report.md", render_markdown(result, has_plot=png is not None))
+    write_text_atomic(
+        out / "report.md", render_markdown(result, has_plot=png is not None, title=title)
+    )
     written["report.md"] = out / "report.md"
-    write_text_atomic(out / "report.html", render_html(result, png))
+    write_text_atomic(out / "report.html", render_html(result, png, title=title))
     written["report.html"] = out / "report.html"
     logger.info("evaluation report written to %s", out)
     return written
@@ -171,10 +176,12 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]
     return lines
 
 
-def render_markdown(result: EvalResult, *, has_plot: bool = False) -> str:
+def render_markdown(
+    result: EvalResult, *, has_plot: bool = False, title: str = "Evaluation"
+) -> str:
     """The report as Markdown (``loss.png`` linked when ``has_plot``)."""
     columns = _columns(result)
-    lines = ["# Evaluation", ""]
+    lines = [f"# {_md(title)}", ""]
     lines += _md_table(
         ["setting", "value"], [(_md(k), _md(v)) for k, v in _describe_settings(result)]
     )
@@ -260,16 +267,16 @@ def _num_td(value_ci: tuple[str, str]) -> str:
     )
 
 
-def render_html(result: EvalResult, png: bytes | None = None) -> str:
+def render_html(result: EvalResult, png: bytes | None = None, *, title: str = "Evaluation") -> str:
     """The report as one self-contained HTML page (the loss PNG inlined as base64)."""
     columns = _columns(result)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>productdesc evaluation: {_h(result.meta.get('model_dir', ''))}</title>",
+        f"<title>productdesc: {_h(title)}: {_h(result.meta.get('model_dir', ''))}</title>",
         f"<style>{_CSS}</style></head><body>",
-        "<h1>Evaluation</h1>",
+        f"<h1>{_h(title)}</h1>",
         _html_table(
             ["setting", "value"],
             [[f"<td>{_h(k)}</td>", f"<td>{_h(v)}</td>"] for k, v in _describe_settings(result)],
