@@ -107,3 +107,10 @@ def test_cli_prints_the_seed_recipe_on_request(tmp_path, capsys):
     both = ["train", "--print-config", "--seed-recipe", "--config", str(tmp_path / "seed.toml")]
     assert main(both) != 0
     assert "pick one" in capsys.readouterr().err
+
+
+def test_cli_context_flag_selects_the_context_template(capsys):
+    from productdesc.cli import main
+
+    assert main(["train", "--print-config", "--context"]) == 0
+    assert 'template = "context"' in capsys.readouterr().out

@@ -45,6 +45,14 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="training.max_steps")
     parser.add_argument(
+        "--context",
+        nargs="?",
+        const="",
+        metavar="INDEX",
+        help="train with the 'context' template (answers shown the nearest known products); "
+        "INDEX: a retrieval index or prepared data directory (default: --data's)",
+    )
+    parser.add_argument(
         "--backend", choices=["auto", "unsloth", "transformers"], help="backend (default: auto)"
     )
     parser.add_argument(
@@ -95,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             config = attrs.evolve(config, training=training)
         if args.backend:
             config = attrs.evolve(config, backend=args.backend)
+        if args.context is not None:
+            config = attrs.evolve(config, template="context")
     except (TypeError, ValueError) as exc:
         raise UserError(f"config: {exc}") from None
     if args.print_config:
@@ -118,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("productdesc").setLevel(min(logging.INFO, logging.getLogger().level))
     from productdesc.finetune import LoraFineTuner
 
-    tuner = LoraFineTuner(config)  # before anything imports transformers (unsloth patches it)
+    retriever = Path(args.context) if args.context else None
+    # Created before anything imports transformers (unsloth patches it).
+    tuner = LoraFineTuner(config, retriever=retriever)
     main = distributed.is_main_process()  # under a launch, rank 0 alone reports
     if main:
         print(
