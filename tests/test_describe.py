@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import logging
 import subprocess
@@ -403,3 +404,23 @@ def test_cli_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_no_repeat_ngram_size_blocks_repeated_ngrams(describer):
+    from productdesc.describe import evolve_generation
+
+    ids, mask = describer._left_pad(describer._encode([describer._render("Nice for Mice", None)]))
+
+    def repeated_bigrams(gen):
+        with describer._lock:
+            new = describer._generate_padded(ids, mask, gen)[0].tolist()
+        seq = ids[0].tolist() + new
+        # generated tokens that complete a bigram seen earlier in the sequence
+        return sum(
+            (seq[j - 1], seq[j]) in set(itertools.pairwise(seq[:j]))
+            for j in range(ids.shape[1], len(seq))
+        )
+
+    plain = evolve_generation(describer.generation, max_new_tokens=40, min_new_tokens=40)
+    assert repeated_bigrams(plain) > 0  # the random model loops: the check below can fail
+    assert repeated_bigrams(evolve_generation(plain, no_repeat_ngram_size=2)) == 0

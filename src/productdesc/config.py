@@ -229,7 +229,10 @@ class GenerationConfig:
         temperature: Sampling temperature (with ``do_sample``).
         top_p: Nucleus sampling mass (with ``do_sample``).
         top_k: Top-k sampling (with ``do_sample``; 0 disables).
-        repetition_penalty: Penalty on repeated tokens (1.0: none).
+        repetition_penalty: Penalty on repeated tokens (1.0: none). It also penalises the
+            common words every description needs; ``no_repeat_ngram_size`` targets loops.
+        no_repeat_ngram_size: Never repeat an n-gram of this many tokens within an answer's
+            sequence (0: off). 4 stops the phrase loops a briefly tuned small model falls into.
         batch_size: Titles per batch in ``describe_batch``.
     """
 
@@ -246,6 +249,7 @@ class GenerationConfig:
     repetition_penalty: float = field(
         default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
     )
+    no_repeat_ngram_size: int = field(default=0, validator=_non_negative())
     batch_size: int = field(default=8, validator=_positive())
 
     @min_new_tokens.validator

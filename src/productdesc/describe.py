@@ -127,8 +127,8 @@ class Describer:
             compiles, about 40 s for a 1.1B model on an H200; later calls replay. A service
             can warm its shapes up before it takes traffic. The model's SDPA attention is
             switched to :func:`~productdesc.fastgen.grouped_decode_attention`, which computes
-            the same values. Sampling, repetition penalty and :meth:`stream` always use
-            ``generate``.
+            the same values. Sampling, ``repetition_penalty``, ``no_repeat_ngram_size`` and
+            :meth:`stream` always use ``generate``.
     """
 
     def __init__(
@@ -372,6 +372,7 @@ class Describer:
             top_p=gen.top_p,
             top_k=gen.top_k,
             repetition_penalty=gen.repetition_penalty,
+            no_repeat_ngram_size=gen.no_repeat_ngram_size,
             eos_token_id=self._eos_id,
             pad_token_id=self._pad_id,
         )
@@ -394,7 +395,9 @@ class Describer:
         """
         import torch
 
-        greedy = not gen.do_sample and gen.repetition_penalty == 1.0
+        greedy = (
+            not gen.do_sample and gen.repetition_penalty == 1.0 and not gen.no_repeat_ngram_size
+        )
         if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
                 input_ids,

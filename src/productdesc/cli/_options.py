@@ -17,6 +17,14 @@ _GENERATION: dict[str, tuple[str, dict[str, Any]]] = {
         {"type": float, "help": "sampling temperature (with --do-sample)"},
     ),
     "top_p": ("--top-p", {"type": float, "help": "nucleus sampling mass (with --do-sample)"}),
+    "repetition_penalty": (
+        "--repetition-penalty",
+        {"type": float, "help": "penalty on repeated tokens (default 1.0: none)"},
+    ),
+    "no_repeat_ngram_size": (
+        "--no-repeat-ngram-size",
+        {"type": int, "metavar": "N", "help": "never repeat an N-token n-gram (default 0: off)"},
+    ),
     "do_sample": (
         "--do-sample",
         {"action": "store_true", "default": None, "help": "sample instead of greedy decoding"},

@@ -46,7 +46,14 @@ def add_parser(subparsers: Any) -> None:
         "answer, stopped_at_eos, new_tokens",
     )
     add_generation_options(
-        parser, "batch_size", "max_new_tokens", "temperature", "top_p", "do_sample"
+        parser,
+        "batch_size",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "do_sample",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
     )
     parser.add_argument(
         "--base-only",

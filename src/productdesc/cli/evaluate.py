@@ -59,7 +59,9 @@ def add_parser(subparsers: Any) -> None:
         help="retrieval index for the baseline and the context (default: DATA/retrieval, else "
         "the train split indexed in memory); it must not hold the evaluated split",
     )
-    add_generation_options(parser, "batch_size", "max_new_tokens")
+    add_generation_options(
+        parser, "batch_size", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"
+    )
     parser.add_argument(
         "--samples", type=int, default=10, help="records shown in the report (default 10)"
     )
