@@ -37,3 +37,13 @@ def test_auto_is_off_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model = types.SimpleNamespace(config=TINYLLAMA)
     assert checkpointing.choose("auto", model, 8 * 2048) is False
+
+
+def test_float32_activations_count_double(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (40e9, 80e9))
+    bf16 = types.SimpleNamespace(config=TINYLLAMA, dtype=torch.bfloat16)
+    fp32 = types.SimpleNamespace(config=TINYLLAMA, dtype=torch.float32)
+    assert checkpointing.choose("auto", bf16, 8 * 2048) is False
+    assert checkpointing.choose("auto", fp32, 8 * 2048) == "unsloth"

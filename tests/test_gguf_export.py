@@ -14,11 +14,12 @@ gguf = pytest.importorskip("gguf")
 TEXTS = ["Nice for Mice", "Stainless steel kitchen knife set, 6 pieces & a block!"]
 
 
-def _load(path: Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load(path: Path, **config_overrides):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, **config_overrides)
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
+        path.parent, gguf_file=path.name, config=config, dtype=torch.float32
     )
     return model.eval(), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
@@ -139,3 +140,65 @@ def test_smollm2_round_trips(smollm2_dir, tmp_path):
         _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-4, atol=1e-4
     )
     assert _special_ids(out)["eos_token_id"] == tokenizer.eos_token_id
+
+
+def test_attention_biases_follow_the_rotary_reordering(tiny_llama, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.gguf_export import export_gguf
+
+    config = AutoConfig.from_pretrained(tiny_llama)
+    config.attention_bias = True
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("_proj.bias"):
+                param.normal_(std=0.5)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    source = tmp_path / "biased"
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    # GGUF has no key for attention_bias (llama.cpp loads the biases when present); tell
+    # transformers' reader so that it keeps them
+    loaded, _ = _load(
+        export_gguf(source, tmp_path / "biased.gguf", outtype="f32"), attention_bias=True
+    )
+    torch.testing.assert_close(
+        _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_the_pre_tokenizer_is_named_for_llama_cpp_or_refused(tiny_llama, tmp_path):
+    from productdesc.errors import UserError
+    from productdesc.gguf_export import export_gguf
+
+    out = export_gguf(tiny_llama, tmp_path / "tiny.gguf", outtype="f32")
+    pre = gguf.GGUFReader(out).fields["tokenizer.ggml.pre"]
+    assert bytes(pre.parts[-1]).decode() == "gpt-2"  # a plain byte-level split
+    other = tmp_path / "other"
+    shutil.copytree(tiny_llama, other)
+    spec = json.loads((other / "tokenizer.json").read_text())
+    spec["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Punctuation", "behavior": "Isolated"}, spec["pre_tokenizer"]],
+    }
+    (other / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="pre-tokenizer"):
+        export_gguf(other, tmp_path / "other.gguf")
+
+
+def test_scaled_rope_and_a_directory_as_output_are_refused(tiny_llama, tmp_path):
+    from productdesc.errors import UserError
+    from productdesc.gguf_export import export_gguf
+
+    scaled = tmp_path / "llama31"
+    shutil.copytree(tiny_llama, scaled)
+    config = json.loads((scaled / "config.json").read_text())
+    # transformers 5 writes the scaling into rope_parameters
+    config["rope_parameters"] = {"rope_type": "llama3", "factor": 8.0, "rope_theta": 500000.0}
+    (scaled / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="llama3"):
+        export_gguf(scaled, tmp_path / "x.gguf")
+    with pytest.raises(UserError, match="is a directory"):
+        export_gguf(tiny_llama, tmp_path)

@@ -72,23 +72,29 @@ def export_gguf(
     if not source.is_dir():
         raise UserError(f"model directory not found: {source}")
     out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the .gguf file to write")
+    name = source.name  # the run's name, not "merged"
     if (source / "merged" / "config.json").is_file():
         source = source / "merged"
     if (source / "config.json").is_file():
-        return _write(source, out, outtype)
+        return _write(source, out, outtype, name)
     if not (source / "adapter_config.json").is_file():
         raise UserError(f"{source} holds neither a model (config.json) nor a LoRA adapter")
     from productdesc.backends import get_backend
 
-    # The adapter has to be merged into unquantized weights first; the merge lives in a
-    # temporary folder beside the output and goes when the file is written.
+    # The adapter has to be merged into unquantized weights first, in float32 so that the
+    # file's own rounding is the only one; the merge lives in a temporary folder beside the
+    # output and goes when the file is written.
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        merged = get_backend("transformers").save_merged(source, Path(tmp) / "merged")
-        return _write(merged, out, outtype)
+        merged = get_backend("transformers").save_merged(
+            source, Path(tmp) / "merged", dtype="float32"
+        )
+        return _write(merged, out, outtype, name)
 
 
-def _write(model_dir: Path, out: Path, outtype: str) -> Path:
+def _write(model_dir: Path, out: Path, outtype: str, name: str) -> Path:
     try:
         import gguf
     except ImportError:
@@ -98,29 +104,42 @@ def _write(model_dir: Path, out: Path, outtype: str) -> Path:
 
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     _check_architecture(config)
-    n_layers = config["num_hidden_layers"]
-    n_head = config["num_attention_heads"]
-    n_head_kv = config.get("num_key_value_heads", n_head)
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    try:
+        n_layers = config["num_hidden_layers"]
+        n_head = config["num_attention_heads"]
+        hidden, n_ff, n_vocab = (
+            config["hidden_size"],
+            config["intermediate_size"],
+            config["vocab_size"],
+        )
+    except KeyError as exc:
+        raise UserError(f"{model_dir}/config.json has no {exc}") from None
+    n_head_kv = config.get("num_key_value_heads") or n_head
+    head_dim = config.get("head_dim") or hidden // n_head
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
-        writer.add_name(model_dir.name)
+        writer.add_name(name)
         writer.add_context_length(config.get("max_position_embeddings", 2048))
-        writer.add_embedding_length(config["hidden_size"])
+        writer.add_embedding_length(hidden)
         writer.add_block_count(n_layers)
-        writer.add_feed_forward_length(config["intermediate_size"])
+        writer.add_feed_forward_length(n_ff)
         writer.add_rope_dimension_count(head_dim)
         writer.add_head_count(n_head)
         writer.add_head_count_kv(n_head_kv)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
         writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
         writer.add_rope_freq_base(_rope_theta(config))
         writer.add_file_type(_FILE_TYPES[outtype](gguf))
-        _add_vocab(writer, model_dir, config["vocab_size"])
+        _add_vocab(writer, model_dir, n_vocab)
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
         tied = config.get("tie_word_embeddings", False)
@@ -130,9 +149,10 @@ def _write(model_dir: Path, out: Path, outtype: str) -> Path:
             gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
                 raise UserError(_UNSUPPORTED.format(what=f"{model_dir}: unexpected tensor {name}"))
-            if name.endswith("q_proj.weight"):
+            # biases too: their entries follow the same rotary layout as the weight's rows
+            if name.endswith(("q_proj.weight", "q_proj.bias")):
                 data = _permute(data, n_head)
-            elif name.endswith("k_proj.weight"):
+            elif name.endswith(("k_proj.weight", "k_proj.bias")):
                 data = _permute(data, n_head_kv)
             _add_tensor(writer, gguf, gguf_name, data, outtype)
         writer.write_header_to_file()
@@ -141,9 +161,11 @@ def _write(model_dir: Path, out: Path, outtype: str) -> Path:
         writer.close()
         tmp.chmod(0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         writer.close()
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {out}: {exc}") from None
         raise
     logger.info("wrote %s (%s, %.1f MB)", out, outtype, out.stat().st_size / 1e6)
     return out
@@ -153,9 +175,13 @@ def _check_architecture(config: dict[str, Any]) -> None:
     model_type = config.get("model_type")
     if model_type != "llama":
         raise UserError(_UNSUPPORTED.format(what=f"model_type {model_type!r} is not 'llama'"))
-    scaling = config.get("rope_scaling")
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        raise UserError(_UNSUPPORTED.format(what=f"rope_scaling {scaling} is not supported"))
+    # transformers 5 writes rope_parameters (rope_type "default" when unscaled); older
+    # configs write rope_scaling. Scaled RoPE (Llama 3.1's "llama3", YaRN, ...) needs keys and
+    # a rope_freqs tensor this writer does not produce.
+    scaling = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind not in (None, "default"):
+        raise UserError(_UNSUPPORTED.format(what=f"RoPE scaling {kind!r} is not supported"))
 
 
 def _rope_theta(config: dict[str, Any]) -> float:
@@ -164,17 +190,21 @@ def _rope_theta(config: dict[str, Any]) -> float:
     return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
-def _vocab(model_dir: Path, n_vocab: int) -> tuple[str, list[bytes], list[float], list[Any]]:
-    """``(tokenizer model, tokens, scores, token types)``, one entry per embedding row."""
+def _vocab(model_dir: Path, n_vocab: int) -> tuple[str, str | None, list, list, list]:
+    """``(tokenizer model, pre-tokenizer, tokens, scores, token types)``, one per embedding row."""
     import gguf
 
     tokenizer_json = model_dir / "tokenizer.json"
-    if tokenizer_json.is_file() and _byte_level(json.loads(tokenizer_json.read_bytes())):
-        return ("gpt2", *_byte_level_vocab(model_dir, n_vocab))
+    if tokenizer_json.is_file():
+        spec = json.loads(tokenizer_json.read_bytes())
+        if _byte_level(spec):
+            return ("gpt2", _bpe_pre(spec, model_dir), *_byte_level_vocab(model_dir, n_vocab))
     from gguf.vocab import LlamaHfVocab, SentencePieceVocab
 
+    # tokenizer.model first: its scores are SentencePiece's merge priorities, which llama.cpp
+    # merges by. LlamaHfVocab (tokenizer.json only) scores every token -1000.
     errors = []
-    for cls in (LlamaHfVocab, SentencePieceVocab):
+    for cls in (SentencePieceVocab, LlamaHfVocab):
         try:
             vocab = cls(model_dir)
             break
@@ -185,11 +215,24 @@ def _vocab(model_dir: Path, n_vocab: int) -> tuple[str, list[bytes], list[float]
             _UNSUPPORTED.format(what=f"no supported tokenizer in {model_dir} ({'; '.join(errors)})")
         )
     tokens, scores, types = (list(column) for column in zip(*vocab.all_tokens(), strict=True))
+    if isinstance(vocab, LlamaHfVocab):
+        # A tokenizer.json converted from SentencePiece keeps its pieces in score order, so
+        # the id ranks them as SentencePiece did.
+        scores = [
+            -float(i) if kind == gguf.TokenType.NORMAL else score
+            for i, (score, kind) in enumerate(zip(scores, types, strict=True))
+        ]
+        logger.info("no tokenizer.model in %s: merge priorities taken from token ids", model_dir)
+    if len(tokens) > n_vocab:
+        logger.warning(
+            "%d tokens beyond the %d embedding rows are left out", len(tokens) - n_vocab, n_vocab
+        )
+        del tokens[n_vocab:], scores[n_vocab:], types[n_vocab:]
     for i in range(len(tokens), n_vocab):  # the embedding may have rows beyond the tokenizer
         tokens.append(f"[PAD{i}]".encode())
         scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
-    return vocab.tokenizer_model, tokens, scores, types
+    return vocab.tokenizer_model, None, tokens, scores, types
 
 
 def _byte_level(tokenizer_json: dict[str, Any]) -> bool:
@@ -200,6 +243,41 @@ def _byte_level(tokenizer_json: dict[str, Any]) -> bool:
         parts += [node, *node.get("pretokenizers", []), *node.get("decoders", [])]
     return tokenizer_json.get("model", {}).get("type") == "BPE" and any(
         part.get("type") == "ByteLevel" for part in parts
+    )
+
+
+# Llama 3's pre-tokenizer split (tokenizer.json "Split" pattern).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+    r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _bpe_pre(tokenizer_json: dict[str, Any], model_dir: Path) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer (how text is split before BPE).
+
+    llama.cpp applies the split the name says, not the one in tokenizer.json, so a wrong name
+    would tokenize prompts differently from training: an unknown split is refused.
+    """
+    node = tokenizer_json.get("pre_tokenizer") or {}
+    parts = node.get("pretokenizers", []) if node.get("type") == "Sequence" else [node]
+    kinds = [part.get("type") for part in parts]
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return "gpt-2"
+    if (
+        kinds == ["Digits", "ByteLevel"]
+        and parts[0].get("individual_digits")
+        and parts[1].get("use_regex", True)
+    ):
+        return "smollm"
+    if (
+        kinds == ["Split", "ByteLevel"]
+        and parts[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT
+        and not parts[1].get("use_regex", True)
+    ):
+        return "llama-bpe"
+    raise UserError(
+        _UNSUPPORTED.format(what=f"{model_dir}: pre-tokenizer {kinds} is not one it knows")
     )
 
 
@@ -236,11 +314,10 @@ def _byte_level_vocab(model_dir: Path, n_vocab: int) -> tuple[list[bytes], list[
 def _add_vocab(writer: Any, model_dir: Path, n_vocab: int) -> None:
     import gguf
 
-    model, tokens, scores, types = _vocab(model_dir, n_vocab)
+    model, pre, tokens, scores, types = _vocab(model_dir, n_vocab)
     writer.add_tokenizer_model(model)
-    if model == "gpt2":
-        # llama.cpp picks its BPE pre-tokenizer from this; "default" is its GPT-2-style split.
-        writer.add_tokenizer_pre("default")
+    if pre is not None:
+        writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)
@@ -262,7 +339,8 @@ def _tensors(model_dir: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
-    """q/k rows from transformers' rotary layout (halves) to llama.cpp's (interleaved pairs)."""
+    """q/k rows (or bias entries) from transformers' rotary layout (halves) to llama.cpp's
+    (interleaved pairs), as llama.cpp's converter reorders them."""
     return (
         weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
         .swapaxes(1, 2)
@@ -283,7 +361,8 @@ def _add_tensor(writer: Any, gguf: Any, name: str, data: np.ndarray, outtype: st
 
     if data.ndim < 2 or outtype == "f32":
         writer.add_tensor(name, data.astype(np.float32))
-    elif outtype == "f16":
+    elif outtype == "f16" or (outtype == "q8_0" and data.shape[-1] % 32):
+        # q8_0 packs rows in blocks of 32; llama.cpp's converter keeps other rows in f16 too
         writer.add_tensor(name, data.astype(np.float16))
     else:
         kind = {

@@ -43,7 +43,9 @@ def choose(requested: Any, model: Any, tokens_per_micro_batch: int) -> bool | st
 
     if not torch.cuda.is_available():
         return False
-    need = activation_bytes(model.config, tokens_per_micro_batch)
+    # 4-bit bases compute in 16 bits; a float32 model keeps float32 activations
+    itemsize = max(2, getattr(getattr(model, "dtype", None), "itemsize", 2))
+    need = activation_bytes(model.config, tokens_per_micro_batch, dtype_bytes=itemsize)
     free, _ = torch.cuda.mem_get_info()
     checkpoint = need * HEADROOM > free
     logger.info(

@@ -20,8 +20,9 @@ def add_parser(subparsers: Any) -> None:
         help="write a trained (or merged) Llama-architecture model as one GGUF file",
         description=(
             "Write MODEL as a GGUF file for llama.cpp and the tools built on it. MODEL is a "
-            "training output (its merged/ model, else the adapter merged into its base) or a "
-            "model directory. Offline: nothing is downloaded, built or installed."
+            "training output (its merged/ model, else the adapter merged into its base, loaded "
+            "as the run loaded it) or a model directory. Nothing is built or installed, and "
+            "no converter is fetched."
         ),
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="training output or model dir")

@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
         "--seed-recipe",
         action="store_true",
         help="start from the seed notebook's recipe (batch 2 x 22, no packing) instead of the "
-        "defaults; --config replaces both",
+        "defaults (not with --config)",
     )
     parser.add_argument(
         "--model", metavar="NAME", help="model.model_name: Hub id, dir, .gguf, smollm2-135m"
