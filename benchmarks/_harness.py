@@ -32,6 +32,31 @@ def run_variant(script: str, spec: dict, out: Path) -> dict:
     return result
 
 
+def run_info(benchmark: str, *, device: str | None = None) -> dict:
+    """The fields every result file starts with: what ran, when, on what, and the command."""
+    import platform
+
+    import torch
+
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = torch.cuda.get_device_name(0) if cuda else platform.processor()
+    return {
+        "benchmark": benchmark,
+        "date": time.strftime("%Y-%m-%d"),
+        "device": device,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": "python " + " ".join(sys.argv),
+    }
+
+
+def save_json(path: str | Path, report: dict) -> None:
+    """Write a result file (its folder created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def profiler():
     """A ``torch.profiler.profile`` of CPU and CUDA activity; ``start()`` it, ``stop()`` it."""
     from torch.profiler import ProfilerActivity, profile
@@ -58,6 +83,14 @@ def profile_summary(prof, wall_s: float, *, rows: int = 25) -> dict:
         "gpu_idle_share": max(0.0, 1 - busy_us / 1e6 / wall_s),
         "table": prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=rows),
     }
+
+
+def describe_profile(prof: dict) -> str:
+    """A :func:`profile_summary` as the lines a benchmark prints."""
+    return (
+        f"profile: {prof['wall_s']:.2f} s wall, GPU busy {prof['gpu_busy_s']:.2f} s, "
+        f"idle {prof['gpu_idle_share']:.0%}\n{prof['table']}"
+    )
 
 
 def profile_call(run, *, rows: int = 25) -> dict:

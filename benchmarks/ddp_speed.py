@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _harness import run_info, save_json
 from train_speed import build_texts, loss_at
 
 HERE = Path(__file__).resolve().parent
@@ -139,19 +139,13 @@ def summarise(results: list[dict], text_stats: dict, args: argparse.Namespace) -
     for r in ok:
         r["loss_at_tokens"] = {str(t): loss_at(r["curve"], t) for t in marks}
     report = {
-        "benchmark": "ddp_speed",
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu (gloo)",
+        **run_info("ddp_speed", device=None if torch.cuda.is_available() else "cpu (gloo)"),
         "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "command": "python " + " ".join(sys.argv),
         "launch_env": NO_MULTICAST,
         "texts": text_stats,
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.out, report)
     print(
         f"\n{'variant':8} {'tok/s':>9} {'s/step':>7} {'x 1 GPU':>7} {'eff.':>5} {'peak GB':>7}  loss@T"
     )

@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _harness import profile_call, run_variant
+from _harness import describe_profile, profile_call, run_info, run_variant, save_json
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [
@@ -85,7 +84,6 @@ def main() -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "generate_speed.json"))
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "pd-gen-speed"))
     args = parser.parse_args()
-    import torch
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -109,12 +107,7 @@ def main() -> int:
         if res.get("teacher_forced"):
             print(f"   teacher-forced check: {res['teacher_forced']}", flush=True)
         if res.get("profile"):
-            prof = res["profile"]
-            print(
-                f"profile: {prof['wall_s']:.2f} s wall, GPU busy {prof['gpu_busy_s']:.2f} s, "
-                f"idle {prof['gpu_idle_share']:.0%}\n{prof['table']}",
-                flush=True,
-            )
+            print(describe_profile(res["profile"]), flush=True)
 
     base = {r["name"]: r for r in results if "error" not in r}
     for r in base.values():
@@ -123,19 +116,12 @@ def main() -> int:
             if ref:
                 r[key.replace("tokens_per_s", "speedup_vs_generate")] = r[key] / ref[key]
     report = {
-        "benchmark": "generate_speed",
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else platform.processor(),
-        "torch": torch.__version__,
-        "command": "python " + " ".join(sys.argv),
+        **run_info("generate_speed"),
         "new_tokens": args.new_tokens,
         "batch": args.batch,
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.out, report)
     print(
         f"\n{'variant':24} {'b1 tok/s':>9} {'x gen':>6} {'bN tok/s':>9} {'x gen':>6} {'ttft ms':>8} {'peak GB':>7} {'same':>7}"
     )

@@ -29,13 +29,12 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _harness import profile_summary, profiler, run_variant
+from _harness import describe_profile, profile_summary, profiler, run_info, run_variant, save_json
 
 HERE = Path(__file__).resolve().parent
 PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
@@ -195,12 +194,7 @@ def main() -> int:
             flush=True,
         )
         if res.get("profile"):
-            prof = res["profile"]
-            print(
-                f"profile: {prof['wall_s']:.2f} s wall, GPU busy {prof['gpu_busy_s']:.2f} s, "
-                f"idle {prof['gpu_idle_share']:.0%}\n{prof['table']}",
-                flush=True,
-            )
+            print(describe_profile(res["profile"]), flush=True)
 
     summarise(results, text_stats, args)
     return 0
@@ -213,7 +207,6 @@ def loss_at(curve: list[list[float]], tokens: float) -> float | None:
 
 
 def summarise(results: list[dict], text_stats: dict, args: argparse.Namespace) -> None:
-    import torch
 
     ok = [r for r in results if "error" not in r]
     common = min((r["curve"][-1][0] for r in ok), default=0)
@@ -225,14 +218,7 @@ def summarise(results: list[dict], text_stats: dict, args: argparse.Namespace) -
         )
     baseline = max((r["tokens_per_s"] for r in ok if r["name"][0] in "ab"), default=None)
     report = {
-        "benchmark": "train_speed",
-        "date": time.strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else platform.processor(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "command": "python " + " ".join(sys.argv),
+        **run_info("train_speed"),
         "texts": text_stats,
         "common_tokens_for_loss": common,
         "speedup_c_over_best_seed": (
@@ -242,8 +228,7 @@ def summarise(results: list[dict], text_stats: dict, args: argparse.Namespace) -
         ),
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.out, report)
     print(
         f"\n{'variant':36} {'tok/s':>8} {'s/step':>7} {'peak GB':>7} {'MFU':>6} {'loss@T':>7} {'epoch h':>7}"
     )
