@@ -74,7 +74,6 @@ def test_smaller_types_stay_close(tiny_llama, source, tmp_path, outtype, toleran
     model, tokenizer = source
     loaded, _ = _load(small)
     want = _logits(model, tokenizer)
-    print(outtype, float((_logits(loaded, tokenizer) - want).abs().max() / want.abs().max()))
     assert (_logits(loaded, tokenizer) - want).abs().max() <= tolerance * want.abs().max()
 
 

@@ -37,9 +37,18 @@ __all__ = ["OUTTYPES", "export_gguf"]
 
 logger = logging.getLogger(__name__)
 
+# outtype -> (gguf.LlamaFileType, gguf.GGMLQuantizationType of its 2-D weights), by name so
+# that the table needs no gguf import
+_TYPES = {
+    "f32": ("ALL_F32", "F32"),
+    "f16": ("MOSTLY_F16", "F16"),
+    "bf16": ("MOSTLY_BF16", "BF16"),
+    "q8_0": ("MOSTLY_Q8_0", "Q8_0"),
+}
+
 #: Weight types a file can be written in. Norms and other 1-D tensors stay float32, as
 #: llama.cpp's converter keeps them.
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = tuple(_TYPES)
 
 _UNSUPPORTED = (
     "{what}. productdesc writes GGUF for the Llama architecture only; for others, convert "
@@ -138,7 +147,7 @@ def _write(model_dir: Path, out: Path, outtype: str, name: str) -> Path:
         writer.add_value_length(head_dim)
         writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
         writer.add_rope_freq_base(_rope_theta(config))
-        writer.add_file_type(_FILE_TYPES[outtype](gguf))
+        writer.add_file_type(getattr(gguf.LlamaFileType, _TYPES[outtype][0]))
         _add_vocab(writer, model_dir, n_vocab)
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
@@ -348,25 +357,12 @@ def _permute(weights: np.ndarray, heads: int) -> np.ndarray:
     )
 
 
-_FILE_TYPES = {
-    "f32": lambda gguf: gguf.LlamaFileType.ALL_F32,
-    "f16": lambda gguf: gguf.LlamaFileType.MOSTLY_F16,
-    "bf16": lambda gguf: gguf.LlamaFileType.MOSTLY_BF16,
-    "q8_0": lambda gguf: gguf.LlamaFileType.MOSTLY_Q8_0,
-}
-
-
 def _add_tensor(writer: Any, gguf: Any, name: str, data: np.ndarray, outtype: str) -> None:
-    import numpy as np
-
-    if data.ndim < 2 or outtype == "f32":
-        writer.add_tensor(name, data.astype(np.float32))
-    elif outtype == "f16" or (outtype == "q8_0" and data.shape[-1] % 32):
+    kind = getattr(gguf.GGMLQuantizationType, _TYPES[outtype][1])
+    if data.ndim < 2:
+        kind = gguf.GGMLQuantizationType.F32
+    elif kind == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % 32:
         # q8_0 packs rows in blocks of 32; llama.cpp's converter keeps other rows in f16 too
-        writer.add_tensor(name, data.astype(np.float16))
-    else:
-        kind = {
-            "bf16": gguf.GGMLQuantizationType.BF16,
-            "q8_0": gguf.GGMLQuantizationType.Q8_0,
-        }[outtype]
-        writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        kind = gguf.GGMLQuantizationType.F16
+    # quantize() also converts to plain f32 / f16 arrays, which the writer stores as they are
+    writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
