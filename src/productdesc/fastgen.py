@@ -126,8 +126,6 @@ class StaticGreedyDecoder:
         ``min_new_tokens``; ``ids`` is ``[eos, pad]`` as a tensor. Tensors, not Python
         numbers, so that changing them never recompiles.
         """
-        import torch
-
         logits = self.model(
             input_ids=token,
             attention_mask=mask,
@@ -136,7 +134,7 @@ class StaticGreedyDecoder:
             past_key_values=cache,
             use_cache=True,
         ).logits[:, -1, :]
-        return _pick(logits, done, eos_bias, ids, torch)
+        return _pick(logits, done, eos_bias, ids)
 
     def generate(
         self,
@@ -192,7 +190,7 @@ class StaticGreedyDecoder:
             hold_eos = allow_eos.clone()
             hold_eos[eos_token_id] = float("-inf")
             done = torch.zeros(batch, dtype=torch.bool, device=device)
-            token, done = _pick(logits, done, hold_eos if min_new_tokens else allow_eos, ids, torch)
+            token, done = _pick(logits, done, hold_eos if min_new_tokens else allow_eos, ids)
             position = positions[:, -1:] + 1  # (B, 1)
             steps = 1
             result[:, 0] = token[:, 0]
@@ -227,8 +225,10 @@ class StaticGreedyDecoder:
         return result
 
 
-def _pick(logits, done, eos_bias, ids, torch):
+def _pick(logits, done, eos_bias, ids):
     """Greedy next token (B, 1) from last-position ``logits``; rows already ``done`` get pad."""
+    import torch
+
     eos, pad = ids[0], ids[1]
     token = (logits.float() + eos_bias).argmax(-1)
     token = torch.where(done, pad, token)
