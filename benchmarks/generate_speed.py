@@ -13,6 +13,8 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``unsloth_4bit`` / ``unsloth_bf16``: Unsloth's ``FastLanguageModel.for_inference`` + generate;
 * ``describer_fast_bf16`` / ``describer_fast_4bit``: :class:`productdesc.Describer` with its
   CUDA fast path (static KV cache, compiled one-token step, early exit);
+* ``describer_fast_autotune_bf16``: the same, its step compiled with
+  ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -167,6 +169,12 @@ def worker(spec: dict, out_path: str) -> None:
             dtype=dtype_name,
             fast="plain" not in name,
         )
+        if "autotune" in name:
+            from productdesc.fastgen import StaticGreedyDecoder
+
+            describer._fast = StaticGreedyDecoder(
+                describer.model, compile_mode="max-autotune-no-cudagraphs"
+            )
 
         def answer(batch: list[str], new_tokens: int) -> list[str]:
             return describer.describe_batch(

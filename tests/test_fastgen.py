@@ -16,8 +16,14 @@ def model_and_tokenizer(tiny_llama):
     return model, tok
 
 
-@pytest.mark.parametrize("min_new_tokens", [0, 12])
-def test_same_tokens_as_generate_on_a_left_padded_batch(model_and_tokenizer, min_new_tokens):
+@pytest.mark.parametrize(
+    ("min_new_tokens", "max_new_tokens", "check_every"),
+    [(0, 16, 16), (12, 16, 16), (12, 16, 5), (1, 17, 4), (0, 1, 16), (1, 2, 16)],
+)
+def test_same_tokens_as_generate_on_a_left_padded_batch(
+    model_and_tokenizer, min_new_tokens, max_new_tokens, check_every
+):
+    """Runs of check_every steps that do not divide the length are cut to it."""
     from productdesc.fastgen import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
@@ -29,40 +35,53 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(model_and_tokenizer, min
     enc = tok(titles, return_tensors="pt", padding=True)
     ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     ref = model.generate(
-        **enc, max_new_tokens=16, min_new_tokens=min_new_tokens, do_sample=False, **ids
+        **enc,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=False,
+        **ids,
     )[:, enc.input_ids.shape[1] :]
-    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8)
+    decoder = StaticGreedyDecoder(
+        model, compile_mode=None, length_bucket=8, check_every=check_every
+    )
     for _ in range(2):  # the second call reuses the cache of the first
         out = decoder.generate(
             enc.input_ids,
             enc.attention_mask,
-            max_new_tokens=16,
+            max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             **ids,
         )
         assert torch.equal(out, ref)
 
 
-def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer):
+@pytest.mark.parametrize("min_new_tokens", [0, 3])
+def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_tokens):
     from productdesc.fastgen import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     enc = tok(["blanket", "knife set"], return_tensors="pt", padding=True)
-    # Make EOS the argmax everywhere: every sequence ends at its first token.
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    # Make EOS the argmax everywhere: every sequence ends as soon as min_new_tokens allows.
     with torch.no_grad():
         model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
         model.lm_head.bias[tok.eos_token_id] = 1e4
     try:
+        ref = model.generate(
+            **enc, max_new_tokens=50, min_new_tokens=min_new_tokens, do_sample=False, **ids
+        )[:, enc.input_ids.shape[1] :]
         out = StaticGreedyDecoder(model, compile_mode=None, check_every=2).generate(
             enc.input_ids,
             enc.attention_mask,
             max_new_tokens=50,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
+            min_new_tokens=min_new_tokens,
+            **ids,
         )
     finally:
         model.lm_head.bias = None
-    assert out.tolist() == [[tok.eos_token_id], [tok.eos_token_id]]
+    assert out.shape == (2, min_new_tokens + 1)
+    assert out[:, -1].tolist() == [tok.eos_token_id] * 2
+    assert torch.equal(out, ref)
 
 
 def test_describer_fast_path_gives_the_plain_path_answers(tiny_llama):

@@ -172,9 +172,7 @@ class Describer:
             from productdesc.fastgen import StaticGreedyDecoder
 
             # On CPU, compiling costs more than a job saves: the static-cache loop runs eagerly.
-            self._fast = StaticGreedyDecoder(
-                model, compile_mode="reduce-overhead" if cuda else None
-            )
+            self._fast = StaticGreedyDecoder(model, compile_mode="default" if cuda else None)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

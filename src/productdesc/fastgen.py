@@ -4,10 +4,10 @@
 1.1B model at batch 1 the GPU work of a step is well under a millisecond, the step takes tens.
 Here every buffer has a fixed shape (a :class:`~transformers.StaticCache` sized for prompt +
 ``max_new_tokens``, a full-length attention mask updated in place), so the one-token step, the
-argmax and the EOS bookkeeping included, is compiled once and replayed as a CUDA graph
-(``torch.compile(mode="reduce-overhead")``). Nothing in the loop waits for the GPU except a
-check every few steps that all sequences are done, so the host queues step *n + 1* while the
-GPU runs step *n*.
+argmax and the EOS bookkeeping included, is compiled once (``torch.compile``), and a run of
+``check_every`` steps is recorded as one CUDA graph and replayed. The host launches one graph
+per 16 tokens instead of hundreds of kernels per token, and waits for the GPU only between two
+graphs, to see whether every sequence is done.
 
 Decode-step attention reads the grouped KV cache as it is (:func:`grouped_decode_attention`):
 transformers' SDPA path expands every KV head to all its query heads whenever a mask is given,
@@ -85,37 +85,77 @@ def _use_grouped_attention(model: Any) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
+class _Slot:
+    """Buffers for one (batch, total length) shape, reused call after call.
+
+    A CUDA graph records the addresses of the tensors it reads and writes, so everything a
+    decode step touches lives here and is updated in place: the static KV cache, the attention
+    mask, the token being fed, its position and cache position, the step count and ``done``.
+    ``out`` collects the tokens of one run of ``check_every`` steps.
+    """
+
+    def __init__(self, model: Any, batch: int, total: int, steps: int, eos: int, pad: int) -> None:
+        import torch
+        from transformers import StaticCache
+
+        device = model.device
+        vocab = model.get_output_embeddings().out_features
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.min_new = torch.zeros((), dtype=torch.long, device=device)
+        self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
+        # Added to the logits: -inf at EOS holds it back before min_new_tokens.
+        self.allow_eos = torch.zeros(vocab, device=device)
+        self.hold_eos = self.allow_eos.clone()
+        self.hold_eos[eos] = float("-inf")
+        self.ids = torch.tensor([eos, pad], device=device)
+        self.graph: Any = None
+
+
 class StaticGreedyDecoder:
-    """Greedy decoding for one model, compiling the step once per (batch, length) shape.
+    """Greedy decoding for one model: static KV cache, compiled step, CUDA graphs of many steps.
 
     Args:
         model: A causal LM (LoRA merged in, for speed). Its SDPA attention is switched to
             :func:`grouped_decode_attention`, which computes the same values.
         compile_mode: ``torch.compile`` mode for the one-token step; ``None`` runs it eagerly
-            (CPU tests), ``"reduce-overhead"`` captures CUDA graphs.
-        check_every: Steps between checks that all sequences are done (each check waits for
-            the GPU to catch up).
+            (CPU tests). CUDA graphs are recorded by this class, so a mode that records its
+            own (``"reduce-overhead"``) only adds host work.
+        check_every: Steps per CUDA graph; between two graphs the loop checks, once, whether
+            every sequence is done (the only time it waits for the GPU).
         length_bucket: Prompt lengths round up to a multiple of this so a batch job reuses a
             few compiled shapes instead of compiling one per prompt length.
+        cuda_graphs: Record ``check_every`` steps as one CUDA graph and replay it (on a CUDA
+            model): the host then launches one graph per ``check_every`` tokens instead of a
+            step's hundreds of kernels per token.
     """
 
     def __init__(
         self,
         model: Any,
         *,
-        compile_mode: str | None = "reduce-overhead",
+        compile_mode: str | None = "default",
         check_every: int = 16,
         length_bucket: int = 128,
+        cuda_graphs: bool = True,
     ) -> None:
         import torch
 
+        if check_every < 1 or length_bucket < 1:
+            raise ValueError("check_every and length_bucket must be at least 1")
         _use_grouped_attention(model)
         self.model = model
         self.check_every = check_every
         self.length_bucket = length_bucket
+        self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
         self._step = self._decode_step
-        # One cache per shape, reused: CUDA graphs are recorded against fixed buffer addresses.
-        self._caches: dict[tuple[int, int], Any] = {}
+        # One slot per shape, reused: CUDA graphs are recorded against fixed buffer addresses.
+        self._slots: dict[tuple[int, int], _Slot] = {}
         if compile_mode is not None:
             self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True)
 
@@ -136,6 +176,54 @@ class StaticGreedyDecoder:
         ).logits[:, -1, :]
         return _pick(logits, done, eos_bias, ids)
 
+    def _run_steps(self, slot: _Slot) -> None:
+        """``check_every`` decode steps on ``slot``'s buffers, in place (what a graph records)."""
+        import torch
+
+        for j in range(self.check_every):
+            # The fed token's own key becomes visible; a Python index would be baked into a
+            # graph, so the position lives on the device.
+            slot.mask.index_fill_(1, slot.cache_position, 1)
+            bias = torch.where(slot.step < slot.min_new, slot.hold_eos, slot.allow_eos)
+            token, done = self._step(
+                slot.token,
+                slot.position,
+                slot.cache_position,
+                slot.mask,
+                slot.cache,
+                slot.done,
+                bias,
+                slot.ids,
+            )
+            slot.token.copy_(token)
+            slot.done.copy_(done)
+            slot.out[:, j] = token[:, 0]
+            slot.position += 1
+            slot.cache_position += 1
+            slot.step += 1
+
+    def _advance(self, slot: _Slot) -> None:
+        """Run ``check_every`` steps: eagerly the first time a shape is seen (which compiles
+        and warms up), then as one recorded CUDA graph."""
+        import torch
+
+        if not self.cuda_graphs:
+            self._run_steps(slot)
+        elif slot.graph is not None:
+            slot.graph.replay()
+        else:
+            # PyTorch's recipe: warm up on a side stream, then record.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._run_steps(slot)
+            torch.cuda.current_stream().wait_stream(stream)
+            # Recording runs nothing: the buffers hold what the eager run left in them.
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._run_steps(slot)
+            slot.graph = graph
+
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -148,80 +236,60 @@ class StaticGreedyDecoder:
     ) -> torch.Tensor:
         """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS."""
         import torch
-        from transformers import StaticCache
 
         model = self.model
-        device = input_ids.device
         # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
         extra = -input_ids.shape[1] % self.length_bucket
         if extra:
             input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_token_id)
             attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
         batch, prompt_len = input_ids.shape
-        total = prompt_len + max_new_tokens
-        # (B, total): 1 where a key is real; future columns are filled in as tokens arrive.
-        mask = torch.zeros(batch, total, dtype=attention_mask.dtype, device=device)
-        mask[:, :prompt_len] = attention_mask
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # pads: any position
-        # Made once on the device: creating a tensor from a Python number in the loop would copy
-        # from the host and wait for the GPU on every step.
-        cache_positions = torch.arange(total, device=device)
-        ids = torch.tensor([eos_token_id, pad_token_id], device=device)
-        result = torch.full((batch, max_new_tokens), pad_token_id, device=device)
-
+        # The first token comes from the prefill, the rest in whole runs of check_every steps
+        # (the surplus of the last run is cut off).
+        runs = -(-(max_new_tokens - 1) // self.check_every)
+        total = prompt_len + runs * self.check_every
         with torch.inference_mode():
-            cache = self._caches.get((batch, total))
-            if cache is None:
-                cache = self._caches[(batch, total)] = StaticCache(
-                    config=model.config, max_cache_len=total
+            slot = self._slots.get((batch, total))
+            if slot is None:
+                slot = self._slots[(batch, total)] = _Slot(
+                    model, batch, total, self.check_every, eos_token_id, pad_token_id
                 )
             else:
-                cache.reset()
+                slot.cache.reset()
+            slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
+            slot.mask.zero_()
+            slot.mask[:, :prompt_len] = attention_mask
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # pads: any position
             # Prefill runs eagerly: its shape changes with every prompt length.
             logits = model(
                 input_ids=input_ids,
-                attention_mask=mask,
+                attention_mask=slot.mask,
                 position_ids=positions,
-                cache_position=cache_positions[:prompt_len],
-                past_key_values=cache,
+                cache_position=torch.arange(prompt_len, device=input_ids.device),
+                past_key_values=slot.cache,
                 use_cache=True,
             ).logits[:, -1, :]
-            allow_eos = torch.zeros(logits.shape[-1], device=device)
-            hold_eos = allow_eos.clone()
-            hold_eos[eos_token_id] = float("-inf")
-            done = torch.zeros(batch, dtype=torch.bool, device=device)
-            token, done = _pick(logits, done, hold_eos if min_new_tokens else allow_eos, ids)
-            position = positions[:, -1:] + 1  # (B, 1)
-            steps = 1
-            result[:, 0] = token[:, 0]
-            for t in range(1, max_new_tokens):
+            slot.done.zero_()
+            bias = slot.hold_eos if min_new_tokens > 0 else slot.allow_eos
+            token, done = _pick(logits, slot.done, bias, slot.ids)
+            slot.token.copy_(token)
+            slot.done.copy_(done)
+            slot.position.copy_(positions[:, -1:] + 1)
+            slot.cache_position.fill_(prompt_len)
+            slot.step.fill_(1)
+            slot.min_new.fill_(min_new_tokens)
+            pieces = [token]
+            for run in range(runs):
                 # EOS cannot come before min_new_tokens: no need to look for it until then.
-                if t >= min_new_tokens and t % self.check_every == 0 and bool(done.all()):
+                if 1 + run * self.check_every >= min_new_tokens and bool(slot.done.all()):
                     break
-                mask[:, prompt_len + t - 1] = 1
-                # The compiled step's outputs live in CUDA-graph memory that its next replay
-                # overwrites: copy them out before calling it again.
-                token, done = (
-                    x.clone()
-                    for x in self._step(
-                        token,
-                        position,
-                        cache_positions[prompt_len + t - 1 : prompt_len + t],
-                        mask,
-                        cache,
-                        done,
-                        hold_eos if t < min_new_tokens else allow_eos,
-                        ids,
-                    )
-                )
-                result[:, t] = token[:, 0]
-                position = position + 1
-                steps += 1
-        result = result[:, :steps]
-        # Trim columns after the last EOS so callers see the same shape as generate's.
-        if bool(done.all()):
-            finished_at = (result == eos_token_id).int().argmax(-1)
-            result = result[:, : int(finished_at.max()) + 1]
+                self._advance(slot)
+                pieces.append(slot.out.clone())
+            result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
+            # Trim columns after the last EOS so callers see the same shape as generate's.
+            ended = result == eos_token_id
+            if bool(ended.any(-1).all()):
+                result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
 
 
