@@ -15,6 +15,7 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
   CUDA fast path (static KV cache, compiled one-token step, early exit);
 * ``describer_fast_autotune_bf16``: the same, its step compiled with
   ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
+* ``describer_fast_unfused_bf16``: the fast path without fused q/k/v and gate/up products;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -162,19 +163,23 @@ def worker(spec: dict, out_path: str) -> None:
     if name.startswith("describer"):
         from productdesc.describe import Describer
 
+        # Variants of the fast path get their own decoder on a Describer built without one.
+        custom = {}
+        if "autotune" in name:
+            custom["compile_mode"] = "max-autotune-no-cudagraphs"
+        if "unfused" in name:
+            custom["fuse"] = False
         describer = Describer.from_pretrained(
             spec["model_dir"],
             backend="transformers",
             load_in_4bit=four_bit,
             dtype=dtype_name,
-            fast="plain" not in name,
+            fast="plain" not in name and not custom,
         )
-        if "autotune" in name:
+        if custom:
             from productdesc.fastgen import StaticGreedyDecoder
 
-            describer._fast = StaticGreedyDecoder(
-                describer.model, compile_mode="max-autotune-no-cudagraphs"
-            )
+            describer._fast = StaticGreedyDecoder(describer.model, **custom)
 
         def answer(batch: list[str], new_tokens: int) -> list[str]:
             return describer.describe_batch(

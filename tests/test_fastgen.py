@@ -124,3 +124,36 @@ def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind):
     want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.25)
     assert got.shape == want.shape == (3, 1, 8, 16)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from productdesc.fastgen import fuse_projections
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    ids = torch.tensor([[5, 9, 3, 17, 2, 8]])
+    with torch.no_grad():
+        before = model(ids).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    layers = model.config.num_hidden_layers
+    assert fuse_projections(model) == 2 * layers  # attention and MLP of every layer
+    assert fuse_projections(model) == 0  # already fused
+    attn = model.model.layers[0].self_attn
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == (
+        attn.q_proj.weight.untyped_storage().data_ptr()
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(v, state[k]) for k, v in reloaded.state_dict().items())
+
+    # With gradients on, the unfused forward runs: every projection still gets its gradient.
+    model(ids, labels=ids).loss.backward()
+    assert attn.v_proj.weight.grad is not None
+    assert model.model.layers[0].mlp.up_proj.weight.grad is not None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ATTENTION", "StaticGreedyDecoder", "grouped_decode_attention"]
+__all__ = ["ATTENTION", "StaticGreedyDecoder", "fuse_projections", "grouped_decode_attention"]
 
 #: Name under which :func:`grouped_decode_attention` is registered with transformers.
 ATTENTION = "productdesc_grouped_decode"
@@ -85,6 +85,112 @@ def _use_grouped_attention(model: Any) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
+#: Module classes whose projections :func:`fuse_projections` merges (their forward is known).
+_FUSABLE = {
+    "LlamaAttention": ("q_proj", "k_proj", "v_proj"),
+    "LlamaMLP": ("gate_proj", "up_proj"),
+}
+
+
+def fuse_projections(model: Any) -> int:
+    """Compute q/k/v, and gate/up, as one matrix product each in ``model``'s Llama layers.
+
+    A decode step at batch 64 spends most of its time in small projection GEMMs: k and v are
+    2048 x 256 each in TinyLlama, too small to fill the GPU, and every product is a kernel of
+    its own. Here the weights of each group are copied once into one tensor and each
+    ``nn.Linear`` keeps a *view* of its rows, so memory does not grow, ``state_dict`` and
+    ``save_pretrained`` are unchanged, and the layer's forward multiplies once and splits.
+
+    Only plain ``nn.Linear`` projections of the classes in ``_FUSABLE`` are fused (not 4-bit
+    layers); with gradients on, the original forward runs, so training is unaffected. The
+    weights must not be replaced afterwards (as for the CUDA graphs that record them).
+
+    Returns:
+        How many modules were fused.
+    """
+    import types
+
+    import torch
+
+    fused = 0
+    for module in model.modules():
+        names = _FUSABLE.get(type(module).__name__)
+        if names is None or "_pd_fused" in vars(module):
+            continue
+        linears = [getattr(module, name, None) for name in names]
+        if not all(type(x) is torch.nn.Linear for x in linears):
+            continue
+        if len({x.bias is None for x in linears}) > 1:
+            continue
+        with torch.no_grad():
+            weight = torch.cat([x.weight for x in linears])
+            bias = None if linears[0].bias is None else torch.cat([x.bias for x in linears])
+            sizes = [x.out_features for x in linears]
+            for x, w in zip(linears, weight.split(sizes), strict=True):
+                x.weight = torch.nn.Parameter(w, requires_grad=x.weight.requires_grad)
+            if bias is not None:
+                for x, b in zip(linears, bias.split(sizes), strict=True):
+                    x.bias = torch.nn.Parameter(b, requires_grad=x.bias.requires_grad)
+        module._pd_fused = (weight, bias, sizes)
+        forward = _attention_forward if len(names) == 3 else _mlp_forward
+        module.forward = types.MethodType(forward, module)
+        fused += 1
+    return fused
+
+
+def _fused(module: Any, x: Any) -> list:
+    """The fused group's outputs for input ``x``, or ``None`` where gradients are wanted."""
+    import torch
+
+    if torch.is_grad_enabled():
+        return None
+    weight, bias, sizes = module._pd_fused
+    return torch.nn.functional.linear(x, weight, bias).split(sizes, dim=-1)
+
+
+def _mlp_forward(self: Any, x: Any) -> Any:
+    out = _fused(self, x)
+    if out is None:
+        return type(self).forward(self, x)
+    gate, up = out
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def _attention_forward(
+    self: Any,
+    hidden_states: Any,
+    position_embeddings: Any = None,
+    attention_mask: Any = None,
+    past_key_values: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """``LlamaAttention.forward`` (transformers 5) with one q/k/v product."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    out = _fused(self, hidden_states)
+    if out is None:
+        return type(self).forward(
+            self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs
+        )
+    modeling = sys.modules[type(self).__module__]
+    hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+    query, key, value = (x.reshape(hidden_shape).transpose(1, 2) for x in out)
+    cos, sin = position_embeddings
+    query, key = modeling.apply_rotary_pos_emb(query, key, cos, sin)
+    if past_key_values is not None:
+        key, value = past_key_values.update(key, value, self.layer_idx)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+        self.config._attn_implementation, modeling.eager_attention_forward
+    )
+    output, weights = attention(
+        self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+    )
+    output = output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+    return self.o_proj(output), weights
+
+
 class _Slot:
     """Buffers for one (batch, total length) shape, reused call after call.
 
@@ -133,6 +239,7 @@ class StaticGreedyDecoder:
         cuda_graphs: Record ``check_every`` steps as one CUDA graph and replay it (on a CUDA
             model): the host then launches one graph per ``check_every`` tokens instead of a
             step's hundreds of kernels per token.
+        fuse: Merge q/k/v and gate/up into one product each (:func:`fuse_projections`).
     """
 
     def __init__(
@@ -141,14 +248,17 @@ class StaticGreedyDecoder:
         *,
         compile_mode: str | None = "default",
         check_every: int = 16,
-        length_bucket: int = 128,
+        length_bucket: int = 32,
         cuda_graphs: bool = True,
+        fuse: bool = True,
     ) -> None:
         import torch
 
         if check_every < 1 or length_bucket < 1:
             raise ValueError("check_every and length_bucket must be at least 1")
         _use_grouped_attention(model)
+        if fuse:
+            fuse_projections(model)
         self.model = model
         self.check_every = check_every
         self.length_bucket = length_bucket
@@ -268,6 +378,7 @@ class StaticGreedyDecoder:
                 cache_position=torch.arange(prompt_len, device=input_ids.device),
                 past_key_values=slot.cache,
                 use_cache=True,
+                logits_to_keep=1,
             ).logits[:, -1, :]
             slot.done.zero_()
             bias = slot.hold_eos if min_new_tokens > 0 else slot.allow_eos
