@@ -16,6 +16,7 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``describer_fast_autotune_bf16``: the same, its step compiled with
   ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
 * ``describer_fast_unfused_bf16``: the fast path without fused q/k/v and gate/up products;
+* ``describer_fast_sdpa_bf16``: the fast path with decode attention through torch's SDPA;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -180,6 +181,8 @@ def worker(spec: dict, out_path: str) -> None:
             from productdesc.fastgen import StaticGreedyDecoder
 
             describer._fast = StaticGreedyDecoder(describer.model, **custom)
+        if "sdpa" in name:
+            use_sdpa_decode_attention()
 
         def answer(batch: list[str], new_tokens: int) -> list[str]:
             return describer.describe_batch(
@@ -291,6 +294,27 @@ def worker(spec: dict, out_path: str) -> None:
         "profile": profile,
     }
     Path(out_path).write_text(json.dumps(result))
+
+
+def use_sdpa_decode_attention() -> None:
+    """Experiment: decode attention through torch's SDPA (``enable_gqa``) in one kernel."""
+    import torch
+    from transformers import AttentionInterface
+
+    from productdesc.fastgen import ATTENTION, grouped_decode_attention
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
+        if query.shape[2] != 1:
+            return grouped_decode_attention(
+                module, query, key, value, attention_mask, dropout, scaling, **kw
+            )
+        mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True
+        )
+        return out.transpose(1, 2), None
+
+    AttentionInterface.register(ATTENTION, attention)
 
 
 def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
