@@ -16,7 +16,6 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``describer_fast_autotune_bf16``: the same, its step compiled with
   ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
 * ``describer_fast_unfused_bf16``: the fast path without fused q/k/v and gate/up products;
-* ``describer_fast_sdpa_bf16``: the fast path with decode attention through torch's SDPA;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -100,6 +99,8 @@ def main() -> int:
         spec["reference"] = str(work / f"reference-{precision(name)}.json")
         res = run_variant(__file__, spec, work / f"{name}.json")
         results.append(res)
+        # Saved after every variant: a run cut short by a time limit keeps what finished.
+        save_report(args, results)
         if "error" in res:
             continue
         print(
@@ -113,19 +114,6 @@ def main() -> int:
         if res.get("profile"):
             print(describe_profile(res["profile"]), flush=True)
 
-    base = {r["name"]: r for r in results if "error" not in r}
-    for r in base.values():
-        for key in ("b1_tokens_per_s", "batch_tokens_per_s"):
-            ref = base.get(f"hf_generate_{precision(r['name'])}")
-            if ref:
-                r[key.replace("tokens_per_s", "speedup_vs_generate")] = r[key] / ref[key]
-    report = {
-        **run_info("generate_speed"),
-        "new_tokens": args.new_tokens,
-        "batch": args.batch,
-        "results": results,
-    }
-    save_json(args.out, report)
     print(
         f"\n{'variant':24} {'b1 tok/s':>9} {'x gen':>6} {'bN tok/s':>9} {'x gen':>6} {'ttft ms':>8} {'peak GB':>7} {'same':>7}"
     )
@@ -139,6 +127,23 @@ def main() -> int:
             f"{r['ttft_ms']:8.1f} {r['peak_gb']:7.2f} {r.get('same_as_baseline')!s:>7}"
         )
     return 0
+
+
+def save_report(args: argparse.Namespace, results: list[dict]) -> None:
+    """Write the results so far, each with its speed-up over ``generate`` of its precision."""
+    base = {r["name"]: r for r in results if "error" not in r}
+    for r in base.values():
+        for key in ("b1_tokens_per_s", "batch_tokens_per_s"):
+            ref = base.get(f"hf_generate_{precision(r['name'])}")
+            if ref:
+                r[key.replace("tokens_per_s", "speedup_vs_generate")] = r[key] / ref[key]
+    report = {
+        **run_info("generate_speed"),
+        "new_tokens": args.new_tokens,
+        "batch": args.batch,
+        "results": results,
+    }
+    save_json(args.out, report)
 
 
 def precision(name: str) -> str:
@@ -181,8 +186,6 @@ def worker(spec: dict, out_path: str) -> None:
             from productdesc.fastgen import StaticGreedyDecoder
 
             describer._fast = StaticGreedyDecoder(describer.model, **custom)
-        if "sdpa" in name:
-            use_sdpa_decode_attention()
 
         def answer(batch: list[str], new_tokens: int) -> list[str]:
             return describer.describe_batch(
@@ -294,27 +297,6 @@ def worker(spec: dict, out_path: str) -> None:
         "profile": profile,
     }
     Path(out_path).write_text(json.dumps(result))
-
-
-def use_sdpa_decode_attention() -> None:
-    """Experiment: decode attention through torch's SDPA (``enable_gqa``) in one kernel."""
-    import torch
-    from transformers import AttentionInterface
-
-    from productdesc.fastgen import ATTENTION, grouped_decode_attention
-
-    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
-        if query.shape[2] != 1:
-            return grouped_decode_attention(
-                module, query, key, value, attention_mask, dropout, scaling, **kw
-            )
-        mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True
-        )
-        return out.transpose(1, 2), None
-
-    AttentionInterface.register(ATTENTION, attention)
 
 
 def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
