@@ -269,6 +269,8 @@ def worker(spec: dict, out_path: str) -> None:
         sync()
         batch_times.append(time.perf_counter() - t)
 
+    # Read before the checks below, whose full-length forward needs far more memory.
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0
     wanted = spec["profile"] and cuda and name.startswith("describer")
     profile = profile_call(lambda: answer(titles, n_new)) if wanted else None
     checked = (
@@ -290,7 +292,7 @@ def worker(spec: dict, out_path: str) -> None:
         "batch_tokens_per_s": n_new * len(titles) / statistics.median(batch_times),
         "ttft_ms": 1000 * statistics.median(ttfts),
         "warmup_s": warmup_s,
-        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0,
+        "peak_gb": peak_gb,
         "same_as_baseline": same,
         "sample_answer": single_answers[0][:200],
         "teacher_forced": checked,
