@@ -177,3 +177,21 @@ def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tok
         assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
         assert len(decoder._slots) <= 2
     assert [batch for batch, _ in decoder._slots] == [3, 1]
+
+
+@pytest.mark.slow
+def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
+    """A pretrained Llama (9 query heads on 3 KV heads, tied embeddings), fused, in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.describe import Describer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    titles = ["Girls Ballet Tutu Neon Pink", "Stainless steel kitchen knife set of six", "Mouse"]
+    plain = Describer(model, tok, fast=False).describe_batch(titles, max_new_tokens=32)
+    fast = Describer(model, tok, fast=True)
+    layers = model.config.num_hidden_layers
+    assert all("_pd_fused" in vars(layer.mlp) for layer in model.model.layers[:layers])
+    assert fast.describe_batch(titles, max_new_tokens=32) == plain
+    assert all(answer.strip() for answer in plain)

@@ -123,12 +123,16 @@ class Describer:
             :class:`~productdesc.fastgen.StaticGreedyDecoder` (static KV cache, one-token step
             compiled into CUDA graphs, early exit): ``None`` turns it on where the model is on
             a CUDA GPU, except under Unsloth, whose inference mode patches the model. The first
-            call of each shape (batch size, and prompt length rounded up to 128 tokens)
-            compiles, about 40 s for a 1.1B model on an H200; later calls replay. A service
-            can warm its shapes up before it takes traffic. The model's SDPA attention is
-            switched to :func:`~productdesc.fastgen.grouped_decode_attention`, which computes
-            the same values. Sampling, ``repetition_penalty``, ``no_repeat_ngram_size`` and
-            :meth:`stream` always use ``generate``.
+            call compiles the step (about a minute for a 1.1B model on an H200), and the first
+            call of each further shape (batch size, and prompt length rounded up to 32 tokens)
+            records its CUDA graphs; later calls replay them. A service can warm its shapes up
+            before it takes traffic. The model is changed in place, computing the same values:
+            its SDPA attention is switched to
+            :func:`~productdesc.fastgen.grouped_decode_attention`, and its Llama layers
+            compute q/k/v and gate/up as one product each
+            (:func:`~productdesc.fastgen.fuse_projections`). Sampling,
+            ``repetition_penalty``, ``no_repeat_ngram_size`` and :meth:`stream` always use
+            ``generate``.
     """
 
     def __init__(
