@@ -133,7 +133,7 @@ def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind, dty
 def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from productdesc.fastgen import fuse_projections
+    from productdesc.fastgen import _fuse_projections, _fused_products
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     ids = torch.tensor([[5, 9, 3, 17, 2, 8]])
@@ -142,13 +142,13 @@ def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_pat
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     layers = model.config.num_hidden_layers
-    assert fuse_projections(model) == 2 * layers  # attention and MLP of every layer
-    assert fuse_projections(model) == 0  # already fused
+    assert _fuse_projections(model) == 2 * layers  # attention and MLP of every layer
+    assert _fuse_projections(model) == 0  # already fused
     attn = model.model.layers[0].self_attn
     assert attn.k_proj.weight.untyped_storage().data_ptr() == (
         attn.q_proj.weight.untyped_storage().data_ptr()
     )
-    with torch.no_grad():
+    with torch.no_grad(), _fused_products():
         torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
     assert model.state_dict().keys() == state.keys()
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -158,9 +158,59 @@ def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_pat
     assert all(torch.equal(v, state[k]) for k, v in reloaded.state_dict().items())
 
     # With gradients on, the unfused forward runs: every projection still gets its gradient.
-    model(ids, labels=ids).loss.backward()
+    with _fused_products():
+        model(ids, labels=ids).loss.backward()
     assert attn.v_proj.weight.grad is not None
     assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+    # Cast afterwards, the views no longer share the fused tensor: outside the decoder the
+    # model computes as before, and fusing again restores the one product.
+    model.to(torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before.double(), rtol=1e-5, atol=1e-5)
+    assert _fuse_projections(model) == 2 * layers
+    with torch.no_grad(), _fused_products():
+        torch.testing.assert_close(model(ids).logits, before.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
+    """Recorded shapes are dropped when the parameters move; EOS may change between calls."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8)
+    # A second "EOS": the token the model emits first, which min_new_tokens must hold back.
+    first = model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
+    eos_ids = (tok.eos_token_id, int(first[0, -1]))
+    for dtype in (torch.float32, torch.float64):
+        model.to(dtype)
+        for eos in eos_ids:
+            ids = dict(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+            ref = model.generate(**enc, max_new_tokens=10, min_new_tokens=3, do_sample=False, **ids)
+            out = decoder.generate(
+                enc.input_ids, enc.attention_mask, max_new_tokens=10, min_new_tokens=3, **ids
+            )
+            assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
+
+
+def test_refuses_a_model_with_sliding_window_layers(tiny_llama):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.describe import Describer
+    from productdesc.errors import UserError
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model.config.sliding_window = 4
+    with pytest.raises(ValueError, match="sliding-window"):
+        StaticGreedyDecoder(model, compile_mode=None)
+    with pytest.raises(UserError, match=r"fast=True: .*sliding-window"):
+        Describer(model, tok, fast=True)
 
 
 def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tokenizer):
@@ -191,7 +241,7 @@ def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
     titles = ["Girls Ballet Tutu Neon Pink", "Stainless steel kitchen knife set of six", "Mouse"]
     plain = Describer(model, tok, fast=False).describe_batch(titles, max_new_tokens=32)
     fast = Describer(model, tok, fast=True)
+    assert fast.describe_batch(titles, max_new_tokens=32) == plain
     layers = model.config.num_hidden_layers
     assert all("_pd_fused" in vars(layer.mlp) for layer in model.model.layers[:layers])
-    assert fast.describe_batch(titles, max_new_tokens=32) == plain
     assert all(answer.strip() for answer in plain)

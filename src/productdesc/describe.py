@@ -128,11 +128,11 @@ class Describer:
             records its CUDA graphs; later calls replay them. A service can warm its shapes up
             before it takes traffic. The model is changed in place, computing the same values:
             its SDPA attention is switched to
-            :func:`~productdesc.fastgen.grouped_decode_attention`, and its Llama layers
-            compute q/k/v and gate/up as one product each
-            (:func:`~productdesc.fastgen.fuse_projections`). Sampling,
-            ``repetition_penalty``, ``no_repeat_ngram_size`` and :meth:`stream` always use
-            ``generate``.
+            :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
+            weights of its Llama layers become views of one tensor each (``state_dict``
+            unchanged). Models with sliding-window layers decode with ``generate`` (with
+            ``fast=True`` they raise). Sampling, ``repetition_penalty``,
+            ``no_repeat_ngram_size`` and :meth:`stream` always use ``generate``.
     """
 
     def __init__(
@@ -169,14 +169,20 @@ class Describer:
             )
         self._lock = threading.Lock()
         cuda = model.device.type == "cuda"
-        if fast is None:
-            fast = cuda and getattr(backend, "name", None) != "unsloth"
+        if fast is None and not (cuda and getattr(backend, "name", None) != "unsloth"):
+            fast = False
         self._fast = None
-        if fast:
+        if fast is not False:
             from productdesc.fastgen import StaticGreedyDecoder
 
-            # On CPU, compiling costs more than a job saves: the static-cache loop runs eagerly.
-            self._fast = StaticGreedyDecoder(model, compile_mode="default" if cuda else None)
+            try:
+                # On CPU, compiling costs more than a job saves: the static-cache loop runs
+                # eagerly.
+                self._fast = StaticGreedyDecoder(model, compile_mode="default" if cuda else None)
+            except ValueError as exc:
+                if fast:
+                    raise UserError(f"fast=True: {exc}") from exc
+                logger.info("greedy decoding uses generate: %s", exc)
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

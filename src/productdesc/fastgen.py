@@ -21,12 +21,15 @@ reports how often).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ATTENTION", "StaticGreedyDecoder", "fuse_projections", "grouped_decode_attention"]
+__all__ = ["ATTENTION", "StaticGreedyDecoder", "grouped_decode_attention"]
 
 #: Name under which :func:`grouped_decode_attention` is registered with transformers.
 ATTENTION = "productdesc_grouped_decode"
@@ -93,7 +96,7 @@ def _use_grouped_attention(model: Any) -> None:
     model.set_attn_implementation(ATTENTION)
 
 
-#: Module classes whose projections :func:`fuse_projections` merges, with the parameters their
+#: Module classes whose projections :func:`_fuse_projections` merges, with the parameters their
 #: forward has in the transformers versions whose forward the fused one follows.
 _FUSABLE = {
     "LlamaAttention": (
@@ -104,21 +107,24 @@ _FUSABLE = {
 }
 
 
-def fuse_projections(model: Any) -> int:
+def _fuse_projections(model: Any) -> int:
     """Compute q/k/v, and gate/up, as one matrix product each in ``model``'s Llama layers.
 
     A decode step at batch 64 spends most of its time in small projection GEMMs: k and v are
     2048 x 256 each in TinyLlama, too small to fill the GPU, and every product is a kernel of
     its own. Here the weights of each group are copied once into one tensor and each
-    ``nn.Linear`` keeps a *view* of its rows, so memory does not grow, ``state_dict`` and
-    ``save_pretrained`` are unchanged, and the layer's forward multiplies once and splits.
+    ``nn.Linear`` keeps a *view* of its rows, so memory does not grow and ``state_dict`` and
+    ``save_pretrained`` are unchanged. The layer's forward multiplies once and splits, but
+    only inside :func:`_fused_products` (the decoder's own calls) and with gradients off;
+    anywhere else the original forward runs, so a model used or changed elsewhere afterwards
+    behaves as before. A module whose views no longer share the fused tensor (the model was
+    moved, cast or copied) is fused again.
 
     Only plain ``nn.Linear`` projections of the classes in ``_FUSABLE`` are fused (not 4-bit
-    layers); with gradients on, the original forward runs, so training is unaffected. The
-    weights must not be replaced afterwards (as for the CUDA graphs that record them).
+    or LoRA layers).
 
     Returns:
-        How many modules were fused.
+        How many modules were fused (again).
     """
     import inspect
     import types
@@ -128,7 +134,7 @@ def fuse_projections(model: Any) -> int:
     fused = 0
     for module in model.modules():
         names, params = _FUSABLE.get(type(module).__name__, (None, None))
-        if names is None or "_pd_fused" in vars(module):
+        if names is None:
             continue
         # Another transformers release may have changed the forward this one stands in for.
         if tuple(inspect.signature(type(module).forward).parameters)[: len(params)] != params:
@@ -136,9 +142,10 @@ def fuse_projections(model: Any) -> int:
         linears = [getattr(module, name, None) for name in names]
         if not all(type(x) is torch.nn.Linear for x in linears):
             continue
-        if len({x.bias is None for x in linears}) > 1:
+        if len({x.bias is None for x in linears}) > 1 or _still_fused(module, linears):
             continue
-        with torch.no_grad():
+        # Not inference tensors, even under inference_mode: the model is used elsewhere too.
+        with torch.inference_mode(False), torch.no_grad():
             weight = torch.cat([x.weight for x in linears])
             bias = None if linears[0].bias is None else torch.cat([x.bias for x in linears])
             sizes = [x.out_features for x in linears]
@@ -154,11 +161,38 @@ def fuse_projections(model: Any) -> int:
     return fused
 
 
+def _still_fused(module: Any, linears: list) -> bool:
+    """Whether ``module`` was fused and every projection's weights still live in that tensor."""
+    fused = vars(module).get("_pd_fused")
+    if fused is None:
+        return False
+    storage = fused[0].untyped_storage().data_ptr()
+    return all(
+        x.weight.untyped_storage().data_ptr() == storage and x.weight.dtype == fused[0].dtype
+        for x in linears
+    )
+
+
+_fusion_on = False
+_CAPTURE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fused_products() -> Iterator[None]:
+    """Let fused layers use their one product (the decoder's calls only)."""
+    global _fusion_on
+    previous, _fusion_on = _fusion_on, True
+    try:
+        yield
+    finally:
+        _fusion_on = previous
+
+
 def _fused(module: Any, x: Any) -> tuple | None:
-    """The fused group's outputs for input ``x``, or ``None`` where gradients are wanted."""
+    """The fused group's outputs for input ``x``, or ``None``: run the original forward."""
     import torch
 
-    if torch.is_grad_enabled():
+    if not _fusion_on or torch.is_grad_enabled():
         return None
     weight, bias, sizes = module._pd_fused
     return torch.nn.functional.linear(x, weight, bias).split(sizes, dim=-1)
@@ -217,7 +251,7 @@ class _Slot:
     ``out`` collects the tokens of one run of ``check_every`` steps.
     """
 
-    def __init__(self, model: Any, batch: int, total: int, steps: int, eos: int, pad: int) -> None:
+    def __init__(self, model: Any, batch: int, total: int, steps: int) -> None:
         import torch
         from transformers import StaticCache
 
@@ -232,11 +266,10 @@ class _Slot:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.min_new = torch.zeros((), dtype=torch.long, device=device)
         self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        # Added to the logits: -inf at EOS holds it back before min_new_tokens.
+        # Added to the logits: -inf at EOS (set per call) holds it back before min_new_tokens.
         self.allow_eos = torch.zeros(vocab, device=device)
-        self.hold_eos = self.allow_eos.clone()
-        self.hold_eos[eos] = float("-inf")
-        self.ids = torch.tensor([eos, pad], device=device)
+        self.hold_eos = torch.zeros(vocab, device=device)
+        self.ids = torch.zeros(2, dtype=torch.long, device=device)  # [eos, pad], set per call
         self.graph: Any = None
 
 
@@ -256,10 +289,20 @@ class StaticGreedyDecoder:
         cuda_graphs: Record ``check_every`` steps as one CUDA graph and replay it (on a CUDA
             model): the host then launches one graph per ``check_every`` tokens instead of a
             step's hundreds of kernels per token.
-        fuse: Merge q/k/v and gate/up into one product each (:func:`fuse_projections`).
+        fuse: Compute q/k/v and gate/up as one product each in Llama layers, their weights
+            made views of one tensor (memory and ``state_dict`` unchanged; the model computes
+            as before outside this decoder).
         max_shapes: How many (batch size, length) shapes keep their KV cache and CUDA graph;
             the least recently used is dropped beyond that, so a service that sees many
             batch sizes does not keep a cache for each.
+
+    CUDA graphs record where the weights are. When the model's parameters have moved since
+    the last call (``.to()``, a new ``state_dict`` assigned), the recorded shapes are dropped
+    and the projections fused again before decoding.
+
+    Raises:
+        ValueError: The model has sliding-window, chunked or linear-attention layers, whose
+            cache decides with Python numbers what a recorded step cannot redo.
     """
 
     def __init__(
@@ -279,10 +322,19 @@ class StaticGreedyDecoder:
 
         if min(check_every, length_bucket, max_shapes) < 1:
             raise ValueError("check_every, length_bucket and max_shapes must be at least 1")
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        probe = StaticCache(config=model.config, max_cache_len=1)
+        if not all(type(layer) is StaticLayer for layer in probe.layers):
+            raise ValueError(
+                "the fast path decodes models whose layers all use full attention; this one "
+                "has sliding-window, chunked or linear-attention layers (use fast=False)"
+            )
         _use_grouped_attention(model)
-        if fuse:
-            fuse_projections(model)
+        self.fuse = fuse
         self.model = model
+        self._weights: tuple = ()
         self.check_every = check_every
         self.length_bucket = length_bucket
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
@@ -352,9 +404,10 @@ class StaticGreedyDecoder:
             with torch.cuda.stream(stream):
                 self._run_steps(slot)
             torch.cuda.current_stream().wait_stream(stream)
-            # Recording runs nothing: the buffers hold what the eager run left in them.
+            # Recording runs nothing: the buffers hold what the eager run left in them. One
+            # recording at a time, and other threads' GPU work does not break it.
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._run_steps(slot)
             slot.graph = graph
 
@@ -382,16 +435,25 @@ class StaticGreedyDecoder:
         # (the surplus of the last run is cut off).
         runs = -(-(max_new_tokens - 1) // self.check_every)
         total = prompt_len + runs * self.check_every
-        with torch.inference_mode():
+        if self._weights != _where(model):
+            # First call, or the parameters moved: recorded graphs would read stale memory.
+            self._slots.clear()
+            if self.fuse:
+                _fuse_projections(model)
+            self._weights = _where(model)
+        with torch.inference_mode(), _fused_products():
             slot = self._slots.pop((batch, total), None)
             if slot is None:
                 if len(self._slots) >= self.max_shapes:
                     self._slots.popitem(last=False)
-                slot = _Slot(model, batch, total, self.check_every, eos_token_id, pad_token_id)
+                slot = _Slot(model, batch, total, self.check_every)
             else:
                 slot.cache.reset()
             self._slots[(batch, total)] = slot  # now the most recently used
+            # Per call, in place (a graph reads these addresses): the ids may change.
             slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
+            slot.hold_eos.zero_()
+            slot.hold_eos[eos_token_id] = float("-inf")
             slot.mask.zero_()
             slot.mask[:, :prompt_len] = attention_mask
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # pads: any position
@@ -427,6 +489,11 @@ class StaticGreedyDecoder:
             if bool(ended.any(-1).all()):
                 result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
+
+
+def _where(model: Any) -> tuple:
+    """Where and how each parameter is stored; a change means recorded graphs are stale."""
+    return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
 
 
 def _pick(logits, done, eos_bias, ids):
