@@ -1,4 +1,5 @@
-"""The static-cache greedy decoder gives generate()'s tokens (run eagerly on CPU)."""
+"""The static-cache greedy decoder gives generate()'s tokens (eagerly on CPU; compiled, with
+CUDA graphs, where a GPU is present)."""
 
 from __future__ import annotations
 
@@ -227,6 +228,36 @@ def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tok
         assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
         assert len(decoder._slots) <= 2
     assert [batch for batch, _ in decoder._slots] == [3, 1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_cuda_graphs_give_generates_tokens(tiny_llama):
+    """The recorded path: shapes A, B, A with one kept (each recorded again), lengths that are
+    and are not whole runs, min_new_tokens, and EOS changing between calls."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).cuda().eval()
+    decoder = StaticGreedyDecoder(model, check_every=4, max_shapes=1)
+    a = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True).to("cuda")
+    b = tok(["knife set"], return_tensors="pt", padding=True).to("cuda")
+    first = model.generate(**a, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
+    for enc, max_new, min_new, eos in [
+        (a, 17, 3, tok.eos_token_id),
+        (b, 1, 0, tok.eos_token_id),
+        (a, 17, 3, int(first[0, -1])),
+        (b, 9, 9, tok.eos_token_id),
+    ]:
+        ids = dict(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+        ref = model.generate(
+            **enc, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False, **ids
+        )
+        out = decoder.generate(
+            enc.input_ids, enc.attention_mask, max_new_tokens=max_new, min_new_tokens=min_new, **ids
+        )
+        assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
 
 
 @pytest.mark.slow
