@@ -55,7 +55,8 @@ def grouped_decode_attention(
     faster decoding at batch 64 on an H200 than three kernels). cuDNN's fused attention is
     16-bit only, and in float32 SDPA decoded at about half the speed of grouped matmuls, so
     there query heads are grouped by their KV head, as ``repeat_kv`` orders them, and each
-    group is one small matmul against its own cache. Anything else (prefill, dropout) goes to transformers' SDPA function.
+    group is one small matmul against its own cache. Anything else (prefill, dropout) goes to
+    transformers' SDPA function.
     """
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
