@@ -102,6 +102,18 @@ def test_describer_fast_path_gives_the_plain_path_answers(tiny_llama):
     # sampling is not the fast path's job: it falls back to generate and still works
     assert len(fast.describe_batch(titles, max_new_tokens=4, do_sample=True)) == 3
 
+    # A model's own generation_config may suppress tokens: generate honours it, so the fast
+    # path steps aside and both give the same (changed) answers.
+    prompt = tok(fast.template.render(titles[0]), return_tensors="pt")
+    first = model.generate(**prompt, max_new_tokens=1, do_sample=False)[0, -1]
+    model.generation_config.suppress_tokens = [int(first)]
+    try:
+        suppressed = Describer(model, tok, fast=False).describe_batch(titles, max_new_tokens=24)
+        assert suppressed != [d.text for d in plain]
+        assert fast.describe_batch(titles, max_new_tokens=24) == suppressed
+    finally:
+        model.generation_config.suppress_tokens = None
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mask_kind", ["bool", "additive", "none"])

@@ -404,7 +404,10 @@ class Describer:
         import torch
 
         greedy = (
-            not gen.do_sample and gen.repetition_penalty == 1.0 and not gen.no_repeat_ngram_size
+            not gen.do_sample
+            and gen.repetition_penalty == 1.0
+            and not gen.no_repeat_ngram_size
+            and not _model_processors(self.model)
         )
         if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
@@ -508,6 +511,25 @@ class Describer:
         finally:
             closed.set()  # consumer done or gone: stop generating at the next token
             thread.join()
+
+
+#: Fields of a model's own ``generation_config`` that change greedy choices and that a
+#: :class:`GenerationConfig` leaves unset: ``generate`` applies them, the fast path cannot.
+_MODEL_PROCESSORS = (
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "bad_words_ids",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+)
+
+
+def _model_processors(model: Any) -> list[str]:
+    """The fields of :data:`_MODEL_PROCESSORS` that ``model``'s generation_config sets."""
+    config = getattr(model, "generation_config", None)
+    return [name for name in _MODEL_PROCESSORS if getattr(config, name, None) is not None]
 
 
 def _extension(emitted: str, parsed: str) -> str:
