@@ -169,10 +169,11 @@ class Describer:
             )
         self._lock = threading.Lock()
         cuda = model.device.type == "cuda"
-        if fast is None and not (cuda and getattr(backend, "name", None) != "unsloth"):
-            fast = False
+        required = fast is True
+        if fast is None:
+            fast = cuda and getattr(backend, "name", None) != "unsloth"
         self._fast = None
-        if fast is not False:
+        if fast:
             from productdesc.fastgen import StaticGreedyDecoder
 
             try:
@@ -180,7 +181,7 @@ class Describer:
                 # eagerly.
                 self._fast = StaticGreedyDecoder(model, compile_mode="default" if cuda else None)
             except ValueError as exc:
-                if fast:
+                if required:
                     raise UserError(f"fast=True: {exc}") from exc
                 logger.info("greedy decoding uses generate: %s", exc)
 
