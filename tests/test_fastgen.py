@@ -17,6 +17,16 @@ def model_and_tokenizer(tiny_llama):
     return model, tok
 
 
+def assert_same_as_generate(model, decoder, enc, *, eos, pad, max_new_tokens, min_new_tokens=0):
+    """The decoder's new tokens for ``enc`` equal ``model.generate``'s greedy ones; returns them."""
+    ids = dict(eos_token_id=eos, pad_token_id=pad)
+    lengths = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+    ref = model.generate(**enc, do_sample=False, **lengths, **ids)
+    out = decoder.generate(enc.input_ids, enc.attention_mask, **lengths, **ids)
+    assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
+    return out
+
+
 @pytest.mark.parametrize(
     ("min_new_tokens", "max_new_tokens", "check_every"),
     [(0, 16, 16), (12, 16, 16), (12, 16, 5), (1, 17, 4), (0, 1, 16), (1, 2, 16)],
@@ -34,26 +44,19 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
         "the prophet book hardcover edition great gift for kids",
     ]
     enc = tok(titles, return_tensors="pt", padding=True)
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    ref = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        do_sample=False,
-        **ids,
-    )[:, enc.input_ids.shape[1] :]
     decoder = StaticGreedyDecoder(
         model, compile_mode=None, length_bucket=8, check_every=check_every
     )
     for _ in range(2):  # the second call reuses the cache of the first
-        out = decoder.generate(
-            enc.input_ids,
-            enc.attention_mask,
+        assert_same_as_generate(
+            model,
+            decoder,
+            enc,
+            eos=tok.eos_token_id,
+            pad=tok.pad_token_id,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
-            **ids,
         )
-        assert torch.equal(out, ref)
 
 
 @pytest.mark.parametrize("min_new_tokens", [0, 3])
@@ -62,27 +65,24 @@ def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_
 
     model, tok = model_and_tokenizer
     enc = tok(["blanket", "knife set"], return_tensors="pt", padding=True)
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     # Make EOS the argmax everywhere: every sequence ends as soon as min_new_tokens allows.
     with torch.no_grad():
         model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
         model.lm_head.bias[tok.eos_token_id] = 1e4
     try:
-        ref = model.generate(
-            **enc, max_new_tokens=50, min_new_tokens=min_new_tokens, do_sample=False, **ids
-        )[:, enc.input_ids.shape[1] :]
-        out = StaticGreedyDecoder(model, compile_mode=None, check_every=2).generate(
-            enc.input_ids,
-            enc.attention_mask,
+        out = assert_same_as_generate(
+            model,
+            StaticGreedyDecoder(model, compile_mode=None, check_every=2),
+            enc,
+            eos=tok.eos_token_id,
+            pad=tok.pad_token_id,
             max_new_tokens=50,
             min_new_tokens=min_new_tokens,
-            **ids,
         )
     finally:
         model.lm_head.bias = None
     assert out.shape == (2, min_new_tokens + 1)
     assert out[:, -1].tolist() == [tok.eos_token_id] * 2
-    assert torch.equal(out, ref)
 
 
 def test_describer_fast_path_gives_the_plain_path_answers(tiny_llama):
@@ -202,12 +202,15 @@ def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
     for dtype in (torch.float32, torch.float64):
         model.to(dtype)
         for eos in eos_ids:
-            ids = dict(eos_token_id=eos, pad_token_id=tok.pad_token_id)
-            ref = model.generate(**enc, max_new_tokens=10, min_new_tokens=3, do_sample=False, **ids)
-            out = decoder.generate(
-                enc.input_ids, enc.attention_mask, max_new_tokens=10, min_new_tokens=3, **ids
+            assert_same_as_generate(
+                model,
+                decoder,
+                enc,
+                eos=eos,
+                pad=tok.pad_token_id,
+                max_new_tokens=10,
+                min_new_tokens=3,
             )
-            assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
 
 
 def test_refuses_a_model_with_sliding_window_layers(tiny_llama):
@@ -230,14 +233,13 @@ def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tok
     from productdesc.fastgen import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     decoder = StaticGreedyDecoder(model, compile_mode=None, max_shapes=2)
     titles = ["soft cotton blanket", "mouse", "knife set"]
     for n in (1, 2, 3, 1):  # batch sizes: the fourth call rebuilds the shape dropped third
         enc = tok(titles[:n], return_tensors="pt", padding=True)
-        ref = model.generate(**enc, max_new_tokens=6, do_sample=False, **ids)
-        out = decoder.generate(enc.input_ids, enc.attention_mask, max_new_tokens=6, **ids)
-        assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
+        assert_same_as_generate(
+            model, decoder, enc, eos=tok.eos_token_id, pad=tok.pad_token_id, max_new_tokens=6
+        )
         assert len(decoder._slots) <= 2
     assert [batch for batch, _ in decoder._slots] == [3, 1]
 
@@ -262,14 +264,15 @@ def test_compiled_cuda_graphs_give_generates_tokens(tiny_llama):
         (a, 17, 3, int(first[0, -1])),
         (b, 9, 9, tok.eos_token_id),
     ]:
-        ids = dict(eos_token_id=eos, pad_token_id=tok.pad_token_id)
-        ref = model.generate(
-            **enc, max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False, **ids
+        assert_same_as_generate(
+            model,
+            decoder,
+            enc,
+            eos=eos,
+            pad=tok.pad_token_id,
+            max_new_tokens=max_new,
+            min_new_tokens=min_new,
         )
-        out = decoder.generate(
-            enc.input_ids, enc.attention_mask, max_new_tokens=max_new, min_new_tokens=min_new, **ids
-        )
-        assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
 
 
 @pytest.mark.slow
