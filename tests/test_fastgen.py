@@ -244,19 +244,21 @@ def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tok
     assert [batch for batch, _ in decoder._slots] == [3, 1]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_compiled_cuda_graphs_give_generates_tokens(tiny_llama):
-    """The recorded path: shapes A, B, A with one kept (each recorded again), lengths that are
-    and are not whole runs, min_new_tokens, and EOS changing between calls."""
+@pytest.mark.slow
+def test_compiled_decoder_gives_generates_tokens(tiny_llama):
+    """The compiled path (prompt forward and one-token step; on a GPU, recorded as CUDA
+    graphs): shapes A, B, A with one kept (each built again), lengths that are and are not
+    whole runs, min_new_tokens, and EOS changing between calls."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.fastgen import StaticGreedyDecoder
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).to(device).eval()
     decoder = StaticGreedyDecoder(model, check_every=4, max_shapes=1)
-    a = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True).to("cuda")
-    b = tok(["knife set"], return_tensors="pt", padding=True).to("cuda")
+    a = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True).to(device)
+    b = tok(["knife set"], return_tensors="pt", padding=True).to(device)
     first = model.generate(**a, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
     for enc, max_new, min_new, eos in [
         (a, 17, 3, tok.eos_token_id),
