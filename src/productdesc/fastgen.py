@@ -88,14 +88,12 @@ def grouped_decode_attention(
 def _use_grouped_attention(model: Any) -> None:
     """Register :func:`grouped_decode_attention` and switch ``model`` to it (from SDPA only)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     if model.config._attn_implementation not in ("sdpa", ATTENTION):
         return  # eager, flash or flex: leave the user's choice alone
     AttentionInterface.register(ATTENTION, grouped_decode_attention)
-    # An additive mask in the model's dtype, made once per forward: given a boolean one, the
-    # compiled step converted it again in every layer, a kernel per layer per token.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, eager_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
     model.set_attn_implementation(ATTENTION)
 
 
@@ -298,10 +296,11 @@ class StaticGreedyDecoder:
         max_shapes: How many (batch size, length) shapes keep their KV cache and CUDA graph;
             the least recently used is dropped beyond that, so a service that sees many
             batch sizes does not keep a cache for each.
-        compile_prefill: Compile the prompt's forward pass too (with ``compile_mode`` and
-            symbolic sizes, so once for all batch sizes above one and once for a batch of
-            one; no CUDA graph). Eager, its element-wise kernels made it a quarter of a
-            batch-64 call on an H200; compiled, that call got 11% faster.
+        compile_prefill: Compile the prompt's forward pass too (with ``compile_mode``, no
+            CUDA graph): 11% faster batch-64 calls and a first token in 11 ms instead of 18
+            on an H200, for a longer warm-up (about 150 s instead of 70 for a 1.1B model in
+            bf16). torch compiles the first prompt shape as it is and the next with symbolic
+            sizes, which then serve the shapes after them (a batch of one apart).
 
     CUDA graphs record where the weights are. When the model's parameters have moved since
     the last call (``.to()``, a new ``state_dict`` assigned), the recorded shapes are dropped
@@ -354,9 +353,9 @@ class StaticGreedyDecoder:
         if compile_mode is not None:
             self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True)
             if compile_prefill:
-                # Batch and prompt length vary: compiled once with symbolic sizes (torch
-                # still compiles a batch of one on its own).
-                self._prefill = torch.compile(self._prefill_step, mode=compile_mode, dynamic=True)
+                # Its shape changes with batch and prompt bucket: torch compiles the first shape
+                # as it is and the second with symbolic sizes, which then serve every shape.
+                self._prefill = torch.compile(self._prefill_step, mode=compile_mode)
 
     def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
@@ -448,7 +447,7 @@ class StaticGreedyDecoder:
         import torch
 
         model = self.model
-        # Left-pad further to a bucketed length: shapes repeat, recorded graphs get reused.
+        # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
         extra = -input_ids.shape[1] % self.length_bucket
         if extra:
             input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_token_id)
