@@ -278,6 +278,24 @@ def test_compiled_decoder_gives_generates_tokens(tiny_llama):
 
 
 @pytest.mark.slow
+def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
+    """A second call of the same shape, on the cache kept from the first, reuses the compiled
+    code (a cache allocated on its first update used to trigger a second compilation)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    decoder = StaticGreedyDecoder(model, check_every=4)
+    enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
+    kwargs = {"eos": tok.eos_token_id, "pad": tok.pad_token_id, "max_new_tokens": 9}
+    assert_same_as_generate(model, decoder, enc, **kwargs)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert_same_as_generate(model, decoder, enc, **kwargs)
+
+
+@pytest.mark.slow
 def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
     """A pretrained Llama (9 query heads on 3 KV heads, tied embeddings), fused, in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -259,6 +259,10 @@ class _Slot:
         device = model.device
         vocab = model.get_output_embeddings().out_features
         self.cache = StaticCache(config=model.config, max_cache_len=total)
+        # Allocated now, as transformers does for a prefill it compiles itself.
+        shape = getattr(model, "_get_static_cache_init_shape", lambda: None)()
+        if shape is not None:
+            self.cache.early_initialization(batch, *shape, model.dtype, device)
         self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -471,6 +475,10 @@ class StaticGreedyDecoder:
                 slot = _Slot(model, batch, total, self.check_every)
             else:
                 slot.cache.reset()
+            # Compiled code made for a cache that has not allocated its tensors yet would not
+            # match it on the next call (a second compilation), so such a cache, one that
+            # could not be allocated ahead, is filled eagerly the first time.
+            prefill = self._prefill if slot.cache.is_initialized else self._prefill_step
             self._slots[(batch, total)] = slot  # now the most recently used
             # Per call, in place (a graph reads these addresses): the ids may change.
             slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
@@ -480,7 +488,7 @@ class StaticGreedyDecoder:
             slot.mask[:, :prompt_len] = attention_mask
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # pads: any position
             slot.done.zero_()
-            token, done = self._prefill(
+            token, done = prefill(
                 input_ids,
                 positions,
                 torch.arange(prompt_len, device=input_ids.device),
