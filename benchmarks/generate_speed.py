@@ -20,7 +20,8 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
-one-off warm-up (compilation) time, and how many answers equal the baseline's exactly.
+one-off warm-up (compilation) time, how many graphs torch compiled during the timed calls
+(should be 0), and how many answers equal the baseline's exactly.
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def main() -> int:
             f"same as baseline {res.get('same_as_baseline')}",
             flush=True,
         )
+        if res.get("compiled_while_timed"):
+            print(
+                f"   WARNING: {res['compiled_while_timed']} graph(s) compiled during the timed "
+                "calls; the speeds above include compilation",
+                flush=True,
+            )
         if res.get("teacher_forced"):
             print(f"   teacher-forced check: {res['teacher_forced']}", flush=True)
         if res.get("profile"):
@@ -253,6 +260,10 @@ def worker(spec: dict, out_path: str) -> None:
     sync()
     warmup_s = time.perf_counter() - t0
 
+    from torch._dynamo.utils import counters
+
+    # A compilation inside the timed calls would be timed as decoding: count them.
+    graphs_before = counters["stats"]["unique_graphs"]
     single_answers, single_times, ttfts = [], [], []
     for title in titles[: spec["single"]]:
         sync()
@@ -272,6 +283,7 @@ def worker(spec: dict, out_path: str) -> None:
         sync()
         batch_times.append(time.perf_counter() - t)
 
+    compiled_while_timed = counters["stats"]["unique_graphs"] - graphs_before
     # Read before the checks below, whose full-length forward needs far more memory.
     peak_gb = torch.cuda.max_memory_allocated() / 1e9 if cuda else 0.0
     wanted = spec["profile"] and cuda and name.startswith("describer")
@@ -295,6 +307,7 @@ def worker(spec: dict, out_path: str) -> None:
         "batch_tokens_per_s": n_new * len(titles) / statistics.median(batch_times),
         "ttft_ms": 1000 * statistics.median(ttfts),
         "warmup_s": warmup_s,
+        "compiled_while_timed": compiled_while_timed,
         "peak_gb": peak_gb,
         "same_as_baseline": same,
         "sample_answer": single_answers[0][:200],
