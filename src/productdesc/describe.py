@@ -126,10 +126,10 @@ class Describer:
             calls compile the step and the prompt's forward (152 s in all for a batch of one
             and a batch of 64 with a 1.1B model on an H200; torch keeps the result in its disk
             cache for later processes), and the first call of each further shape (batch
-            size, and prompt length rounded up to 32 tokens) records its CUDA graphs; later
-            calls replay them. A service can warm its shapes up
-            before it takes traffic. The model is changed in place, computing the same values:
-            its SDPA attention is switched to
+            size, prompt length rounded up to 32 tokens, ``max_new_tokens``) records its CUDA
+            graphs, compiling again while sizes turn symbolic; later calls replay them. A
+            service can warm its shapes up before it takes traffic. The model is changed in
+            place, computing the same values: its SDPA attention is switched to
             :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``
             unchanged). Models with sliding-window layers decode with ``generate`` (with

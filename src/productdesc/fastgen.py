@@ -259,10 +259,6 @@ class _Slot:
         device = model.device
         vocab = model.get_output_embeddings().out_features
         self.cache = StaticCache(config=model.config, max_cache_len=total)
-        # Allocated now, as transformers does for a prefill it compiles itself.
-        shape = getattr(model, "_get_static_cache_init_shape", lambda: None)()
-        if shape is not None:
-            self.cache.early_initialization(batch, *shape, model.dtype, device)
         self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -284,8 +280,9 @@ class StaticGreedyDecoder:
     Args:
         model: A causal LM (LoRA merged in, for speed). Its SDPA attention is switched to
             :func:`grouped_decode_attention`, which computes the same values.
-        compile_mode: ``torch.compile`` mode for the one-token step; ``None`` runs it eagerly
-            (CPU tests). CUDA graphs are recorded by this class, so a mode that records its
+        compile_mode: ``torch.compile`` mode for the one-token step and, with
+            ``compile_prefill``, the prompt's forward; ``None`` runs both eagerly (CPU tests).
+            CUDA graphs of the step are recorded by this class, so a mode that records its
             own (``"reduce-overhead"``) only adds host work.
         check_every: Steps per CUDA graph; between two graphs the loop checks, once, whether
             every sequence is done (the only time it waits for the GPU).
@@ -300,11 +297,15 @@ class StaticGreedyDecoder:
         max_shapes: How many (batch size, length) shapes keep their KV cache and CUDA graph;
             the least recently used is dropped beyond that, so a service that sees many
             batch sizes does not keep a cache for each.
-        compile_prefill: Compile the prompt's forward pass too (with ``compile_mode``, no
-            CUDA graph): 11% faster batch-64 calls and a first token in 11 ms instead of 18
-            on an H200, for a longer warm-up (about 150 s instead of 70 for a 1.1B model in
-            bf16). torch compiles the first prompt shape as it is and the next with symbolic
-            sizes, which then serve the shapes after them (a batch of one apart).
+        compile_prefill: Compile the prompt's forward pass too: 11% faster batch-64 calls
+            and a first token in 11 ms instead of 18 on an H200, for a longer warm-up (about
+            150 s instead of 70 for a 1.1B model in bf16).
+
+    Compilation: torch compiles the first shape as it is, then makes one size symbolic each
+    time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
+    kept apart: up to five compilations of the prompt's forward and four of the step before
+    every shape is served (seen on CPU). A service should warm up with the batch sizes,
+    prompt lengths and ``max_new_tokens`` it will see.
 
     CUDA graphs record where the weights are. When the model's parameters have moved since
     the last call (``.to()``, a new ``state_dict`` assigned), the recorded shapes are dropped
@@ -475,10 +476,6 @@ class StaticGreedyDecoder:
                 slot = _Slot(model, batch, total, self.check_every)
             else:
                 slot.cache.reset()
-            # Compiled code made for a cache that has not allocated its tensors yet would not
-            # match it on the next call (a second compilation), so such a cache, one that
-            # could not be allocated ahead, is filled eagerly the first time.
-            prefill = self._prefill if slot.cache.is_initialized else self._prefill_step
             self._slots[(batch, total)] = slot  # now the most recently used
             # Per call, in place (a graph reads these addresses): the ids may change.
             slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
@@ -488,7 +485,7 @@ class StaticGreedyDecoder:
             slot.mask[:, :prompt_len] = attention_mask
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # pads: any position
             slot.done.zero_()
-            token, done = prefill(
+            prompt = (
                 input_ids,
                 positions,
                 torch.arange(prompt_len, device=input_ids.device),
@@ -498,6 +495,13 @@ class StaticGreedyDecoder:
                 slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
                 slot.ids,
             )
+            if self._prefill is not self._prefill_step and not slot.cache.is_initialized:
+                # A new cache allocates its tensors on its first write, in the keys' dtype.
+                # Code compiled before that would not match it on the shape's next call and
+                # compile again, so the first write is an eager prefill, then done over.
+                self._prefill_step(*prompt)
+                slot.cache.reset()
+            token, done = self._prefill(*prompt)
             slot.token.copy_(token)
             slot.done.copy_(done)
             slot.position.copy_(positions[:, -1:] + 1)
