@@ -186,6 +186,28 @@ def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_pat
         torch.testing.assert_close(model(ids).logits, before.double(), rtol=1e-5, atol=1e-5)
 
 
+def test_cache_takes_the_keys_dtype_not_the_models(tiny_llama):
+    """Embeddings in bf16, layers in fp32 (``model.dtype`` says bf16, the keys come out fp32):
+    the decoder's cache follows the keys, as generate's does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model.get_input_embeddings().to(torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
+    assert_same_as_generate(
+        model,
+        StaticGreedyDecoder(model, compile_mode=None, check_every=4),
+        enc,
+        eos=tok.eos_token_id,
+        pad=tok.pad_token_id,
+        max_new_tokens=9,
+    )
+
+
 def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
     """Recorded shapes are dropped when the parameters move; EOS may change between calls."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
