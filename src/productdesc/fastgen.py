@@ -4,10 +4,11 @@
 1.1B model at batch 1 the GPU work of a step is well under a millisecond, the step takes tens.
 Here every buffer has a fixed shape (a :class:`~transformers.StaticCache` sized for prompt +
 ``max_new_tokens``, a full-length attention mask updated in place), so the one-token step, the
-argmax and the EOS bookkeeping included, is compiled once (``torch.compile``), and a run of
+argmax and the EOS bookkeeping included, is compiled (``torch.compile``), and a run of
 ``check_every`` steps is recorded as one CUDA graph and replayed. The host launches one graph
 per 16 tokens instead of hundreds of kernels per token, and waits for the GPU only between two
-graphs, to see whether every sequence is done.
+graphs, to see whether every sequence is done. The prompt's forward is compiled too (its
+element-wise kernels fused), but not recorded: its shape varies from call to call.
 
 Decode-step attention reads the grouped KV cache as it is (:func:`grouped_decode_attention`):
 transformers' SDPA path expands every KV head to all its query heads whenever a mask is given,
@@ -358,8 +359,8 @@ class StaticGreedyDecoder:
         if compile_mode is not None:
             self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True)
             if compile_prefill:
-                # Its shape changes with batch and prompt bucket: torch compiles the first shape
-                # as it is and the second with symbolic sizes, which then serve every shape.
+                # Not fullgraph: a graph break in the prompt's forward would cost some speed;
+                # with fullgraph it would stop every call.
                 self._prefill = torch.compile(self._prefill_step, mode=compile_mode)
 
     def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
