@@ -320,6 +320,36 @@ def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
 
 
 @pytest.mark.slow
+def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
+    """Five models of different sizes, two batch shapes each: every decoder keeps its own
+    compiled code, so together they stay under torch's limit of 8 compilations per function
+    (shared, the fifth model's step failed with FailOnRecompileLimitHit)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    one = tok(["mouse"], return_tensors="pt")
+    two = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
+    for hidden in (32, 48, 64, 80, 96):
+        config = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+        model = LlamaForCausalLM(config).eval()
+        # The step is what fails (fullgraph); compiling the prompt's forward only adds time.
+        decoder = StaticGreedyDecoder(model, check_every=4, compile_prefill=False)
+        for enc in (one, two):
+            assert_same_as_generate(
+                model, decoder, enc, eos=tok.eos_token_id, pad=tok.pad_token_id, max_new_tokens=5
+            )
+
+
+@pytest.mark.slow
 def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
     """A pretrained Llama (9 query heads on 3 KV heads, tied embeddings), fused, in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -351,17 +351,18 @@ class StaticGreedyDecoder:
         self.check_every = check_every
         self.length_bucket = length_bucket
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
-        self._step = self._decode_step
-        self._prefill = self._prefill_step
+        self._step = self._prefill = self._next_tokens
         self.max_shapes = max_shapes
         # One slot per shape, reused: CUDA graphs are recorded against fixed buffer addresses.
         self._slots: collections.OrderedDict[tuple[int, int], _Slot] = collections.OrderedDict()
+        self._compiled_prefill = compile_mode is not None and compile_prefill
         if compile_mode is not None:
-            self._step = torch.compile(self._decode_step, mode=compile_mode, fullgraph=True)
-            if compile_prefill:
-                # Not fullgraph: a graph break in the prompt's forward would cost some speed;
-                # with fullgraph it would stop every call.
-                self._prefill = torch.compile(self._prefill_step, mode=compile_mode)
+            step = _own_code(self._next_tokens)
+            self._step = torch.compile(step, mode=compile_mode, fullgraph=True)
+        if self._compiled_prefill:
+            # Not fullgraph: a graph break in the prompt's forward would cost some speed;
+            # with fullgraph it would stop every call.
+            self._prefill = torch.compile(_own_code(self._next_tokens), mode=compile_mode)
 
     def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
@@ -380,15 +381,6 @@ class StaticGreedyDecoder:
             logits_to_keep=1,
         ).logits[:, -1, :]
         return _pick(logits, done, eos_bias, ids)
-
-    # Two entry points to one body: torch keeps compiled code per function, and the one-token
-    # step (static shapes, recorded in graphs) must not share its cache with the prompt's
-    # forward, whose sizes turn symbolic.
-    def _decode_step(self, *args):
-        return self._next_tokens(*args)
-
-    def _prefill_step(self, *args):
-        return self._next_tokens(*args)
 
     def _run_steps(self, slot: _Slot) -> None:
         """``check_every`` decode steps on ``slot``'s buffers, in place (what a graph records)."""
@@ -496,11 +488,11 @@ class StaticGreedyDecoder:
                 slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
                 slot.ids,
             )
-            if self._prefill is not self._prefill_step and not slot.cache.is_initialized:
+            if self._compiled_prefill and not slot.cache.is_initialized:
                 # A new cache allocates its tensors on its first write, in the keys' dtype.
                 # Code compiled before that would not match it on the shape's next call and
                 # compile again, so the first write is an eager prefill, then done over.
-                self._prefill_step(*prompt)
+                self._next_tokens(*prompt)
                 slot.cache.reset()
             token, done = self._prefill(*prompt)
             slot.token.copy_(token)
@@ -522,6 +514,22 @@ class StaticGreedyDecoder:
             if bool(ended.any(-1).all()):
                 result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
+
+
+def _own_code(method: Any) -> Any:
+    """``method`` with a code object of its own, for ``torch.compile``.
+
+    torch keeps compiled code, and counts recompilations against its limit of 8, per code
+    object. Sharing one between the one-token step (static shapes) and the prompt's forward
+    (symbolic sizes), or between the decoders of several models in one process, fills one
+    list: a fourth model stopped the step (``fullgraph=True``) with ``FailOnRecompileLimitHit``.
+    """
+    import types
+
+    fn = method.__func__
+    code = fn.__code__.replace()  # equal, but a new object
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
 
 
 def _where(model: Any) -> tuple:
