@@ -321,9 +321,11 @@ def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
 
 @pytest.mark.slow
 def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
-    """Five models of different sizes, two batch shapes each: every decoder keeps its own
+    """Five models of different sizes, two batch shapes each: each size keeps its own
     compiled code, so together they stay under torch's limit of 8 compilations per function
-    (shared, the fifth model's step failed with FailOnRecompileLimitHit)."""
+    (shared, the fifth model's step failed with FailOnRecompileLimitHit). Another model of a
+    size already seen compiles nothing."""
+    from torch._dynamo.utils import counters
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from productdesc.fastgen import StaticGreedyDecoder
@@ -331,7 +333,8 @@ def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
     tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
     one = tok(["mouse"], return_tensors="pt")
     two = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
-    for hidden in (32, 48, 64, 80, 96):
+
+    def decode_with(hidden: int) -> None:
         config = LlamaConfig(
             vocab_size=len(tok),
             hidden_size=hidden,
@@ -347,6 +350,12 @@ def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
             assert_same_as_generate(
                 model, decoder, enc, eos=tok.eos_token_id, pad=tok.pad_token_id, max_new_tokens=5
             )
+
+    for hidden in (32, 48, 64, 80, 96):
+        decode_with(hidden)
+    compiled = counters["stats"]["unique_graphs"]
+    decode_with(32)
+    assert counters["stats"]["unique_graphs"] == compiled
 
 
 @pytest.mark.slow

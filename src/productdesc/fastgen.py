@@ -357,12 +357,13 @@ class StaticGreedyDecoder:
         self._slots: collections.OrderedDict[tuple[int, int], _Slot] = collections.OrderedDict()
         self._compiled_prefill = compile_mode is not None and compile_prefill
         if compile_mode is not None:
-            step = _own_code(self._next_tokens)
+            step = _own_code(self._next_tokens, ("step", _kind(model)))
             self._step = torch.compile(step, mode=compile_mode, fullgraph=True)
         if self._compiled_prefill:
             # Not fullgraph: a graph break in the prompt's forward would cost some speed;
             # with fullgraph it would stop every call.
-            self._prefill = torch.compile(_own_code(self._next_tokens), mode=compile_mode)
+            prefill = _own_code(self._next_tokens, ("prefill", _kind(model)))
+            self._prefill = torch.compile(prefill, mode=compile_mode)
 
     def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
@@ -516,20 +517,31 @@ class StaticGreedyDecoder:
         return result
 
 
-def _own_code(method: Any) -> Any:
-    """``method`` with a code object of its own, for ``torch.compile``.
+_CODES: dict[tuple, Any] = {}
+
+
+def _own_code(method: Any, key: tuple) -> Any:
+    """``method`` with the code object kept for ``key``, for ``torch.compile``.
 
     torch keeps compiled code, and counts recompilations against its limit of 8, per code
     object. Sharing one between the one-token step (static shapes) and the prompt's forward
-    (symbolic sizes), or between the decoders of several models in one process, fills one
-    list: a fourth model stopped the step (``fullgraph=True``) with ``FailOnRecompileLimitHit``.
+    (symbolic sizes), or between the decoders of models of different sizes or dtypes in one
+    process, fills one list: a fourth such model stopped the step (``fullgraph=True``) with
+    ``FailOnRecompileLimitHit``. Decoders of models of one kind (:func:`_kind`) still share,
+    so a base model and its fine-tuned copy compile once.
     """
     import types
 
     fn = method.__func__
-    code = fn.__code__.replace()  # equal, but a new object
+    code = _CODES.setdefault((fn.__qualname__, *key), fn.__code__.replace())  # a new object
     copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     return types.MethodType(copy, method.__self__)
+
+
+def _kind(model: Any) -> tuple:
+    """The model's class and its parameters' shapes and dtypes: what compiled code depends on."""
+    params = tuple((tuple(p.shape), p.dtype) for p in model.parameters())
+    return (type(model).__qualname__, params)
 
 
 def _where(model: Any) -> tuple:
