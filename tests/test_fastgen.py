@@ -320,6 +320,31 @@ def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
 
 
 @pytest.mark.slow
+def test_after_warm_up_no_call_compiles(tiny_llama):
+    """Describer.warm_up compiles for every later shape: new batch sizes, prompt lengths and
+    answer lengths afterwards compile nothing, and answer as the plain path does."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.describe import Describer
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    # Another size than the other tests' models: its compiled code starts empty.
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    describer = Describer(model, tok, fast=True)
+    describer._fast = StaticGreedyDecoder(model, check_every=4, length_bucket=8)  # compiled
+    plain = Describer(model, tok, fast=False)
+    describer.warm_up()
+    compiled = counters["stats"]["unique_graphs"]
+    titles = ["Mouse", "Girls Ballet Tutu Neon Pink " * 6, "Stainless steel knife set", "Mug"]
+    for batch, n_new in [(3, 7), (1, 30), (4, 12), (2, 1)]:
+        got = describer.describe_batch(titles[:batch], batch_size=batch, max_new_tokens=n_new)
+        assert got == plain.describe_batch(titles[:batch], max_new_tokens=n_new)
+    assert counters["stats"]["unique_graphs"] == compiled
+
+
+@pytest.mark.slow
 def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
     """Five models of different sizes, two batch shapes each: each size keeps its own
     compiled code, so together they stay under torch's limit of 8 compilations per function

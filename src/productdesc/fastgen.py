@@ -305,8 +305,8 @@ class StaticGreedyDecoder:
     Compilation: torch compiles the first shape as it is, then makes one size symbolic each
     time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
     kept apart: up to five compilations of the prompt's forward and four of the step before
-    every shape is served (seen on CPU). A service should warm up with the batch sizes,
-    prompt lengths and ``max_new_tokens`` it will see.
+    every shape is served (seen on CPU), or three when a batch of one, a longer prompt and a
+    batch of two come first, as :meth:`~productdesc.describe.Describer.warm_up` does.
 
     CUDA graphs record where the weights are. When the model's parameters have moved since
     the last call (``.to()``, a new ``state_dict`` assigned), the recorded shapes are dropped
