@@ -329,7 +329,7 @@ def test_after_warm_up_no_call_compiles(tiny_llama):
     from productdesc.describe import Describer
     from productdesc.fastgen import StaticGreedyDecoder
 
-    # Another size than the other tests' models: its compiled code starts empty.
+    # Another dtype than the other tests' models: its compiled code starts empty.
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     describer = Describer(model, tok, fast=True)
