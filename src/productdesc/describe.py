@@ -343,20 +343,14 @@ class Describer:
             return
         short = self._render("warm up", None)
         longer = self._render(" ".join(["warm up"] * fast.length_bucket), None)
-        # Long enough to run the decode step (and record a graph): min_new_tokens keeps EOS back.
+        # Greedy (the defaults), and long enough to run the decode step and record a graph:
+        # min_new_tokens keeps EOS back.
         n_new = 1 + fast.check_every
+        gen = type(self.generation)(max_new_tokens=n_new, min_new_tokens=n_new)
         with self._lock:
             rows = self._encode([short, longer])
             for batch in ([rows[0]], [rows[1]], rows):
-                ids, mask = self._left_pad(batch)
-                fast.generate(
-                    ids,
-                    mask,
-                    max_new_tokens=n_new,
-                    min_new_tokens=n_new,
-                    eos_token_id=self._eos_id,
-                    pad_token_id=self._pad_id,
-                )
+                self._generate_padded(*self._left_pad(batch), gen)
         logger.info("fast path warmed up: later shapes record graphs without compiling")
 
     def stream(self, title: str, question: str | None = None, **overrides: Any) -> Iterator[str]:

@@ -357,12 +357,13 @@ class StaticGreedyDecoder:
         self._slots: collections.OrderedDict[tuple[int, int], _Slot] = collections.OrderedDict()
         self._compiled_prefill = compile_mode is not None and compile_prefill
         if compile_mode is not None:
-            step = _own_code(self._next_tokens, ("step", _kind(model)))
+            kind = _kind(model)
+            step = _own_code(self._next_tokens, ("step", kind))
             self._step = torch.compile(step, mode=compile_mode, fullgraph=True)
         if self._compiled_prefill:
             # Not fullgraph: a graph break in the prompt's forward would cost some speed;
             # with fullgraph it would stop every call.
-            prefill = _own_code(self._next_tokens, ("prefill", _kind(model)))
+            prefill = _own_code(self._next_tokens, ("prefill", kind))
             self._prefill = torch.compile(prefill, mode=compile_mode)
 
     def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
