@@ -8,13 +8,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def model_and_tokenizer(tiny_llama):
+def load(path):
+    """The tiny Llama in eval mode and its tokenizer, padding on the left."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
-    return model, tok
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    return AutoModelForCausalLM.from_pretrained(path).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_llama):
+    return load(tiny_llama)
 
 
 def assert_same_as_generate(model, decoder, enc, *, eos, pad, max_new_tokens, min_new_tokens=0):
@@ -189,12 +193,10 @@ def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_pat
 def test_cache_takes_the_keys_dtype_not_the_models(tiny_llama):
     """Embeddings in bf16, layers in fp32 (``model.dtype`` says bf16, the keys come out fp32):
     the decoder's cache follows the keys, as generate's does."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.fastgen import StaticGreedyDecoder
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model, tok = load(tiny_llama)
     model.get_input_embeddings().to(torch.bfloat16)
     assert model.dtype == torch.bfloat16
     enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
@@ -210,12 +212,10 @@ def test_cache_takes_the_keys_dtype_not_the_models(tiny_llama):
 
 def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
     """Recorded shapes are dropped when the parameters move; EOS may change between calls."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.fastgen import StaticGreedyDecoder
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model, tok = load(tiny_llama)
     enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8)
     # A second "EOS": the token the model emits first, which min_new_tokens must hold back.
@@ -271,13 +271,12 @@ def test_compiled_decoder_gives_generates_tokens(tiny_llama):
     """The compiled path (prompt forward and one-token step; on a GPU, recorded as CUDA
     graphs): shapes A, B, A with one kept (each built again), lengths that are and are not
     whole runs, min_new_tokens, and EOS changing between calls."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.fastgen import StaticGreedyDecoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).to(device).eval()
+    model, tok = load(tiny_llama)
+    model.to(device)
     decoder = StaticGreedyDecoder(model, check_every=4, max_shapes=1)
     a = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True).to(device)
     b = tok(["knife set"], return_tensors="pt", padding=True).to(device)
@@ -304,12 +303,10 @@ def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
     """A second call of the same shape, on the cache kept from the first, compiles nothing
     (a cache allocated on its first write used to make it compile the prompt's forward)."""
     from torch._dynamo.utils import counters
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.fastgen import StaticGreedyDecoder
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model, tok = load(tiny_llama)
     decoder = StaticGreedyDecoder(model, check_every=4)
     enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
     kwargs = {"eos": tok.eos_token_id, "pad": tok.pad_token_id, "max_new_tokens": 9}
