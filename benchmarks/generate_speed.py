@@ -17,6 +17,8 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
   ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
 * ``describer_fast_unfused_bf16``: the fast path without fused q/k/v and gate/up products;
 * ``describer_fast_eagerprefill_bf16``: the fast path with the prompt's forward not compiled;
+* ``describer_fast_noprefix_bf16``: the fast path computing the prompts' shared start (the
+  template's instruction) for every row instead of once;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -185,6 +187,8 @@ def worker(spec: dict, out_path: str) -> None:
             custom["fuse"] = False
         if "eagerprefill" in name:
             custom["compile_prefill"] = False
+        if "noprefix" in name:
+            custom["share_prefix"] = False
         describer = Describer.from_pretrained(
             spec["model_dir"],
             backend="transformers",

@@ -63,6 +63,47 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
         )
 
 
+@pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"] * 3])
+def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
+    """Prompts that start alike (a template's instruction): one row computes the start, the
+    batch's forward runs over the rest, and the answers are generate's. Identical prompts
+    keep their last token each."""
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = load(tiny_llama)
+    # Random weights attend almost evenly, so wrong positions would hardly change an answer;
+    # sharper attention makes them count.
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight *= 8
+            layer.self_attn.k_proj.weight *= 8
+    head = "Below is an instruction that describes a task. Describe the product below.\n"
+    enc = tok([head + t for t in titles], return_tensors="pt", padding=True)
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ref = model.generate(**enc, do_sample=False, max_new_tokens=9, **ids)
+    fed = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        for share in (True, False):
+            decoder = StaticGreedyDecoder(
+                model, compile_mode=None, length_bucket=8, check_every=4, share_prefix=share
+            )
+            out = decoder.generate(enc.input_ids, enc.attention_mask, max_new_tokens=9, **ids)
+            assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
+    finally:
+        hook.remove()
+    head_len = len(tok(head).input_ids)
+    longest_title = max(len(tok(t, add_special_tokens=False).input_ids) for t in titles)
+    (one, start), (batch, rest), *_ = fed
+    assert one == 1 and start >= head_len - 1
+    assert batch == len(titles) and rest <= longest_title + 1 + 8
+    # Without sharing, the batch's forward runs over the whole prompts.
+    assert any(shape[1] >= enc.input_ids.shape[1] for shape in fed)
+
+
 @pytest.mark.parametrize("min_new_tokens", [0, 3])
 def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_tokens):
     from productdesc.fastgen import StaticGreedyDecoder
