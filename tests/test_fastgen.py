@@ -3,6 +3,8 @@ CUDA graphs, where a GPU is present)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -63,6 +65,46 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
         )
 
 
+HEAD = "Below is an instruction that describes a task. Describe the product below.\n"
+
+
+def sharp(path):
+    """``load(path)`` with sharper attention. Random weights attend almost evenly, so wrong
+    positions or a wrong cache would hardly change an answer; here they do."""
+    model, tok = load(path)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight *= 8
+            layer.self_attn.k_proj.weight *= 8
+    return model, tok
+
+
+@contextlib.contextmanager
+def fed(model):
+    """The ``input_ids`` shapes of the model's forward calls inside the block."""
+    shapes = []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        yield shapes
+    finally:
+        hook.remove()
+
+
+def greedy(model, tok, enc, max_new_tokens):
+    """``model.generate``'s greedy new tokens for ``enc``."""
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, **ids)
+    return out[:, enc.input_ids.shape[1] :]
+
+
+def decode(decoder, tok, enc, max_new_tokens):
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return decoder.generate(enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, **ids)
+
+
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"] * 3])
 def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
     """Prompts that start alike (a template's instruction): one row computes the start, the
@@ -70,38 +112,47 @@ def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
     keep their last token each."""
     from productdesc.fastgen import StaticGreedyDecoder
 
-    model, tok = load(tiny_llama)
-    # Random weights attend almost evenly, so wrong positions would hardly change an answer;
-    # sharper attention makes them count.
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight *= 8
-            layer.self_attn.k_proj.weight *= 8
-    head = "Below is an instruction that describes a task. Describe the product below.\n"
-    enc = tok([head + t for t in titles], return_tensors="pt", padding=True)
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    ref = model.generate(**enc, do_sample=False, max_new_tokens=9, **ids)
-    fed = []
-    hook = model.register_forward_pre_hook(
-        lambda module, args, kwargs: fed.append(tuple(kwargs["input_ids"].shape)),
-        with_kwargs=True,
-    )
-    try:
-        for share in (True, False):
-            decoder = StaticGreedyDecoder(
-                model, compile_mode=None, length_bucket=8, check_every=4, share_prefix=share
-            )
-            out = decoder.generate(enc.input_ids, enc.attention_mask, max_new_tokens=9, **ids)
-            assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
-    finally:
-        hook.remove()
-    head_len = len(tok(head).input_ids)
-    longest_title = max(len(tok(t, add_special_tokens=False).input_ids) for t in titles)
-    (one, start), (batch, rest), *_ = fed
-    assert one == 1 and start >= head_len - 1
-    assert batch == len(titles) and rest <= longest_title + 1 + 8
-    # Without sharing, the batch's forward runs over the whole prompts.
-    assert any(shape[1] >= enc.input_ids.shape[1] for shape in fed)
+    model, tok = sharp(tiny_llama)
+    enc = tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
+    ref = greedy(model, tok, enc, 9)
+    for share in (True, False):
+        decoder = StaticGreedyDecoder(
+            model, compile_mode=None, length_bucket=8, check_every=4, share_prefix=share
+        )
+        with fed(model) as shapes:
+            assert torch.equal(decode(decoder, tok, enc, 9), ref)
+        if share:
+            head_len = len(tok(HEAD).input_ids)
+            longest = max(len(tok(t, add_special_tokens=False).input_ids) for t in titles)
+            (one, start), (batch, rest), *_ = shapes
+            assert one == 1 and start >= head_len - 1
+            assert batch == len(titles) and rest <= longest + 1 + 8
+        else:  # the batch's forward runs over the whole prompts
+            assert shapes[0][0] == len(titles) and shapes[0][1] >= enc.input_ids.shape[1]
+
+
+def test_a_kept_prompt_start_serves_a_batch_of_one_until_the_weights_change(tiny_llama):
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = sharp(tiny_llama)
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
+    batch = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
+    assert torch.equal(decode(decoder, tok, batch, 9), greedy(model, tok, batch, 9))
+    one = tok([HEAD + "wool socks"], return_tensors="pt")
+    ref = greedy(model, tok, one, 9)
+    with fed(model) as shapes:
+        assert torch.equal(decode(decoder, tok, one, 9), ref)
+    assert shapes[0][1] < one.input_ids.shape[1]  # the start came from the batch
+    assert all(n == 1 for _, n in shapes[1:])
+
+    with torch.no_grad():  # as a training step would, in place
+        model.model.layers[0].self_attn.k_proj.weight.mul_(-1)
+    changed = greedy(model, tok, one, 9)
+    assert not torch.equal(changed, ref)
+    with fed(model) as shapes:
+        assert torch.equal(decode(decoder, tok, one, 9), changed)
+    # Nothing kept: a batch of one runs its whole prompt.
+    assert shapes[0] == (1, one.input_ids.shape[1] + (-one.input_ids.shape[1] % 8))
 
 
 @pytest.mark.parametrize("min_new_tokens", [0, 3])
@@ -380,6 +431,12 @@ def test_after_warm_up_no_call_compiles(tiny_llama):
         got = describer.describe_batch(titles[:batch], batch_size=batch, max_new_tokens=n_new)
         assert got == plain.describe_batch(titles[:batch], max_new_tokens=n_new)
     assert counters["stats"]["unique_graphs"] == compiled
+    # The warm-up kept the template's start, up to the title, which every prompt begins with.
+    starts = [list(start) for start in describer._fast._prefixes]
+    assert any(tok.decode(start).endswith("### Input:\n") for start in starts)
+    for title in ("Wool socks", "Mouse"):
+        prompt = tok(describer.template.render(title)).input_ids
+        assert any(prompt[: len(start)] == start for start in starts)
 
 
 @pytest.mark.slow

@@ -335,14 +335,18 @@ class Describer:
         time it changes, and each of those compilations takes about half a minute for a 1.1B
         model on an H200. Three greedy calls here (one short prompt, one a length bucket
         longer, then both together) leave every size symbolic: afterwards no call compiles,
-        and a new shape only records its CUDA graphs on its first call. A service calls this
-        before it takes traffic. Without the fast path (see ``fast``) it does nothing.
+        and a new shape only records its CUDA graphs on its first call. The last call also
+        leaves the template's start computed, so later prompts, one at a time included, run
+        their forward over the title and what follows only. A service calls this before it
+        takes traffic. Without the fast path (see ``fast``) it does nothing.
         """
         fast = self._fast
         if fast is None:
             return
         short = self._render("warm up", None)
-        longer = self._render(" ".join(["warm up"] * fast.length_bucket), None)
+        # Titles with different first words: their batch keeps the template's own start
+        # (the fast path's ``share_prefix``) for later calls, a batch of one included.
+        longer = self._render(" ".join(["ready"] * fast.length_bucket), None)
         # Greedy (the defaults), and long enough to run the decode step and record a graph:
         # min_new_tokens keeps EOS back.
         n_new = 1 + fast.check_every

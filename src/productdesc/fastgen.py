@@ -302,10 +302,12 @@ class StaticGreedyDecoder:
             and a first token in 11 ms instead of 18 on an H200, for a longer warm-up (about
             150 s instead of 70 for a 1.1B model in bf16).
         share_prefix: When every prompt of a batch starts with the same tokens (the
-            template's instruction, at least ``length_bucket`` of them), compute their keys
-            and values once, for one row, and copy them into every row's cache; the prompt's
-            forward then runs over the rest of each prompt only. The answers are those of the
-            whole prompt: the same positions, the same attention.
+            template's instruction, at least ``length_bucket`` of them), their keys and values
+            are computed once, for one row, kept for later calls (``max_shapes`` such starts,
+            dropped when the weights change) and copied into every row's cache; the prompt's
+            forward then runs over the rest of each prompt only. A batch of one uses a start
+            kept from an earlier batch. The answers are those of the whole prompt: the same
+            positions, the same attention.
 
     Compilation: torch compiles the first shape as it is, then makes one size symbolic each
     time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
@@ -313,9 +315,10 @@ class StaticGreedyDecoder:
     every shape is served (seen on CPU), or three when a batch of one, a longer prompt and a
     batch of two come first, as :meth:`~productdesc.describe.Describer.warm_up` does.
 
-    CUDA graphs record where the weights are. When the model's parameters have moved since
-    the last call (``.to()``, a new ``state_dict`` assigned), the recorded shapes are dropped
-    and the projections fused again before decoding.
+    CUDA graphs record where the weights are. When the model's parameters have moved or
+    changed since the last call (``.to()``, a new ``state_dict`` assigned or loaded, a
+    training step), the recorded shapes and kept prompt starts are dropped and the
+    projections fused again before decoding.
 
     Raises:
         ValueError: The model has sliding-window, chunked or linear-attention layers, whose
@@ -362,6 +365,8 @@ class StaticGreedyDecoder:
         self.max_shapes = max_shapes
         # One slot per shape, reused: CUDA graphs are recorded against fixed buffer addresses.
         self._slots: collections.OrderedDict[tuple[int, int], _Slot] = collections.OrderedDict()
+        # Keys and values of shared prompt starts, one row each, per layer.
+        self._prefixes: collections.OrderedDict[tuple[int, ...], list] = collections.OrderedDict()
         self._compiled_prefill = compile_mode is not None and compile_prefill
         if compile_mode is not None:
             kind = _kind(model)
@@ -454,6 +459,14 @@ class StaticGreedyDecoder:
         import torch
 
         model = self.model
+        if self._weights != _where(model):
+            # First call, or the parameters moved or changed: recorded graphs would read stale
+            # memory, kept prompt starts would hold stale keys and values.
+            self._slots.clear()
+            self._prefixes.clear()
+            if self.fuse:
+                _fuse_projections(model)
+            self._weights = _where(model)
         prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
         # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
         extra = -input_ids.shape[1] % self.length_bucket
@@ -467,12 +480,6 @@ class StaticGreedyDecoder:
         # (the surplus of the last run is cut off).
         runs = -(-(max_new_tokens - 1) // self.check_every)
         total = prompt_len + runs * self.check_every
-        if self._weights != _where(model):
-            # First call, or the parameters moved: recorded graphs would read stale memory.
-            self._slots.clear()
-            if self.fuse:
-                _fuse_projections(model)
-            self._weights = _where(model)
         with torch.inference_mode(), _fused_products():
             slot = self._slots.pop((batch, total), None)
             if slot is None:
@@ -489,8 +496,8 @@ class StaticGreedyDecoder:
             slot.mask.zero_()
             slot.mask[:, :start] = 1
             slot.mask[:, start:prompt_len] = attention_mask
-            # Pads get any position: they are masked.
-            positions = (slot.mask[:, :prompt_len].cumsum(-1) - 1).clamp(min=0)[:, start:]
+            # The shared start holds positions 0 .. start - 1; pads get any position (masked).
+            positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             slot.done.zero_()
             if prefix:
                 self._write_prefix(slot.cache, prefix, batch)
@@ -534,24 +541,37 @@ class StaticGreedyDecoder:
     def _split_prefix(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[tuple[int, ...], torch.Tensor, torch.Tensor]:
-        """The tokens every row of a left-padded batch starts with, and the rest of each row,
-        left-padded again. The prefix is empty when it would be shorter than a length bucket
-        (the split costs more than it saves), for a batch of one, or with ``share_prefix``
-        off. Every row keeps at least its last token: its logits give the first new one."""
+        """The start every row of a left-padded batch shares, and the rest of each row,
+        left-padded again.
+
+        The start is the longest kept one that every row begins with or, failing that in a
+        batch of two or more, the tokens all rows begin with if there are at least a length
+        bucket of them (fewer cost more to split than they save). Every row keeps at least
+        its last token: its logits give the first new one.
+        """
         import torch
 
-        if not self.share_prefix or input_ids.shape[0] < 2:
+        if not self.share_prefix:
             return (), input_ids, attention_mask
         real = attention_mask.bool().cpu()
         rows = [row[keep].tolist() for row, keep in zip(input_ids.cpu(), real, strict=True)]
-        shared = 0
-        for column in zip(*rows, strict=False):  # as far as the shortest row
-            if len(set(column)) > 1:
-                break
-            shared += 1
-        prefix = tuple(rows[0][: min(shared, min(map(len, rows)) - 1)])
-        if len(prefix) < self.length_bucket:
-            return (), input_ids, attention_mask
+        room = min(map(len, rows)) - 1
+        kept = [
+            p
+            for p in self._prefixes
+            if len(p) <= room and all(r[: len(p)] == list(p) for r in rows)
+        ]
+        if kept:
+            prefix = max(kept, key=len)
+        else:
+            shared = 0
+            for column in zip(*rows, strict=False):  # as far as the shortest row
+                if len(set(column)) > 1:
+                    break
+                shared += 1
+            prefix = tuple(rows[0][: min(shared, room)]) if len(rows) > 1 else ()
+            if len(prefix) < self.length_bucket:
+                return (), input_ids, attention_mask
         rest = [row[len(prefix) :] for row in rows]
         width = max(map(len, rest))
         ids = torch.zeros(len(rest), width, dtype=input_ids.dtype)
@@ -562,18 +582,24 @@ class StaticGreedyDecoder:
         return prefix, ids.to(input_ids.device), mask.to(attention_mask.device)
 
     def _write_prefix(self, cache: Any, prefix: tuple[int, ...], batch: int) -> None:
-        """Compute ``prefix``'s keys and values for one row and write them into every row of
-        ``cache`` (empty), at cache positions ``0 .. len(prefix) - 1``."""
+        """Write ``prefix``'s keys and values (kept, or computed now for one row) into every
+        row of ``cache`` (empty), at cache positions ``0 .. len(prefix) - 1``."""
         import torch
         from transformers import DynamicCache
 
         model = self.model
-        one = DynamicCache(config=model.config)
-        ids = torch.tensor([prefix], device=model.device)
-        model(input_ids=ids, past_key_values=one, use_cache=True, logits_to_keep=1)
-        for i, layer in enumerate(one.layers):
-            shape = (batch, *layer.keys.shape[1:])
-            cache.update(layer.keys.expand(shape), layer.values.expand(shape), i)
+        layers = self._prefixes.pop(prefix, None)
+        if layers is None:
+            one = DynamicCache(config=model.config)
+            ids = torch.tensor([prefix], device=model.device)
+            model(input_ids=ids, past_key_values=one, use_cache=True, logits_to_keep=1)
+            layers = [(layer.keys, layer.values) for layer in one.layers]
+            if len(self._prefixes) >= self.max_shapes:
+                self._prefixes.popitem(last=False)
+        self._prefixes[prefix] = layers  # now the most recently used
+        for i, (keys, values) in enumerate(layers):
+            shape = (batch, *keys.shape[1:])
+            cache.update(keys.expand(shape), values.expand(shape), i)
 
 
 _CODES: dict[tuple, Any] = {}
@@ -604,8 +630,13 @@ def _kind(model: Any) -> tuple:
 
 
 def _where(model: Any) -> tuple:
-    """Where and how each parameter is stored; a change means recorded graphs are stale."""
-    return tuple((p.data_ptr(), p.dtype, p.device) for p in model.parameters())
+    """Where and how each parameter is stored, and its count of in-place changes: a change
+    means recorded graphs or kept keys and values are stale. (Inference tensors count no
+    changes: they cannot be changed outside ``inference_mode``.)"""
+    return tuple(
+        (p.data_ptr(), p.dtype, p.device, -1 if p.is_inference() else p._version)
+        for p in model.parameters()
+    )
 
 
 def _pick(logits, done, eos_bias, ids):
