@@ -545,8 +545,8 @@ class StaticGreedyDecoder:
         left-padded again.
 
         The start is the longest kept one that every row begins with or, failing that in a
-        batch of two or more, the tokens all rows begin with if there are at least a length
-        bucket of them (fewer cost more to split than they save). Every row keeps at least
+        batch of two or more, the tokens all rows begin with, cut to whole length buckets
+        (none if fewer than one: a split costs more than it saves). Every row keeps at least
         its last token: its logits give the first new one.
         """
         import torch
@@ -569,8 +569,12 @@ class StaticGreedyDecoder:
                 if len(set(column)) > 1:
                     break
                 shared += 1
-            prefix = tuple(rows[0][: min(shared, room)]) if len(rows) > 1 else ()
-            if len(prefix) < self.length_bucket:
+            # Whole length buckets only: sizes keep the multiples the compiled code was made
+            # for (inductor's GPU kernels may assume them), and one start serves prompts that
+            # share a little more or less.
+            usable = min(shared, room) // self.length_bucket * self.length_bucket
+            prefix = tuple(rows[0][:usable]) if len(rows) > 1 else ()
+            if not prefix:
                 return (), input_ids, attention_mask
         rest = [row[len(prefix) :] for row in rows]
         width = max(map(len, rest))
