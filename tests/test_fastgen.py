@@ -65,7 +65,7 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
         )
 
 
-HEAD = "Below is an instruction that describes a task. Describe the product below.\n"
+HEAD = "Below is an instruction that describes a task. Describe the product in one line.\n"
 
 
 def sharp(path):

@@ -551,39 +551,39 @@ class StaticGreedyDecoder:
         """
         import torch
 
-        if not self.share_prefix:
+        bucket = self.length_bucket
+        ids, real = input_ids.cpu(), attention_mask.bool().cpu()
+        lengths = real.sum(1)
+        room = int(lengths.min()) - 1
+        if not self.share_prefix or room < bucket:
             return (), input_ids, attention_mask
-        real = attention_mask.bool().cpu()
-        rows = [row[keep].tolist() for row, keep in zip(input_ids.cpu(), real, strict=True)]
-        room = min(map(len, rows)) - 1
-        kept = [
+        # The first `room` tokens of every row, side by side (the rows are left-padded).
+        width = ids.shape[1]
+        aligned = ids.gather(1, (width - lengths)[:, None] + torch.arange(room))
+        kept = (
             p
-            for p in self._prefixes
-            if len(p) <= room and all(r[: len(p)] == list(p) for r in rows)
-        ]
-        if kept:
-            prefix = max(kept, key=len)
-        else:
-            shared = 0
-            for column in zip(*rows, strict=False):  # as far as the shortest row
-                if len(set(column)) > 1:
-                    break
-                shared += 1
+            for p in sorted(self._prefixes, key=len, reverse=True)
+            if len(p) <= room and bool((aligned[:, : len(p)] == torch.tensor(p)).all())
+        )
+        prefix = next(kept, ())
+        if not prefix and len(ids) > 1:
+            differs = [*(aligned != aligned[0]).any(0).tolist(), True]
             # Whole length buckets only: sizes keep the multiples the compiled code was made
             # for (inductor's GPU kernels may assume them), and one start serves prompts that
             # share a little more or less.
-            usable = min(shared, room) // self.length_bucket * self.length_bucket
-            prefix = tuple(rows[0][:usable]) if len(rows) > 1 else ()
-            if not prefix:
-                return (), input_ids, attention_mask
-        rest = [row[len(prefix) :] for row in rows]
-        width = max(map(len, rest))
-        ids = torch.zeros(len(rest), width, dtype=input_ids.dtype)
-        mask = torch.zeros(len(rest), width, dtype=attention_mask.dtype)
-        for i, row in enumerate(rest):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
-        return prefix, ids.to(input_ids.device), mask.to(attention_mask.device)
+            prefix = tuple(aligned[0, : differs.index(True) // bucket * bucket].tolist())
+        if not prefix:
+            return (), input_ids, attention_mask
+        # Each row's rest is its last `lengths - len(prefix)` tokens: keep the last `rest`
+        # columns and mask what in them is still another row's padding or the start.
+        rest = int(lengths.max()) - len(prefix)
+        mask = torch.arange(rest) >= (rest - (lengths - len(prefix)))[:, None]
+        tail = torch.where(mask, ids[:, width - rest :], 0)
+        return (
+            prefix,
+            tail.to(input_ids.device),
+            mask.to(device=attention_mask.device, dtype=attention_mask.dtype),
+        )
 
     def _write_prefix(self, cache: Any, prefix: tuple[int, ...], batch: int) -> None:
         """Write ``prefix``'s keys and values (kept, or computed now for one row) into every
