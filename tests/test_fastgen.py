@@ -436,7 +436,7 @@ def test_after_warm_up_no_call_compiles(tiny_llama):
     # The warm-up kept the template's start (up to the title, cut to whole length buckets),
     # which every prompt begins with.
     wool, mouse = (tok(describer.template.render(t)).input_ids for t in ("Wool socks", "Mouse"))
-    common = next(i for i, (a, b) in enumerate(zip(wool, mouse)) if a != b)
+    common = next(i for i, (a, b) in enumerate(zip(wool, mouse, strict=False)) if a != b)
     assert any(
         wool[: len(start)] == mouse[: len(start)] == list(start) and common - len(start) < 8
         for start in describer._fast._prefixes

@@ -128,7 +128,9 @@ class Describer:
             cache for later processes), and the first call of each further shape (batch
             size, prompt length rounded up to 32 tokens, ``max_new_tokens``) records its CUDA
             graphs, compiling again while sizes turn symbolic; later calls replay them. A
-            service calls :meth:`warm_up` before it takes traffic. The model is changed in
+            service calls :meth:`warm_up` before it takes traffic. The start all prompts of a
+            batch share (the template's instruction) is computed once and kept (see
+            ``share_prefix`` there). The model is changed in
             place, computing the same values: its SDPA attention is switched to
             :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``

@@ -8,7 +8,9 @@ argmax and the EOS bookkeeping included, is compiled (``torch.compile``), and a 
 ``check_every`` steps is recorded as one CUDA graph and replayed. The host launches one graph
 per 16 tokens instead of hundreds of kernels per token, and waits for the GPU only between two
 graphs, to see whether every sequence is done. The prompt's forward is compiled too (its
-element-wise kernels fused), but not recorded: its shape varies from call to call.
+element-wise kernels fused), but not recorded: its shape varies from call to call. The start
+that every prompt of a batch shares (a template's instruction) is computed once, for one row,
+kept, and copied into every row's cache: the prompt's forward runs over the rest only.
 
 Decode-step attention reads the grouped KV cache as it is (:func:`grouped_decode_attention`):
 transformers' SDPA path expands every KV head to all its query heads whenever a mask is given,
