@@ -133,27 +133,44 @@ def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
             assert shapes[0][0] == len(titles) and shapes[0][1] >= enc.input_ids.shape[1]
 
 
-def test_a_kept_prompt_start_serves_a_batch_of_one_until_the_weights_change(tiny_llama):
+def test_a_kept_prompt_start_serves_later_batches_until_the_weights_change(tiny_llama):
     from productdesc.fastgen import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
-    batch = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
-    assert torch.equal(decode(decoder, tok, batch, 9), greedy(model, tok, batch, 9))
-    one = tok([HEAD + "wool socks"], return_tensors="pt")
-    ref = greedy(model, tok, one, 9)
+
+    def batch(*titles):
+        return tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
+
+    first = batch("soft cotton blanket", "mouse")
+    assert torch.equal(decode(decoder, tok, first, 9), greedy(model, tok, first, 9))
+    # These share more than the head ("wool"), but the kept start serves them: no forward of
+    # one row, and the batch's forward starts after it.
+    later = batch("wool socks", "wool hat")
+    ref = greedy(model, tok, later, 9)
     with fed(model) as shapes:
-        assert torch.equal(decode(decoder, tok, one, 9), ref)
-    assert shapes[0][1] < one.input_ids.shape[1]  # the start came from the batch
-    assert all(n == 1 for _, n in shapes[1:])
+        assert torch.equal(decode(decoder, tok, later, 9), ref)
+    assert shapes[0][0] == 2 and shapes[0][1] < later.input_ids.shape[1]
 
     with torch.no_grad():  # as a training step would, in place
         model.model.layers[0].self_attn.k_proj.weight.mul_(-1)
-    changed = greedy(model, tok, one, 9)
+    changed = greedy(model, tok, later, 9)
     assert not torch.equal(changed, ref)
     with fed(model) as shapes:
-        assert torch.equal(decode(decoder, tok, one, 9), changed)
-    # Nothing kept: a batch of one runs its whole prompt.
+        assert torch.equal(decode(decoder, tok, later, 9), changed)
+    assert shapes[0][0] == 1  # the start computed again, for one row
+
+
+def test_a_batch_of_one_runs_its_whole_prompt(tiny_llama):
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = sharp(tiny_llama)
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
+    two = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
+    decode(decoder, tok, two, 4)  # keeps the head
+    one = tok([HEAD + "wool socks"], return_tensors="pt")
+    with fed(model) as shapes:
+        assert torch.equal(decode(decoder, tok, one, 9), greedy(model, tok, one, 9))
     assert shapes[0] == (1, one.input_ids.shape[1] + (-one.input_ids.shape[1] % 8))
 
 

@@ -338,16 +338,16 @@ class Describer:
         model on an H200. Three greedy calls here (one short prompt, one a length bucket
         longer, then both together) leave every size symbolic: afterwards no call compiles,
         and a new shape only records its CUDA graphs on its first call. The last call also
-        leaves the template's start computed, so later prompts, one at a time included, run
-        their forward over the title and what follows only. A service calls this before it
-        takes traffic. Without the fast path (see ``fast``) it does nothing.
+        leaves the template's start computed, so later batches run their forward over the
+        title and what follows only. A service calls this before it takes traffic. Without
+        the fast path (see ``fast``) it does nothing.
         """
         fast = self._fast
         if fast is None:
             return
         short = self._render("warm up", None)
         # Titles with different first words: their batch keeps the template's own start
-        # (the fast path's ``share_prefix``) for later calls, a batch of one included.
+        # (the fast path's ``share_prefix``) for later batches.
         longer = self._render(" ".join(["ready"] * fast.length_bucket), None)
         # Greedy (the defaults), and long enough to run the decode step and record a graph:
         # min_new_tokens keeps EOS back.
