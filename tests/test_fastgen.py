@@ -161,6 +161,50 @@ def test_a_kept_prompt_start_serves_later_batches_until_the_weights_change(tiny_
     assert shapes[0][0] == 1  # the start computed again, for one row
 
 
+def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
+    """Rows given as tokens: a kept start that one row lacks, a row that is exactly a kept
+    start, a third row that differs early, several kept starts (the longest that fits is
+    used; beyond max_shapes the least recently used is dropped). Every answer is generate's."""
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = sharp(tiny_llama)
+    pad = tok.pad_token_id
+
+    def left_padded(rows):
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return type("Enc", (dict,), {"__getattr__": dict.__getitem__})(
+            input_ids=ids, attention_mask=mask
+        )
+
+    def check(decoder, rows):
+        enc = left_padded(rows)
+        ref = greedy(model, tok, enc, 6)
+        with fed(model) as shapes:
+            assert torch.equal(decode(decoder, tok, enc, 6), ref)
+        return shapes
+
+    k, x = list(range(100, 116)), list(range(300, 316))  # two 16-token starts
+    longer = [*k, *range(200, 208)]
+    decoder = StaticGreedyDecoder(
+        model, compile_mode=None, length_bucket=8, check_every=4, max_shapes=2
+    )
+    assert check(decoder, [[*longer, 5], [*longer, 6, 7]])[0] == (1, 24)  # kept
+    assert check(decoder, [[*k, 9, 9, 9], [*x, 9, 9, 9]])[0] == (2, 24)  # nothing shared
+    assert check(decoder, [[*k, 5], [*k, 6]])[0] == (1, 16)  # k kept too
+    # Both kept starts fit: the longer one is used, leaving one token (a bucket of 8).
+    assert check(decoder, [[*longer, 8], [*longer, 9]])[0] == (2, 8)
+    # A row that is exactly k keeps its last token: 8 tokens shared, a third start kept,
+    # and k, the least recently used, dropped.
+    assert check(decoder, [k, [*k, 7, 8, 9]])[0] == (1, 8)
+    assert check(decoder, [[*k, 5], [*k, 6]])[0] == (2, 16)  # the 8-token start serves
+    assert check(decoder, [[*k, 5], [*k, 6], [*x, 7]])[0] == (3, 24)  # the third row differs
+
+
 def test_a_batch_of_one_runs_its_whole_prompt(tiny_llama):
     from productdesc.fastgen import StaticGreedyDecoder
 

@@ -321,7 +321,10 @@ class StaticGreedyDecoder:
     CUDA graphs record where the weights are. When the model's parameters have moved or
     changed since the last call (``.to()``, a new ``state_dict`` assigned or loaded, a
     training step), the recorded shapes and kept prompt starts are dropped and the
-    projections fused again before decoding.
+    projections fused again before decoding. Two kinds of change cannot be seen: edits
+    through ``.data`` (PEFT's ``merge_adapter`` makes them; they count no version), and
+    switching a PEFT adapter on or off, which changes no weight and which a recorded graph
+    would not follow either. After those, build a new decoder (or ``Describer``).
 
     Raises:
         ValueError: The model has sliding-window, chunked or linear-attention layers, whose
