@@ -307,8 +307,10 @@ class StaticGreedyDecoder:
             template's instruction, at least ``length_bucket`` of them), their keys and values
             are computed once, for one row, kept for later calls (``max_shapes`` such starts,
             dropped when the weights change) and copied into every row's cache; the prompt's
-            forward then runs over the rest of each prompt only. The answers are those of
-            the whole prompt: the same positions, the same attention. A batch of one runs
+            forward then runs over the rest of each prompt only. It computes what the
+            whole prompt's forward computes (the same positions, the same attention); in
+            16-bit the start's keys, computed eagerly for one row, may round differently, as
+            any two kernels may. A batch of one runs
             its whole prompt: its forward is bound by kernel launches, not by the prompt's
             length, and copying the start in cost 1.5–3.5 ms more than it saved on an H200.
 
@@ -557,11 +559,13 @@ class StaticGreedyDecoder:
         """
         import torch
 
+        if not self.share_prefix or len(input_ids) < 2:
+            return (), input_ids, attention_mask
         bucket = self.length_bucket
         ids, real = input_ids.cpu(), attention_mask.bool().cpu()
         lengths = real.sum(1)
         room = int(lengths.min()) - 1
-        if not self.share_prefix or room < bucket or len(ids) < 2:
+        if room < bucket:
             return (), input_ids, attention_mask
         # The first `room` tokens of every row, side by side (the rows are left-padded).
         width = ids.shape[1]
