@@ -165,6 +165,8 @@ def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
     """Rows given as tokens: a kept start that one row lacks, a row that is exactly a kept
     start, a third row that differs early, several kept starts (the longest that fits is
     used; beyond max_shapes the least recently used is dropped). Every answer is generate's."""
+    from transformers import BatchEncoding
+
     from productdesc.fastgen import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
@@ -177,9 +179,7 @@ def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
         for i, row in enumerate(rows):
             ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
-        return type("Enc", (dict,), {"__getattr__": dict.__getitem__})(
-            input_ids=ids, attention_mask=mask
-        )
+        return BatchEncoding({"input_ids": ids, "attention_mask": mask})
 
     def check(decoder, rows):
         enc = left_padded(rows)
