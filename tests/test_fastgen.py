@@ -161,6 +161,27 @@ def test_a_kept_prompt_start_serves_later_batches_until_the_weights_change(tiny_
     assert shapes[0][0] == 1  # the start computed again, for one row
 
 
+def test_a_peft_adapter_switched_off_and_on_between_calls(tiny_llama):
+    """Switching an unmerged LoRA adapter off changes the answers without changing a weight:
+    kept starts (and recorded graphs) must not outlive the switch."""
+    from peft import LoraConfig, get_peft_model
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = sharp(tiny_llama)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj"], init_lora_weights=False)
+    model = get_peft_model(model, lora).eval()
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
+    enc = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
+    with_adapter = greedy(model, tok, enc, 9)
+    assert torch.equal(decode(decoder, tok, enc, 9), with_adapter)
+    with model.disable_adapter():
+        without = greedy(model, tok, enc, 9)
+        assert not torch.equal(without, with_adapter)
+        assert torch.equal(decode(decoder, tok, enc, 9), without)
+    assert torch.equal(decode(decoder, tok, enc, 9), with_adapter)
+
+
 def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
     """Rows given as tokens: a kept start that one row lacks, a row that is exactly a kept
     start, a third row that differs early, several kept starts (the longest that fits is

@@ -323,10 +323,9 @@ class StaticGreedyDecoder:
     CUDA graphs record where the weights are. When the model's parameters have moved or
     changed since the last call (``.to()``, a new ``state_dict`` assigned or loaded, a
     training step), the recorded shapes and kept prompt starts are dropped and the
-    projections fused again before decoding. Two kinds of change cannot be seen: edits
-    through ``.data`` (PEFT's ``merge_adapter`` makes them; they count no version), and
-    switching a PEFT adapter on or off, which changes no weight and which a recorded graph
-    would not follow either. After those, build a new decoder (or ``Describer``).
+    projections fused again before decoding; so they are when a PEFT adapter is switched
+    off, on or to another. Edits through ``.data`` cannot be seen (they count no version):
+    after one that changes what the model computes, build a new decoder (or ``Describer``).
 
     Raises:
         ValueError: The model has sliding-window, chunked or linear-attention layers, whose
@@ -644,13 +643,21 @@ def _kind(model: Any) -> tuple:
 
 
 def _where(model: Any) -> tuple:
-    """Where and how each parameter is stored, and its count of in-place changes: a change
-    means recorded graphs or kept keys and values are stale. (Inference tensors count no
-    changes: they cannot be changed outside ``inference_mode``.)"""
-    return tuple(
+    """Where and how each parameter is stored, its count of in-place changes, and which PEFT
+    adapters are on: a change means recorded graphs or kept keys and values are stale.
+    (Inference tensors count no changes: they cannot be changed outside ``inference_mode``.)
+    """
+    params = tuple(
         (p.data_ptr(), p.dtype, p.device, -1 if p.is_inference() else p._version)
         for p in model.parameters()
     )
+    # A PEFT adapter switched off, on or to another changes the forward but no weight.
+    adapters = tuple(
+        (name, module.disable_adapters, tuple(module.active_adapters))
+        for name, module in model.named_modules()
+        if hasattr(module, "merged_adapters")  # peft's BaseTunerLayer
+    )
+    return params, adapters
 
 
 def _pick(logits, done, eos_bias, ids):
