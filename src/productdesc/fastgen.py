@@ -364,6 +364,8 @@ class StaticGreedyDecoder:
         self.fuse = fuse
         self.model = model
         self._weights: tuple = ()
+        self._params: tuple = ()
+        self._tuners: list = []  # peft's BaseTunerLayer modules
         self.check_every = check_every
         self.length_bucket = length_bucket
         self.share_prefix = share_prefix
@@ -466,14 +468,15 @@ class StaticGreedyDecoder:
         import torch
 
         model = self.model
-        if self._weights != _where(model):
-            # First call, or the parameters moved or changed: recorded graphs would read stale
-            # memory, kept prompt starts would hold stale keys and values.
+        if self._weights != self._state():
+            # First call, or the parameters moved or changed, or an adapter was switched:
+            # recorded graphs would read stale memory or run the old forward, kept prompt
+            # starts would hold stale keys and values.
             self._slots.clear()
             self._prefixes.clear()
             if self.fuse:
                 _fuse_projections(model)
-            self._weights = _where(model)
+            self._weights = self._state()
         prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
         # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
         extra = -input_ids.shape[1] % self.length_bucket
@@ -544,6 +547,16 @@ class StaticGreedyDecoder:
             if bool(ended.any(-1).all()):
                 result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
+
+    def _state(self) -> tuple:
+        """What recorded graphs and kept starts were made for: each parameter's storage and
+        count of in-place changes (:func:`_where`), and which PEFT adapters are on, since
+        switching one off, on or to another changes the forward but no weight."""
+        params = _where(self.model)
+        if params != self._params:  # adapters come and go with parameters: look again
+            self._params = params
+            self._tuners = [m for m in self.model.modules() if hasattr(m, "merged_adapters")]
+        return params, tuple((m.disable_adapters, tuple(m.active_adapters)) for m in self._tuners)
 
     def _split_prefix(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -643,21 +656,12 @@ def _kind(model: Any) -> tuple:
 
 
 def _where(model: Any) -> tuple:
-    """Where and how each parameter is stored, its count of in-place changes, and which PEFT
-    adapters are on: a change means recorded graphs or kept keys and values are stale.
-    (Inference tensors count no changes: they cannot be changed outside ``inference_mode``.)
-    """
-    params = tuple(
+    """Where and how each parameter is stored, and its count of in-place changes. (Inference
+    tensors count no changes: they cannot be changed outside ``inference_mode``.)"""
+    return tuple(
         (p.data_ptr(), p.dtype, p.device, -1 if p.is_inference() else p._version)
         for p in model.parameters()
     )
-    # A PEFT adapter switched off, on or to another changes the forward but no weight.
-    adapters = tuple(
-        (name, module.disable_adapters, tuple(module.active_adapters))
-        for name, module in model.named_modules()
-        if hasattr(module, "merged_adapters")  # peft's BaseTunerLayer
-    )
-    return params, adapters
 
 
 def _pick(logits, done, eos_bias, ids):
