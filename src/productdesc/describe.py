@@ -131,9 +131,8 @@ class Describer:
             service calls :meth:`warm_up` before it takes traffic. The start all prompts of a
             batch share (the template's instruction) is computed once and kept (see
             ``share_prefix`` there); weights changed through ``.data`` after the first call
-            are not seen (build a new ``Describer``). The
-            model is changed in place, computing the same values: its SDPA attention is
-            switched to
+            are not seen (build a new ``Describer``). The model is changed in place,
+            computing the same values: its SDPA attention is switched to
             :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``
             unchanged). Models with sliding-window layers decode with ``generate`` (with
