@@ -23,13 +23,29 @@ def model_and_tokenizer(tiny_llama):
     return load(tiny_llama)
 
 
+def greedy(model, enc, **options):
+    """``model.generate``'s greedy new tokens for ``enc``."""
+    return model.generate(**enc, do_sample=False, **options)[:, enc.input_ids.shape[1] :]
+
+
+def decode(decoder, enc, **options):
+    """The decoder's new tokens for ``enc``."""
+    return decoder.generate(enc.input_ids, enc.attention_mask, **options)
+
+
+def options(tok, max_new_tokens):
+    """Both calls' options: ``tok``'s EOS and pad, ``max_new_tokens``."""
+    return dict(
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=max_new_tokens
+    )
+
+
 def assert_same_as_generate(model, decoder, enc, *, eos, pad, max_new_tokens, min_new_tokens=0):
     """The decoder's new tokens for ``enc`` equal ``model.generate``'s greedy ones; returns them."""
-    ids = dict(eos_token_id=eos, pad_token_id=pad)
-    lengths = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
-    ref = model.generate(**enc, do_sample=False, **lengths, **ids)
-    out = decoder.generate(enc.input_ids, enc.attention_mask, **lengths, **ids)
-    assert torch.equal(out, ref[:, enc.input_ids.shape[1] :])
+    kwargs = dict(eos_token_id=eos, pad_token_id=pad, max_new_tokens=max_new_tokens)
+    ref = greedy(model, enc, min_new_tokens=min_new_tokens, **kwargs)
+    out = decode(decoder, enc, min_new_tokens=min_new_tokens, **kwargs)
+    assert torch.equal(out, ref)
     return out
 
 
@@ -93,18 +109,6 @@ def fed(model):
         hook.remove()
 
 
-def greedy(model, tok, enc, max_new_tokens):
-    """``model.generate``'s greedy new tokens for ``enc``."""
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, **ids)
-    return out[:, enc.input_ids.shape[1] :]
-
-
-def decode(decoder, tok, enc, max_new_tokens):
-    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return decoder.generate(enc.input_ids, enc.attention_mask, max_new_tokens=max_new_tokens, **ids)
-
-
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"] * 3])
 def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
     """Prompts that start alike (a template's instruction): one row computes the start, the
@@ -114,13 +118,13 @@ def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
 
     model, tok = sharp(tiny_llama)
     enc = tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
-    ref = greedy(model, tok, enc, 9)
+    ref = greedy(model, enc, **options(tok, 9))
     for share in (True, False):
         decoder = StaticGreedyDecoder(
             model, compile_mode=None, length_bucket=8, check_every=4, share_prefix=share
         )
         with fed(model) as shapes:
-            assert torch.equal(decode(decoder, tok, enc, 9), ref)
+            assert torch.equal(decode(decoder, enc, **options(tok, 9)), ref)
         if share:
             head_len = len(tok(HEAD).input_ids)
             longest = max(len(tok(t, add_special_tokens=False).input_ids) for t in titles)
@@ -143,21 +147,23 @@ def test_a_kept_prompt_start_serves_later_batches_until_the_weights_change(tiny_
         return tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
 
     first = batch("soft cotton blanket", "mouse")
-    assert torch.equal(decode(decoder, tok, first, 9), greedy(model, tok, first, 9))
+    assert torch.equal(
+        decode(decoder, first, **options(tok, 9)), greedy(model, first, **options(tok, 9))
+    )
     # These share more than the head ("wool"), but the kept start serves them: no forward of
     # one row, and the batch's forward starts after it.
     later = batch("wool socks", "wool hat")
-    ref = greedy(model, tok, later, 9)
+    ref = greedy(model, later, **options(tok, 9))
     with fed(model) as shapes:
-        assert torch.equal(decode(decoder, tok, later, 9), ref)
+        assert torch.equal(decode(decoder, later, **options(tok, 9)), ref)
     assert shapes[0][0] == 2 and shapes[0][1] < later.input_ids.shape[1]
 
     with torch.no_grad():  # as a training step would, in place
         model.model.layers[0].self_attn.k_proj.weight.mul_(-1)
-    changed = greedy(model, tok, later, 9)
+    changed = greedy(model, later, **options(tok, 9))
     assert not torch.equal(changed, ref)
     with fed(model) as shapes:
-        assert torch.equal(decode(decoder, tok, later, 9), changed)
+        assert torch.equal(decode(decoder, later, **options(tok, 9)), changed)
     assert shapes[0][0] == 1  # the start computed again, for one row
 
 
@@ -173,13 +179,13 @@ def test_a_peft_adapter_switched_off_and_on_between_calls(tiny_llama):
     model = get_peft_model(model, lora).eval()
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
     enc = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
-    with_adapter = greedy(model, tok, enc, 9)
-    assert torch.equal(decode(decoder, tok, enc, 9), with_adapter)
+    with_adapter = greedy(model, enc, **options(tok, 9))
+    assert torch.equal(decode(decoder, enc, **options(tok, 9)), with_adapter)
     with model.disable_adapter():
-        without = greedy(model, tok, enc, 9)
+        without = greedy(model, enc, **options(tok, 9))
         assert not torch.equal(without, with_adapter)
-        assert torch.equal(decode(decoder, tok, enc, 9), without)
-    assert torch.equal(decode(decoder, tok, enc, 9), with_adapter)
+        assert torch.equal(decode(decoder, enc, **options(tok, 9)), without)
+    assert torch.equal(decode(decoder, enc, **options(tok, 9)), with_adapter)
 
 
 def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
@@ -204,9 +210,9 @@ def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
 
     def check(decoder, rows):
         enc = left_padded(rows)
-        ref = greedy(model, tok, enc, 6)
+        ref = greedy(model, enc, **options(tok, 6))
         with fed(model) as shapes:
-            assert torch.equal(decode(decoder, tok, enc, 6), ref)
+            assert torch.equal(decode(decoder, enc, **options(tok, 6)), ref)
         return shapes
 
     k, x = list(range(100, 116)), list(range(300, 316))  # two 16-token starts
@@ -232,10 +238,12 @@ def test_a_batch_of_one_runs_its_whole_prompt(tiny_llama):
     model, tok = sharp(tiny_llama)
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
     two = tok([HEAD + "soft cotton blanket", HEAD + "mouse"], return_tensors="pt", padding=True)
-    decode(decoder, tok, two, 4)  # keeps the head
+    decode(decoder, two, **options(tok, 4))  # keeps the head
     one = tok([HEAD + "wool socks"], return_tensors="pt")
     with fed(model) as shapes:
-        assert torch.equal(decode(decoder, tok, one, 9), greedy(model, tok, one, 9))
+        assert torch.equal(
+            decode(decoder, one, **options(tok, 9)), greedy(model, one, **options(tok, 9))
+        )
     assert shapes[0] == (1, one.input_ids.shape[1] + (-one.input_ids.shape[1] % 8))
 
 
