@@ -310,9 +310,9 @@ class StaticGreedyDecoder:
             forward then runs over the rest of each prompt only. It computes what the
             whole prompt's forward computes (the same positions, the same attention); in
             16-bit the start's keys, computed eagerly for one row, may round differently, as
-            any two kernels may. A batch of one runs
-            its whole prompt: its forward is bound by kernel launches, not by the prompt's
-            length, and copying the start in cost 1.5–3.5 ms more than it saved on an H200.
+            any two kernels may. A batch of one runs its whole prompt: its forward is bound
+            by kernel launches, not by the prompt's length, and copying the start in cost
+            1.5–3.5 ms more than it saved on an H200.
 
     Compilation: torch compiles the first shape as it is, then makes one size symbolic each
     time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
