@@ -19,6 +19,8 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``describer_fast_eagerprefill_bf16``: the fast path with the prompt's forward not compiled;
 * ``describer_fast_noprefix_bf16``: the fast path computing the prompts' shared start (the
   template's instruction) for every row instead of once;
+* ``describer_fast_nokernel_bf16``: the fast path with transformers' decode-step attention
+  (rotary embedding, cache write, SDPA) instead of the fused Triton kernel;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
@@ -189,6 +191,8 @@ def worker(spec: dict, out_path: str) -> None:
             custom["compile_prefill"] = False
         if "noprefix" in name:
             custom["share_prefix"] = False
+        if "nokernel" in name:
+            custom["attention_kernel"] = False
         describer = Describer.from_pretrained(
             spec["model_dir"],
             backend="transformers",
