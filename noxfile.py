@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s demo`` (the main job, offline, CPU), ``nox -s tests``, ``lint``, ``docs``.
+"""Sessions: ``nox -s demo`` (the main job, offline, CPU), ``nox -s tests kernels``, ``lint``,
+``docs``.
 
 The install steps are the recipe in ../shared/STACK.md: torch first (a CPU build; a bare
 ``torch`` requirement would pull a multi-GB CUDA build), then the stack pinned to what unsloth
@@ -12,7 +13,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests"]
+nox.options.sessions = ["tests", "kernels"]
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
@@ -24,6 +25,7 @@ STACK = [
     "datasets==4.8.5",
     "accelerate==1.15.0",
 ]
+TRITON = "triton==3.9.0"
 UNSLOTH = ["bitsandbytes==0.50.2", "unsloth==2026.10.9", "unsloth_zoo==2026.10.9"]
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
@@ -51,6 +53,19 @@ def tests(session: nox.Session) -> None:
     if os.path.isdir("examples/plugin_example"):
         session.install("--no-deps", "-e", "examples/plugin_example")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def kernels(session: nox.Session) -> None:
+    """The Triton kernels' tests, run by Triton's interpreter on CPU tensors.
+
+    Their own environment: Triton beside a CPU torch breaks ``import unsloth`` (see above),
+    and the kernels need neither Unsloth nor a GPU here.
+    """
+    _install_stack(session, "dev", unsloth=False)
+    session.install(TRITON)
+    env = {**OFFLINE, "TRITON_INTERPRET": "1"}
+    session.run("pytest", *(session.posargs or ["-q", "tests/test_fused_decode.py"]), env=env)
 
 
 @nox.session(python=PYTHON)

@@ -101,6 +101,11 @@ def test_the_token_attends_to_itself_even_where_the_cache_held_other_values():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.skipif(
+    not INTERPRET,
+    reason="float32, whose answers can be compared token for token, runs the kernel only under "
+    "the interpreter (on CUDA it takes transformers' path); generate_speed.py checks bf16 on a GPU",
+)
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"]])
 def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monkeypatch):
     """The kernel serves every decode step of every layer, the prompt's forward stays
