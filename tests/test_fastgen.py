@@ -435,6 +435,102 @@ def test_refuses_a_model_with_sliding_window_layers(tiny_llama):
         Describer(model, tok, fast=True)
 
 
+def test_the_attention_kernel_is_taken_only_where_it_computes_the_same(tiny_llama):
+    """A decode step of a fused Llama layer on a static cache, with a boolean or no mask, takes
+    the kernel; anything else (a float mask, a prompt, another cache or layer, training, an
+    unsupported dtype or head size, no kernel) takes transformers' path."""
+    import types
+
+    from transformers import DynamicCache, StaticCache
+    from transformers.cache_utils import StaticSlidingWindowLayer
+
+    from productdesc.fastgen import _decode_kernel, _fuse_projections, _fused_products
+
+    model, _ = load(tiny_llama)
+    _fuse_projections(model)
+    module = model.model.layers[0].self_attn
+    module.config._attn_implementation = "productdesc_grouped_decode"
+    dim, length = module.head_dim, 12
+    served = []
+    kernel = types.SimpleNamespace(
+        supported=lambda dtype, device, head_dim: served.append(head_dim) or True,
+        decode_attention=object(),
+    )
+
+    class Subclass(StaticCache):
+        pass
+
+    def static(kind=StaticCache, layer=None, written=True):
+        cache = kind(config=model.config, max_cache_len=length)
+        cache.layers[0] = layer or cache.layers[0]
+        kv = torch.zeros(2, model.config.num_key_value_heads, 1, dim)
+        if written:
+            cache.layers[0].lazy_initialization(kv, kv)
+        return cache
+
+    base = dict(
+        hidden_states=torch.zeros(2, 1, model.config.hidden_size),
+        cos=torch.zeros(2, 1, dim),
+        mask=torch.ones(2, 1, 1, length, dtype=torch.bool),
+        cache=static(),
+        kwargs={"cache_position": torch.tensor([3])},
+    )
+
+    def taken(**changes):
+        with _fused_products(kernel):
+            return _decode_kernel(module, **{**base, **changes}) is kernel.decode_attention
+
+    assert taken() and taken(mask=None) and served == [dim, dim]
+    assert not _decode_kernel(module, **base)  # outside the decoder's calls
+    offloading = static()
+    offloading.offloading = True
+    for change in (
+        dict(mask=torch.zeros(2, 1, 1, length)),  # additive
+        dict(hidden_states=torch.zeros(2, 3, model.config.hidden_size)),
+        dict(kwargs={}),
+        dict(cos=torch.zeros(2, 1, dim // 2)),  # rotary over part of the head
+        dict(cache=DynamicCache(config=model.config)),
+        dict(cache=static(written=False)),
+        dict(cache=static(layer=StaticSlidingWindowLayer(max_cache_len=length, sliding_window=4))),
+        dict(cache=static(kind=Subclass)),
+        dict(cache=offloading),
+    ):
+        assert not taken(**change), change
+    module.train()
+    assert not taken()
+    module.eval()
+    kernel.supported = lambda *args: False
+    assert not taken()
+
+
+def test_fused_calls_of_two_threads_do_not_mix():
+    """The switches that compiled code reads are one thread's at a time, and restored after."""
+    import threading
+    import time
+
+    from productdesc import fastgen
+
+    inside, seen = threading.Event(), {}
+
+    def use(kernel, wait):
+        with fastgen._fused_products(kernel):
+            inside.set()
+            time.sleep(wait)
+            seen[kernel] = fastgen._attention_kernel
+
+    # Unserialised, the second would switch the first's kernel, the first's exit would switch
+    # off the second's, and the second's exit would leave the first's on for good.
+    first = threading.Thread(target=use, args=("first", 0.2))
+    first.start()
+    inside.wait()
+    second = threading.Thread(target=use, args=("second", 0.4))
+    second.start()
+    first.join()
+    second.join()
+    assert seen == {"first": "first", "second": "second"}
+    assert (fastgen._fusion_on, fastgen._attention_kernel) == (False, None)
+
+
 def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tokenizer):
     from productdesc.fastgen import StaticGreedyDecoder
 

@@ -86,6 +86,29 @@ def test_kernel_matches_its_torch_statement(
     assert args["counter"].item() == 8
 
 
+def test_rotary_factors_of_one_row_serve_the_batch():
+    """transformers gives ``cos``/``sin`` of one row when no position ids were passed."""
+    heads, kv_heads, dim = 4, 2, 16
+    args = inputs(3, heads, kv_heads, 20, dim, DTYPES[0])
+    args["cos"], args["sin"] = args["cos"][:1], args["sin"][:1]
+    expanded = {k: v.clone() for k, v in args.items()}
+    expanded["cos"], expanded["sin"] = args["cos"].expand(3, 1, dim), args["sin"].expand(3, 1, dim)
+    where = torch.tensor([9], device=DEVICE)
+    out = fused_decode.decode_attention(**args, mask=None, position=where, heads=heads, scale=0.25)
+    ref = fused_decode.reference(**expanded, mask=None, position=where, heads=heads, scale=0.25)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_cases_are_refused():
+    """A head size that is no power of two, or outside 16..256, and on the wrong device."""
+    dtype, device = DTYPES[0], torch.device(DEVICE)
+    assert fused_decode.supported(dtype, device, 64)
+    for dim in (8, 24, 80, 512):
+        assert not fused_decode.supported(dtype, device, dim)
+    other = torch.device("cuda" if INTERPRET else "cpu")
+    assert not fused_decode.supported(dtype, other, 64)
+
+
 def test_the_token_attends_to_itself_even_where_the_cache_held_other_values():
     """The token's own key comes from the product, not from a stale cache row: with every
     earlier position masked, the output is the token's value for every query head."""
@@ -130,3 +153,8 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
         )
     steps = 2 * (out.shape[1] - 1)  # the first token of each call comes from the prompt
     assert len(calls) >= steps * model.config.num_hidden_layers > 0
+    # The kernel writes at the step's cache position and advances the layer's counter, from
+    # which transformers takes the next step's mask offset: the two must stay equal.
+    (slot,) = decoder._slots.values()
+    for layer in slot.cache.layers:
+        assert layer.cumulative_length.item() == slot.cache_position.item()

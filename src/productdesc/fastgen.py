@@ -12,9 +12,11 @@ element-wise kernels fused), but not recorded: its shape varies from call to cal
 that every prompt of a batch shares (a template's instruction) is computed once, for one row,
 kept, and copied into every row's cache: the prompt's forward runs over the rest only.
 
-Decode-step attention reads the grouped KV cache as it is (:func:`grouped_decode_attention`):
-transformers' SDPA path expands every KV head to all its query heads whenever a mask is given,
-which copies the whole static cache on every step, 8 times over for TinyLlama.
+In 16-bit on CUDA a decode step's attention in Llama layers is one Triton kernel
+(:mod:`productdesc.fused_decode`: rotary embedding, cache write and attention). Otherwise it
+reads the grouped KV cache as it is (:func:`grouped_decode_attention`): transformers' SDPA path
+expands every KV head to all its query heads whenever a mask is given, which copies the whole
+static cache on every step, 8 times over for TinyLlama.
 
 Only greedy decoding is handled; :class:`~productdesc.describe.Describer` uses the plain
 ``generate`` for sampling. The output equals ``generate(do_sample=False)`` token for token in
@@ -183,19 +185,23 @@ def _still_fused(module: Any, linears: list) -> bool:
 _fusion_on = False
 _attention_kernel: Any = None
 _CAPTURE_LOCK = threading.Lock()
+# Held while the two globals above are set: compiled code reads them (dynamo guards on their
+# values), so they cannot be per thread, and a second thread must not see or undo the first's.
+_FUSION_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
 def _fused_products(kernel: Any = None) -> Iterator[None]:
     """Let fused layers use their one product, and ``kernel`` (:func:`_load_kernel`) for
-    decode steps' attention where it applies (the decoder's calls only)."""
+    decode steps' attention where it applies (the decoder's calls only, one thread at a time)."""
     global _fusion_on, _attention_kernel
-    previous = _fusion_on, _attention_kernel
-    _fusion_on, _attention_kernel = True, kernel
-    try:
-        yield
-    finally:
-        _fusion_on, _attention_kernel = previous
+    with _FUSION_LOCK:
+        previous = _fusion_on, _attention_kernel
+        _fusion_on, _attention_kernel = True, kernel
+        try:
+            yield
+        finally:
+            _fusion_on, _attention_kernel = previous
 
 
 def _load_kernel() -> Any:
@@ -233,6 +239,7 @@ def _decode_kernel(
     (a one-token step on a static cache, rotary embedding over the whole head, a boolean or no
     mask, a kernel for this device and dtype), else ``None``."""
     import torch
+    from transformers import StaticCache
     from transformers.cache_utils import StaticLayer
 
     kernel = _attention_kernel
@@ -244,7 +251,8 @@ def _decode_kernel(
         or not isinstance(kwargs.get("cache_position"), torch.Tensor)
         or cos.shape[-1] != module.head_dim
         or not (mask is None or (mask.dtype == torch.bool and mask.shape[-2] == 1))
-        or cache is None
+        or type(cache) is not StaticCache  # an offloading or quantized cache acts on update()
+        or getattr(cache, "offloading", False)
         or type(cache.layers[module.layer_idx]) is not StaticLayer
         or not cache.layers[module.layer_idx].is_initialized
         or not kernel.supported(hidden_states.dtype, hidden_states.device, module.head_dim)

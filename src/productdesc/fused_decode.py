@@ -117,15 +117,12 @@ def _kernel(
 
 def supported(query_dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
     """Whether :func:`decode_attention` serves this case: CUDA, 16-bit, a power-of-two head size
-    (or, under Triton's interpreter, a CPU tensor of any floating dtype)."""
-    if _INTERPRET:
-        return device.type == "cpu" and query_dtype.is_floating_point
-    return (
-        device.type == "cuda"
-        and query_dtype in (torch.float16, torch.bfloat16)
-        and head_dim >= 16
-        and head_dim & (head_dim - 1) == 0
-    )
+    from 16 to 256 (or, under Triton's interpreter, a CPU tensor in float32 or float16)."""
+    if not (16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0):
+        return False
+    if _INTERPRET:  # whose bfloat16 arithmetic is not faithful
+        return device.type == "cpu" and query_dtype in (torch.float32, torch.float16)
+    return device.type == "cuda" and query_dtype in (torch.float16, torch.bfloat16)
 
 
 @triton_op("productdesc::decode_attention", mutates_args={"key_cache", "value_cache", "counter"})
@@ -192,7 +189,7 @@ def decode_attention(
     heads: int,
     scale: float,
     *,
-    block_l: int = 256,
+    block_l: int | None = None,
     num_warps: int = 4,
     num_stages: int = 1,
 ) -> torch.Tensor:
@@ -200,7 +197,8 @@ def decode_attention(
 
     Args:
         qkv: ``(B, (heads + 2 * H_KV) * D)``: the token's q, k and v products side by side.
-        cos, sin: ``(B, D)`` rotary factors for the token (transformers' ``rotate_half`` form).
+        cos, sin: ``(B or 1, [1,] D)`` rotary factors for the token (transformers'
+            ``rotate_half`` form).
         key_cache, value_cache: ``(B, H_KV, L, D)``; the token's rotated key and its value are
             written at ``position``.
         counter: The cache layer's count of written positions, advanced by one.
@@ -208,15 +206,20 @@ def decode_attention(
         position: ``(1,)`` int64, the token's cache position; positions after it are not read.
         heads: Query heads (a multiple of ``H_KV``).
         scale: Factor on the scores (``head_dim ** -0.5`` for Llama).
-        block_l, num_warps, num_stages: Triton launch settings; the defaults were the fastest
-            of 36 tried at batch 1 and 64 on an H200 (``benchmarks/decode_attention.py``).
+        block_l, num_warps, num_stages: Triton launch settings. The defaults were the fastest
+            of 36 tried at batch 1 and 64 on an H200 for a head size of 64
+            (``benchmarks/decode_attention.py``): 256 cache positions a block, fewer for larger
+            heads so that a block's keys stay the same size (16384 elements).
     """
+    batch, dim = qkv.shape[0], key_cache.shape[-1]
+    if block_l is None:
+        block_l = max(16, min(256, 16384 // dim))
     if mask is not None:  # (B or 1, [1, 1,] L) -> (B, L)
-        mask = mask.reshape(-1, mask.shape[-1]).expand(qkv.shape[0], -1)
+        mask = mask.reshape(-1, mask.shape[-1]).expand(batch, -1)
     return _op(
         qkv,
-        cos.reshape(cos.shape[0], -1),
-        sin.reshape(sin.shape[0], -1),
+        cos.reshape(-1, dim).expand(batch, -1),
+        sin.reshape(-1, dim).expand(batch, -1),
         key_cache,
         value_cache,
         counter,
@@ -245,7 +248,7 @@ def reference(
     """What :func:`decode_attention` computes, in torch operations (float32 arithmetic)."""
     batch, kv_heads, length, dim = key_cache.shape
     q, k, v = qkv.float().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-    c, s = cos.reshape(batch, 1, dim).float(), sin.reshape(batch, 1, dim).float()
+    c, s = cos.reshape(-1, 1, dim).float(), sin.reshape(-1, 1, dim).float()
 
     def rope(x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(batch, -1, dim)
