@@ -238,14 +238,16 @@ def _decode_kernel(
     """:func:`productdesc.fused_decode.decode_attention` when it computes this call's attention
     (a one-token step on a static cache, rotary embedding over the whole head, a boolean or no
     mask, a kernel for this device and dtype), else ``None``."""
-    import torch
-    from transformers import StaticCache
-    from transformers.cache_utils import StaticLayer
-
     kernel = _attention_kernel
+    if kernel is None:
+        return None
+    import torch
+
+    # Not transformers' top-level lazy names: compiled code cannot trace their lookup.
+    from transformers.cache_utils import StaticCache, StaticLayer
+
     if (
-        kernel is None
-        or hidden_states.shape[1] != 1
+        hidden_states.shape[1] != 1
         or module.training
         or module.config._attn_implementation != ATTENTION
         or not isinstance(kwargs.get("cache_position"), torch.Tensor)
