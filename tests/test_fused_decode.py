@@ -160,3 +160,34 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
     (slot,) = decoder._slots.values()
     for layer in slot.cache.layers:
         assert layer.cumulative_length.item() == slot.cache_position.item()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    INTERPRET, reason="torch.compile cannot trace the kernel under Triton's interpreter"
+)
+def test_compiled_decoder_with_the_kernel(tiny_llama):
+    """On a GPU: the compiled, graph-recorded decoder traces the kernel path whole
+    (``fullgraph``), keeps each layer's write counter at the cache position, and answers as
+    it does with transformers' attention. Not token for token: in bf16 two attention kernels
+    may round a near-tie apart."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc.fastgen import StaticGreedyDecoder
+    from test_fastgen import decode, options
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)
+    model.to(DEVICE).eval()
+    titles = ["soft cotton blanket", "mouse", "knife set with a block"]
+    enc = tok(titles, return_tensors="pt", padding=True).to(DEVICE)
+    answers = {}
+    for kernel in (True, False):
+        decoder = StaticGreedyDecoder(model, attention_kernel=kernel)
+        for _ in range(2):  # the second call replays the recorded graphs
+            answers[kernel] = decode(decoder, enc, **options(tok, 40), min_new_tokens=40)
+        (slot,) = decoder._slots.values()
+        for layer in slot.cache.layers:
+            assert layer.cumulative_length.item() == slot.cache_position.item()
+    assert answers[True].shape == (3, 40)
+    assert (answers[True] == answers[False]).float().mean() >= 0.9
