@@ -195,6 +195,11 @@ def decode_attention(
 ) -> torch.Tensor:
     """One token's attention output ``(B, heads * D)``, its key and value written to the cache.
 
+    Each head must be contiguous (last stride 1) in ``qkv``, ``cos``, ``sin`` and the caches,
+    and the two caches laid out alike, as transformers' ``StaticLayer`` allocates them: the
+    kernel steps through a head one element at a time and reads both caches with the keys'
+    strides. (Not checked here: the check would run inside the decoder's compiled step.)
+
     Args:
         qkv: ``(B, (heads + 2 * H_KV) * D)``: the token's q, k and v products side by side.
         cos, sin: ``(B or 1, [1,] D)`` rotary factors for the token (transformers'
