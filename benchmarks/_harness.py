@@ -106,3 +106,28 @@ def profile_call(run, *, rows: int = 25) -> dict:
     wall = time.perf_counter() - started
     prof.stop()
     return profile_summary(prof, wall, rows=rows)
+
+
+def graph_us(fn, reps: int) -> float:
+    """Microseconds one call of ``fn`` takes, recorded as one CUDA graph and replayed ``reps``
+    times (after PyTorch's warm-up recipe: two eager calls on a side stream)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / reps

@@ -20,31 +20,14 @@ from __future__ import annotations
 import itertools
 import sys
 
+from _harness import graph_us
+
 LAYERS, HEADS, KV_HEADS, LENGTH, DIM, POSITION = 22, 32, 4, 320, 64, 250
 
 
-def per_layer_us(fn, reps: int = 20) -> float:
+def per_layer_us(fn) -> float:
     """Microseconds per layer of ``fn`` (all layers), recorded as one CUDA graph."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / reps / LAYERS
+    return graph_us(fn, reps=20) / LAYERS
 
 
 def case(batch, dtype, compiled_replaced, compiled_fused) -> None:

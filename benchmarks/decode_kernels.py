@@ -14,6 +14,7 @@ inductor. It answers whether a different kernel would make the decode step faste
 
 import torch
 import torch.nn.functional as F
+from _harness import graph_us
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 B, H, KV, L, D = 64, 32, 4, 320, 64
@@ -23,24 +24,7 @@ dev, bf = "cuda", torch.bfloat16
 
 def bench(name, fn, reps=10):
     """Record ``fn`` (all layers) as a CUDA graph, replay it; print microseconds per layer."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
-    e0.record()
-    for _ in range(reps):
-        g.replay()
-    e1.record()
-    torch.cuda.synchronize()
-    us = e0.elapsed_time(e1) * 1000 / reps / LAYERS
+    us = graph_us(fn, reps) / LAYERS
     print(f"{name:50s} {us:7.2f} us/layer", flush=True)
     return us
 
