@@ -141,6 +141,63 @@ def test_smollm2_round_trips(smollm2_dir, tmp_path):
     assert _special_ids(out)["eos_token_id"] == tokenizer.eos_token_id
 
 
+@pytest.fixture(scope="module")
+def sentencepiece_llama(tmp_path_factory):
+    """A tiny random Llama with TinyLlama's kind of tokenizer (SentencePiece, adds BOS)."""
+    pytest.importorskip("sentencepiece")
+    from productdesc.testing import make_random_llama
+
+    return make_random_llama(tmp_path_factory.mktemp("sp-llama"), "tiny", sentencepiece=True)
+
+
+def test_a_sentencepiece_model_comes_back_through_resolve_model(
+    sentencepiece_llama, tmp_path, monkeypatch
+):
+    """TinyLlama's tokenizer kind: exported, then read back as ``model_name=file.gguf``."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc import models
+    from productdesc.gguf_export import export_gguf
+
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    tokenizer = AutoTokenizer.from_pretrained(sentencepiece_llama)
+    model = AutoModelForCausalLM.from_pretrained(sentencepiece_llama, dtype=torch.float32)
+    out = export_gguf(sentencepiece_llama, tmp_path / "sp.gguf", outtype="f32")
+    assert gguf.GGUFReader(out).fields["tokenizer.ggml.model"].contents() == "llama"
+
+    def check(converted: Path) -> None:
+        loaded_tokenizer = AutoTokenizer.from_pretrained(converted)
+        for text in TEXTS:
+            ids = tokenizer(text).input_ids
+            assert ids[0] == tokenizer.bos_token_id  # what the model was trained to see first
+            assert loaded_tokenizer(text).input_ids == ids
+            assert loaded_tokenizer.decode(ids, skip_special_tokens=True) == text
+        assert loaded_tokenizer(*TEXTS).input_ids == tokenizer(*TEXTS).input_ids  # a pair
+        for role in ("bos", "eos", "pad", "unk"):
+            assert getattr(loaded_tokenizer, f"{role}_token_id") == getattr(
+                tokenizer, f"{role}_token_id"
+            )
+        loaded = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+        torch.testing.assert_close(
+            _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-5, atol=1e-5
+        )
+
+    converted = Path(models.resolve_model(out).path)
+    check(converted)
+
+    # A conversion written by an older productdesc (here: without BOS) is made again.
+    marker = converted / models._MARKER
+    old = {**json.loads(marker.read_text()), "format": models._FORMAT - 1}
+    marker.write_text(json.dumps(old))
+    (converted / "tokenizer.json").write_text("{}")
+    assert Path(models.resolve_model(out).path) == converted
+    assert json.loads(marker.read_text())["format"] == models._FORMAT
+    check(converted)
+    assert [p.name for p in converted.parent.iterdir()] == [converted.name]  # nothing left over
+
+
 def test_attention_biases_follow_the_rotary_reordering(tiny_llama, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_ENV = "PRODUCTDESC_CACHE"
 _MARKER = "productdesc_source.json"  # written last into a converted model: its presence = complete
-_FORMAT = 1  # bump when the conversion changes, so old caches are rebuilt
+_FORMAT = 2  # bump when the conversion changes, so old caches are rebuilt (2: BOS kept)
 
 SourceKind = Literal["hub", "local", "gguf", "embedded"]
 
@@ -235,15 +235,18 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
 
     The weights are dequantized to float32 (Q4 values are not exact in 16 bits), the
     quantization flag is dropped so that ``Trainer`` accepts the model, EOS and BOS are set to
-    the ids the file declares, and the pad token is made distinct from EOS.
+    the ids the file declares, the tokenizer adds BOS where the file says to (transformers'
+    reader drops that for SentencePiece vocabularies, TinyLlama's and Llama 2's kind), and the
+    pad token is made distinct from EOS.
 
-    Returns at once when ``target`` already holds a finished conversion.
+    Returns at once when ``target`` already holds a finished conversion of this version of the
+    code; an older one is replaced.
 
     Raises:
         ModelNotAvailableError: The ``gguf`` package is missing.
     """
     gguf_path, target = Path(gguf_path), Path(target)
-    if (target / _MARKER).is_file():
+    if _converted(target):
         return target
     if importlib.util.find_spec("gguf") is None:
         raise ModelNotAvailableError(
@@ -252,7 +255,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     logger.info("converting %s to safetensors in %s (once; about 30 s)", gguf_path, target)
-    ids = _gguf_special_ids(gguf_path)
+    ids, add_bos = _gguf_tokenizer_fields(gguf_path)
     kwargs: dict[str, Any] = {"gguf_file": gguf_path.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
     # dequantize=True: plain dense weights; left in GGUF blocks they cannot be saved or trained.
@@ -265,6 +268,8 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
     for role in ("eos", "bos"):
         if ids.get(role) is not None:
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(ids[role]))
+    if add_bos and tokenizer.bos_token is not None:
+        _add_bos_on_encoding(tokenizer)
     preferred = [ids.get("pad"), ids.get("unk")]
     ensure_distinct_pad(tokenizer, model, preferred_ids=[i for i in preferred if i is not None])
 
@@ -283,15 +288,32 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / _MARKER).is_file():
+            if _converted(target):
+                logger.info("another process converted %s first; using its copy", gguf_path.name)
+            elif target.is_dir():
+                logger.info("replacing %s, converted by an older productdesc", target)
+                stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.rename(target, stale / target.name)
+                os.rename(tmp, target)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
                 raise
-            logger.info("another process converted %s first; using its copy", gguf_path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
-def _gguf_special_ids(path: Path) -> dict[str, int]:
+def _converted(target: Path) -> bool:
+    """Whether ``target`` holds a finished conversion made by this version of the code."""
+    try:
+        marker = json.loads((target / _MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("format") == _FORMAT
+
+
+def _gguf_tokenizer_fields(path: Path) -> tuple[dict[str, int], bool]:
+    """The special token ids a GGUF file declares, by role, and whether it adds BOS."""
     from gguf import GGUFReader
 
     reader = GGUFReader(path)
@@ -305,7 +327,22 @@ def _gguf_special_ids(path: Path) -> dict[str, int]:
         field = reader.fields.get(key)
         if field is not None:
             ids[role] = int(field.contents())
-    return ids
+    add_bos = reader.fields.get("tokenizer.ggml.add_bos_token")
+    return ids, add_bos is not None and bool(add_bos.contents())
+
+
+def _add_bos_on_encoding(tokenizer: Any) -> None:
+    """Make a fast tokenizer put BOS before every sequence it encodes, as llama.cpp does."""
+    from tokenizers import processors
+
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if tokenizer("a")["input_ids"][:1] == [bos_id]:
+        return
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0",
+        pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+        special_tokens=[(bos, bos_id)],
+    )
 
 
 def ensure_distinct_pad(

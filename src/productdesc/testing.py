@@ -1,8 +1,9 @@
 """Random-weight Llama models with a real BPE tokenizer, built offline in seconds.
 
 For tests and benchmarks, where no hub is reachable: :func:`make_random_llama` trains a small
-byte-level BPE tokenizer in-process on product-like text and saves a ``LlamaForCausalLM`` with
-random weights beside it, as a normal ``from_pretrained`` directory (safetensors).
+byte-level BPE tokenizer in-process on product-like text (or, on request, a SentencePiece
+tokenizer like TinyLlama's and Llama 2's) and saves a ``LlamaForCausalLM`` with random weights
+beside it, as a normal ``from_pretrained`` directory (safetensors).
 
 Shapes:
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 __all__ = ["SHAPES", "make_random_llama", "product_like_texts"]
 
@@ -65,6 +67,7 @@ def make_random_llama(
     dtype: str = "float32",
     device: str = "cpu",
     texts: list[str] | None = None,
+    sentencepiece: bool = False,
 ) -> Path:
     """Save a random-weight Llama and its tokenizer to ``path`` and return the path.
 
@@ -77,6 +80,9 @@ def make_random_llama(
         device: Where to build the weights (``"cuda"`` is much faster for the 1.1B shape).
         texts: Corpus for the tokenizer (default: :func:`product_like_texts`); pass the texts a
             benchmark will train on so their tokens per character are realistic.
+        sentencepiece: Train a SentencePiece BPE tokenizer with byte fallback that adds BOS
+            (``tokenizer.model`` beside ``tokenizer.json``, TinyLlama's kind) instead of a
+            byte-level BPE one (SmolLM2's kind). Needs the ``sentencepiece`` package.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -90,22 +96,26 @@ def make_random_llama(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
 
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab if texts else min(vocab, 4000),  # a tiny corpus cannot fill more merges
-        special_tokens=_SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(texts or product_like_texts(2000, seed), trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
+    corpus = texts or product_like_texts(2000, seed)
+    if sentencepiece:
+        tokenizer = _sentencepiece_tokenizer(path, corpus, vocab)
+    else:
+        bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab if texts else min(vocab, 4000),  # a tiny corpus fills no more
+            special_tokens=_SPECIAL,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        bpe.train_from_iterator(corpus, trainer)
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=bpe,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+        )
     tokenizer.save_pretrained(path)
 
     config = LlamaConfig(
@@ -123,3 +133,35 @@ def make_random_llama(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def _sentencepiece_tokenizer(path: Path, corpus: list[str], vocab: int) -> Any:
+    """A Llama tokenizer loaded from a SentencePiece model trained on ``corpus``, whose
+    ``tokenizer.model`` is left in ``path``; special tokens keep :data:`_SPECIAL`'s ids."""
+    import io
+    import json
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab,
+        hard_vocab_limit=False,  # a small corpus has fewer pieces than the embedding has rows
+        byte_fallback=True,
+        character_coverage=1.0,
+        **{f"{name}_id": i for i, name in enumerate(("unk", "bos", "eos", "pad"))},
+        minloglevel=2,
+    )
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "legacy": False,
+        "add_bos_token": True,
+        "pad_token": "<pad>",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return AutoTokenizer.from_pretrained(path)
