@@ -28,6 +28,15 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sentencepiece_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama with TinyLlama's kind of tokenizer (SentencePiece, adds BOS)."""
+    pytest.importorskip("sentencepiece")
+    from productdesc.testing import make_random_llama
+
+    return make_random_llama(tmp_path_factory.mktemp("sp-llama"), "tiny", sentencepiece=True)
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The embedded SmolLM2, converted once into the default cache (or $PRODUCTDESC_CACHE)."""
     import importlib.util

@@ -174,9 +174,10 @@ def _labels_batch(tuner: LoraFineTuner, completion_only_loss: bool):
     return trainer.data_collator([trainer.train_dataset[i] for i in range(len(RECORDS))])
 
 
-@pytest.fixture(scope="module")
-def loaded_tuner(tiny_llama: Path) -> LoraFineTuner:
-    tuner = LoraFineTuner(tiny_config(tiny_llama))
+@pytest.fixture(scope="module", params=["tiny_llama", "sentencepiece_llama"])
+def loaded_tuner(request: pytest.FixtureRequest) -> LoraFineTuner:
+    """Loaded on the tiny Llama with SmolLM2's kind of tokenizer and with TinyLlama's."""
+    tuner = LoraFineTuner(tiny_config(request.getfixturevalue(request.param)))
     tuner.load()
     return tuner
 
@@ -191,6 +192,18 @@ def test_eos_label_is_never_masked_by_padding(loaded_tuner: LoraFineTuner) -> No
         assert ids[row, last] == tokenizer.eos_token_id
         assert labels[row, last] == tokenizer.eos_token_id  # learned, not -100
         assert (labels[row, last + 1 :] == -100).all()  # padding is not learned
+
+
+def test_each_example_has_one_bos_where_the_tokenizer_adds_one(
+    loaded_tuner: LoraFineTuner,
+) -> None:
+    tokenizer = loaded_tuner.tokenizer
+    adds_bos = tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+    batch = _labels_batch(loaded_tuner, completion_only_loss=True)
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        real = ids[mask.bool()].tolist()
+        assert real.count(tokenizer.bos_token_id) == int(adds_bos)
+        assert real[0] == tokenizer.bos_token_id or not adds_bos
 
 
 def test_packed_rows_keep_every_eos_label(loaded_tuner: LoraFineTuner) -> None:

@@ -141,15 +141,6 @@ def test_smollm2_round_trips(smollm2_dir, tmp_path):
     assert _special_ids(out)["eos_token_id"] == tokenizer.eos_token_id
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_llama(tmp_path_factory):
-    """A tiny random Llama with TinyLlama's kind of tokenizer (SentencePiece, adds BOS)."""
-    pytest.importorskip("sentencepiece")
-    from productdesc.testing import make_random_llama
-
-    return make_random_llama(tmp_path_factory.mktemp("sp-llama"), "tiny", sentencepiece=True)
-
-
 def test_a_sentencepiece_model_comes_back_through_resolve_model(
     sentencepiece_llama, tmp_path, monkeypatch
 ):
