@@ -23,6 +23,12 @@ def model_and_tokenizer(tiny_llama):
     return load(tiny_llama)
 
 
+@pytest.fixture(params=["tiny_llama", "sentencepiece_llama"])
+def either_llama(request):
+    """The tiny Llama with SmolLM2's kind of tokenizer, then with TinyLlama's (adds BOS)."""
+    return request.getfixturevalue(request.param)
+
+
 def greedy(model, enc, **options):
     """``model.generate``'s greedy new tokens for ``enc``."""
     return model.generate(**enc, do_sample=False, **options)[:, enc.input_ids.shape[1] :]
@@ -110,13 +116,13 @@ def fed(model):
 
 
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"] * 3])
-def test_a_shared_prompt_start_is_computed_once_for_one_row(tiny_llama, titles):
+def test_a_shared_prompt_start_is_computed_once_for_one_row(either_llama, titles):
     """Prompts that start alike (a template's instruction): one row computes the start, the
     batch's forward runs over the rest, and the answers are generate's. Identical prompts
     keep their last token each."""
     from productdesc.fastgen import StaticGreedyDecoder
 
-    model, tok = sharp(tiny_llama)
+    model, tok = sharp(either_llama)
     enc = tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
     ref = greedy(model, enc, **options(tok, 9))
     for share in (True, False):
@@ -273,13 +279,13 @@ def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_
     assert out[:, -1].tolist() == [tok.eos_token_id] * 2
 
 
-def test_describer_fast_path_gives_the_plain_path_answers(tiny_llama):
+def test_describer_fast_path_gives_the_plain_path_answers(either_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.describe import Describer
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(either_llama)
+    tok = AutoTokenizer.from_pretrained(either_llama)
     titles = ["Girls Ballet Tutu Neon Pink", "Mouse", "Stainless steel kitchen knife set of six"]
     plain = Describer(model, tok, fast=False).describe_batch(
         titles, max_new_tokens=24, return_details=True
