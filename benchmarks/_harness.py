@@ -51,6 +51,11 @@ def run_info(benchmark: str, *, device: str | None = None) -> dict:
     }
 
 
+def identical(a: list[str], b: list[str]) -> int:
+    """How many of two equally long lists of answers are the same, position by position."""
+    return sum(x == y for x, y in zip(a, b, strict=True))
+
+
 def save_json(path: str | Path, report: dict) -> None:
     """Write a result file (its folder created)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)

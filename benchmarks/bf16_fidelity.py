@@ -20,7 +20,7 @@ import itertools
 import statistics
 import time
 
-from _harness import run_info, save_json
+from _harness import identical, run_info, save_json
 
 
 def words_in_common(a: str, b: str) -> int:
@@ -69,7 +69,7 @@ def main() -> int:
         rows.append(
             {
                 "name": name,
-                "same_as_float32": sum(a == b for a, b in zip(exact, texts[name], strict=True)),
+                "same_as_float32": identical(exact, texts[name]),
                 "words_in_common_with_float32": statistics.mean(
                     words_in_common(a, b) for a, b in zip(exact, texts[name], strict=True)
                 ),
@@ -78,13 +78,14 @@ def main() -> int:
             }
         )
         print(rows[-1], flush=True)
-    pairs = zip(texts["generate_bf16"], texts["describer_fast_bf16"], strict=True)
     report = {
         **run_info("bf16_fidelity"),
         "titles": len(titles),
         "new_tokens": args.new_tokens,
         "float32_mean_words": statistics.mean(len(a.split()) for a in exact),
-        "fast_same_as_generate_bf16": sum(a == b for a, b in pairs),
+        "fast_same_as_generate_bf16": identical(
+            texts["generate_bf16"], texts["describer_fast_bf16"]
+        ),
         "results": rows,
     }
     print(f"fast path = generate, both bf16: {report['fast_same_as_generate_bf16']}/{len(titles)}")

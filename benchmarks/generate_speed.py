@@ -46,7 +46,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import describe_profile, profile_call, run_info, run_variant, save_json
+from _harness import (
+    describe_profile,
+    identical,
+    profile_call,
+    run_info,
+    run_variant,
+    save_json,
+)
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = [
@@ -371,7 +378,7 @@ def worker(spec: dict, out_path: str) -> None:
 
 def count_same(a: list[str], b: list[str]) -> str:
     """``"k/n"``: how many of the ``n`` answers are identical."""
-    return f"{sum(x == y for x, y in zip(a, b, strict=True))}/{len(a)}"
+    return f"{identical(a, b)}/{len(a)}"
 
 
 def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:

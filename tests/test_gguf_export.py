@@ -150,6 +150,7 @@ def test_a_sentencepiece_model_comes_back_through_resolve_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc import models
+    from productdesc.errors import UserError
     from productdesc.gguf_export import export_gguf
 
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
@@ -178,15 +179,23 @@ def test_a_sentencepiece_model_comes_back_through_resolve_model(
     converted = Path(models.resolve_model(out).path)
     check(converted)
 
-    # A conversion written by an older productdesc (here: without BOS) is made again.
-    marker = converted / models._MARKER
-    old = {**json.loads(marker.read_text()), "format": models._FORMAT - 1}
-    marker.write_text(json.dumps(old))
-    (converted / "tokenizer.json").write_text("{}")
-    assert Path(models.resolve_model(out).path) == converted
-    assert json.loads(marker.read_text())["format"] == models._FORMAT
-    check(converted)
-    assert [p.name for p in converted.parent.iterdir()] == [converted.name]  # nothing left over
+    # A later conversion format gets its own cache entry; the earlier one is not used.
+    monkeypatch.setattr(models, "_FORMAT", models._FORMAT + 1)
+    newer = Path(models.resolve_model(out).path)
+    assert newer != converted and newer.parent == converted.parent
+    assert json.loads((newer / models._MARKER).read_text())["format"] == models._FORMAT
+    check(newer)
+    # Converting into a directory that holds anything else is refused, and nothing is lost.
+    with pytest.raises(UserError, match="already holds something else"):
+        models.convert_gguf(out, converted)
+    assert json.loads((converted / models._MARKER).read_text())["format"] == models._FORMAT - 1
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(UserError, match="already holds something else"):
+        models.convert_gguf(out, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in newer.parent.iterdir()) == sorted([converted.name, newer.name])
 
 
 def test_attention_biases_follow_the_rotary_reordering(tiny_llama, tmp_path):

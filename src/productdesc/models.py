@@ -1,7 +1,7 @@
 """Model sources: where a ``model_name`` points, made into a directory ``from_pretrained`` loads.
 
 >>> resolve_model("smollm2-135m").path  # doctest: +SKIP
-'/home/me/.cache/productdesc/models/smollm2-135m-instruct-q4_1'
+'/home/me/.cache/productdesc/models/smollm2-135m-instruct-q4_1-v2'
 
 Four kinds of source (:attr:`ResolvedModel.kind`):
 
@@ -50,13 +50,16 @@ __all__ = [
     "ensure_distinct_pad",
     "loading_errors",
     "resolve_model",
+    "tokenizer_adds_bos",
 ]
 
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "PRODUCTDESC_CACHE"
 _MARKER = "productdesc_source.json"  # written last into a converted model: its presence = complete
-_FORMAT = 2  # bump when the conversion changes, so old caches are rebuilt (2: BOS kept)
+# Part of every cached conversion's name: bump it when the conversion changes, and caches
+# made before are not used (2: BOS kept for SentencePiece vocabularies).
+_FORMAT = 2
 
 SourceKind = Literal["hub", "local", "gguf", "embedded"]
 
@@ -221,13 +224,13 @@ def _embedded_dir(name: str) -> Path:
             f"the embedded model {name!r} needs the {spec.package.replace('_', '-')} wheel, which "
             f"is not installed (or lacks {spec.filename}): {spec.install}"
         )
-    return convert_gguf(files[0], cache_root() / "models" / f"{name}-instruct-q4_1")
+    return convert_gguf(files[0], cache_root() / "models" / f"{name}-instruct-q4_1-v{_FORMAT}")
 
 
 def _gguf_dir(path: Path) -> Path:
     stat = path.stat()
     key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return convert_gguf(path, cache_root() / "models" / f"{path.stem}-{key}")
+    return convert_gguf(path, cache_root() / "models" / f"{path.stem}-{key}-v{_FORMAT}")
 
 
 def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
@@ -240,10 +243,11 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
     pad token is made distinct from EOS.
 
     Returns at once when ``target`` already holds a finished conversion of this version of the
-    code; an older one is replaced.
+    code.
 
     Raises:
         ModelNotAvailableError: The ``gguf`` package is missing.
+        UserError: ``target`` is a directory that holds something else.
     """
     gguf_path, target = Path(gguf_path), Path(target)
     if _converted(target):
@@ -288,16 +292,13 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
         try:
             os.rename(tmp, target)
         except OSError:
-            if _converted(target):
-                logger.info("another process converted %s first; using its copy", gguf_path.name)
-            elif target.is_dir():
-                logger.info("replacing %s, converted by an older productdesc", target)
-                stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                os.rename(target, stale / target.name)
-                os.rename(tmp, target)
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                raise
+            if not _converted(target):
+                raise UserError(
+                    f"cannot convert {gguf_path.name} into {target}: it already holds something "
+                    f"else (an earlier productdesc's conversion, say); remove it or choose "
+                    f"another directory"
+                ) from None
+            logger.info("another process converted %s first; using its copy", gguf_path.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -331,17 +332,31 @@ def _gguf_tokenizer_fields(path: Path) -> tuple[dict[str, int], bool]:
     return ids, add_bos is not None and bool(add_bos.contents())
 
 
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` puts its BOS token before the text it encodes."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    return bos_id is not None and tokenizer("a")["input_ids"][:1] == [bos_id]
+
+
 def _add_bos_on_encoding(tokenizer: Any) -> None:
     """Make a fast tokenizer put BOS before every sequence it encodes, as llama.cpp does."""
     from tokenizers import processors
 
-    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
-    if tokenizer("a")["input_ids"][:1] == [bos_id]:
+    if tokenizer_adds_bos(tokenizer):
         return
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        logger.warning(
+            "the GGUF file asks for BOS before each text, but %s cannot be made to add it; "
+            "prompts will be encoded without it",
+            type(tokenizer).__name__,
+        )
+        return
+    bos = tokenizer.bos_token
+    backend.post_processor = processors.TemplateProcessing(
         single=f"{bos}:0 $A:0",
         pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
-        special_tokens=[(bos, bos_id)],
+        special_tokens=[(bos, tokenizer.bos_token_id)],
     )
 
 

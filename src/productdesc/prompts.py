@@ -396,8 +396,10 @@ class ChatTemplate(BaseTemplate):
                 f"template, or set tokenizer.chat_template to a Jinja chat template"
             )
         template = super().for_tokenizer(tokenizer, **options)
+        from productdesc.models import tokenizer_adds_bos
+
         bos = getattr(tokenizer, "bos_token", None)
-        adds_bos = bool(bos) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+        adds_bos = bool(bos) and tokenizer_adds_bos(tokenizer)
         return attrs.evolve(template, tokenizer=tokenizer, tokenizer_bos=bos if adds_bos else None)
 
     def render(
