@@ -47,6 +47,7 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.errors import UserError
+from productdesc.models import tokenizer_adds_bos
 
 __all__ = [
     "ALPACA_PREAMBLE",
@@ -396,8 +397,6 @@ class ChatTemplate(BaseTemplate):
                 f"template, or set tokenizer.chat_template to a Jinja chat template"
             )
         template = super().for_tokenizer(tokenizer, **options)
-        from productdesc.models import tokenizer_adds_bos
-
         bos = getattr(tokenizer, "bos_token", None)
         adds_bos = bool(bos) and tokenizer_adds_bos(tokenizer)
         return attrs.evolve(template, tokenizer=tokenizer, tokenizer_bos=bos if adds_bos else None)
