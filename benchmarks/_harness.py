@@ -51,6 +51,18 @@ def run_info(benchmark: str, *, device: str | None = None) -> dict:
     }
 
 
+def described_records(n: int, seed: int) -> list[dict]:
+    """The first ``n`` synthetic ``trn.json`` records that have a title and a description."""
+    import itertools
+
+    from productdesc.data.synthetic import synthetic_records
+
+    described = (
+        r for r in synthetic_records(seed=seed) if r["title"].strip() and r["content"].strip()
+    )
+    return list(itertools.islice(described, n))
+
+
 def identical(a: list[str], b: list[str]) -> int:
     """How many of two equally long lists of answers are the same, position by position."""
     return sum(x == y for x, y in zip(a, b, strict=True))

@@ -16,11 +16,10 @@ in common before the first difference. Runs on CPU (the fast path eager, as
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 
-from _harness import identical, run_info, save_json
+from _harness import described_records, identical, run_info, save_json
 
 
 def words_in_common(a: str, b: str) -> int:
@@ -42,16 +41,10 @@ def main() -> int:
     parser.add_argument("--out", default="bf16_fidelity.json")
     args = parser.parse_args()
 
-    from productdesc.data.synthetic import synthetic_records
     from productdesc.describe import Describer
     from productdesc.models import resolve_model
 
-    described = (
-        r["title"]
-        for r in synthetic_records(seed=args.seed)
-        if r["title"].strip() and r["content"].strip()
-    )
-    titles = list(itertools.islice(described, args.titles))
+    titles = [r["title"] for r in described_records(args.titles, seed=args.seed)]
     path = resolve_model(args.model).path
 
     def answers(dtype: str, fast: bool) -> tuple[list[str], float]:

@@ -48,6 +48,7 @@ from pathlib import Path
 
 from _harness import (
     describe_profile,
+    described_records,
     identical,
     profile_call,
     run_info,
@@ -72,16 +73,11 @@ VARIANTS = [
 def build(work: Path, n_titles: int, shape: str, model: str | None) -> tuple[Path, list[str]]:
     import torch
 
-    from productdesc.data.synthetic import synthetic_records
     from productdesc.testing import make_random_llama
 
-    titles, corpus = [], []
-    for rec in synthetic_records(seed=1):
-        if rec["title"].strip() and rec["content"].strip():
-            titles.append(rec["title"])
-            corpus.append(rec["title"] + " " + rec["content"])
-        if len(titles) == max(n_titles, 4000):
-            break
+    records = described_records(max(n_titles, 4000), seed=1)
+    titles = [r["title"] for r in records]
+    corpus = [r["title"] + " " + r["content"] for r in records]
     if model:
         from productdesc.models import resolve_model
 

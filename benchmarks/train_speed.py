@@ -34,7 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import describe_profile, profile_summary, profiler, run_info, run_variant, save_json
+from _harness import (
+    describe_profile,
+    described_records,
+    profile_summary,
+    profiler,
+    run_info,
+    run_variant,
+    save_json,
+)
 
 HERE = Path(__file__).resolve().parent
 PEAK_BF16_TFLOPS = 989.0  # H100/H200 SXM dense bf16, datasheet
@@ -124,17 +132,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 # --------------------------------------------------------------------------------------------
 def build_texts(n: int, seed: int, path: Path) -> dict:
     """Render ``n`` synthetic records (with a description) as Alpaca prompt/completion pairs."""
-    from productdesc.data.synthetic import synthetic_records
     from productdesc.prompts import PromptTemplate
 
     template = PromptTemplate(eos_token="</s>")
-    pairs = []
-    for rec in synthetic_records(seed=seed):
-        if rec["content"].strip() and rec["title"].strip():
-            pair = template.render_pair(rec["title"], rec["content"])
-            pairs.append({"title": rec["title"], "content": rec["content"], **pair})
-            if len(pairs) == n:
-                break
+    pairs = [
+        {
+            "title": r["title"],
+            "content": r["content"],
+            **template.render_pair(r["title"], r["content"]),
+        }
+        for r in described_records(n, seed=seed)
+    ]
     with path.open("w", encoding="utf-8") as fh:
         for pair in pairs:
             fh.write(json.dumps(pair) + "\n")
