@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from productdesc.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -56,3 +58,90 @@ def test_nox_install_only_removes_torchvision_and_triton() -> None:
     uninstalls = [method for method, args in session.calls if "uninstall" in args]
     # `nox --install-only` skips session.run: only run_install and install steps happen.
     assert uninstalls == ["run_install"]
+
+
+# -- 1: commands delete only what they made ---------------------------------------------------
+@pytest.mark.parametrize("folder", ["data", "run"])
+def test_demo_refuses_an_out_whose_folders_it_did_not_make(
+    folder: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / folder / "thesis.txt"
+    mine.parent.mkdir()
+    mine.write_text("years of work")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    line = one_line_error(capsys, "demo")
+    assert str(tmp_path / folder) in line and "--out" in line
+    assert mine.read_text() == "years of work"
+
+
+def test_demo_rerun_replaces_its_own_folders_and_nothing_else(
+    tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    demo = ["demo", "--out", str(out), "--model", str(tiny_llama), "--backend", "transformers"]
+    short = ["--max-steps", "1", "--titles", "1", "--max-new-tokens", "2"]
+    assert main([*demo, *short]) == 0
+    stale = out / "run" / "stale.txt"  # what a first demo left: the rerun starts clean
+    stale.write_text("old")
+    assert main([*demo, *short]) == 0
+    assert not stale.exists()
+    assert (out / "run" / "adapter_model.safetensors").is_file()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled sample, prepared."""
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    assert main(["prepare", "--sample", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_toml(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config for one short CPU step on the tiny Llama."""
+    from productdesc.config import FineTuneConfig
+
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    FineTuneConfig.from_dict(
+        {
+            "backend": "transformers",
+            "model": {"model_name": str(tiny_llama), "max_seq_length": 256, "load_in_4bit": False},
+            "lora": {"use_gradient_checkpointing": False},
+            "training": {
+                "per_device_train_batch_size": 2, "max_steps": 1, "save_steps": "off",
+                "packing": False, "optim": "adamw_torch",
+            },
+        }
+    ).to_toml(path)  # fmt: skip
+    return path
+
+
+def _train(data: Path, out: Path, config: Path, *extra: str) -> int:
+    return main(["train", "--data", str(data), "--out", str(out), "--config", str(config), *extra])
+
+
+def test_train_overwrite_refuses_a_folder_that_is_not_a_run(
+    tiny_toml: Path, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "checkpoints" / "photos.tar"
+    mine.parent.mkdir()
+    mine.write_text("holiday")
+    assert _train(prepared, tmp_path, tiny_toml, "--overwrite") == 2
+    line = one_line_error(capsys, "train")
+    assert str(tmp_path) in line and "productdesc_config.toml" in line and "--out" in line
+    assert mine.read_text() == "holiday"
+
+
+def test_train_overwrite_replaces_a_runs_checkpoints_and_keeps_other_files(
+    tiny_toml: Path, prepared: Path, tmp_path: Path
+) -> None:
+    assert _train(prepared, tmp_path, tiny_toml) == 0
+    old = tmp_path / "checkpoints" / "checkpoint-99"
+    old.mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _train(prepared, tmp_path, tiny_toml, "--overwrite") == 0
+    assert not old.exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"

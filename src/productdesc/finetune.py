@@ -418,6 +418,14 @@ class LoraFineTuner:
                     f"there (resume_from_checkpoint=True, CLI --resume) or overwrite it "
                     f"(overwrite=True, CLI --overwrite)"
                 )
+            # Overwriting deletes checkpoints/ and merged/: only where the run's config proves
+            # a run made them, never in a folder that merely has directories of those names.
+            if not config_file.is_file():
+                raise OutputDirError(
+                    f"output directory {out} is not empty and holds no productdesc run (no "
+                    f"{CONFIG_FILE}), so overwrite (CLI --overwrite) would delete what is not "
+                    f"a run's; choose a new output directory (CLI --out)"
+                )
             return None, True
         return None, False
 

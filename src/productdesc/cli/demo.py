@@ -15,6 +15,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from productdesc.errors import UserError
+
 # Short and CPU-sized: 135M parameters in float32, 2 packed rows of 256 tokens a step. On CPU
 # the packed rows become one sequence whose attention cost grows with its square, so fewer,
 # shorter rows are cheaper a token. A step took 3.6 s on the quiet 2-core machine (27 s under
@@ -23,6 +25,7 @@ from pathlib import Path
 # described it (docs/benchmarks.md).
 DEMO_MODEL = "smollm2-135m"
 DEMO_SPLIT = (80, 10, 10)  # the bundled sample is small: keep a few titles out for the comparison
+DEMO_MARKER = ".productdesc-demo"  # in --out: proof that its data/ and run/ are the demo's
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     data_dir, run_dir = out / "data", out / "run"
+    _claim(out, data_dir, run_dir)
     started = time.perf_counter()
 
     _say(f"1/3 prepare: {sample_path().name} (bundled sample) -> {data_dir}")
-    if data_dir.exists():
-        shutil.rmtree(data_dir)  # the demo owns its folder; a rerun starts clean
+    shutil.rmtree(data_dir, ignore_errors=True)  # the demo's own, as _claim proved: start clean
     manifest = AmazonTitlesDataset(sample_path(), PrepareConfig(split=DEMO_SPLIT)).prepare(data_dir)
     _say("   " + ", ".join(f"{k}: {v}" for k, v in sorted(manifest.counts.items())))
 
@@ -85,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"2/3 train: LoRA on {args.model}, {args.max_steps} steps -> {run_dir}")
     from productdesc.finetune import LoraFineTuner
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     result = LoraFineTuner(config).train(data_dir, output_dir=run_dir)
     _say(f"   {result.summary()}")
 
@@ -108,6 +110,31 @@ def run(args: argparse.Namespace) -> int:
     _say(f"\ndone in {time.perf_counter() - started:.0f} s; the tuned adapter is in {run_dir}")
     _say(f'try: productdesc describe --model {run_dir} "Nice for Mice"')
     return 0
+
+
+def _claim(out: Path, *owned: Path) -> None:
+    """Mark ``out`` as the demo's, refusing when a folder the demo replaces is someone else's.
+
+    The demo deletes ``owned`` before it rewrites them; it may only where its marker proves an
+    earlier demo made them, so a user's own ``data/`` or ``run/`` there is never lost.
+
+    Raises:
+        UserError: One of ``owned`` exists in a folder without the demo's marker.
+    """
+    from productdesc._io import write_text_atomic
+
+    marker = out / DEMO_MARKER
+    if not marker.is_file():
+        for path in owned:
+            if path.exists():
+                raise UserError(
+                    f"{path} exists and was not made by `productdesc demo` (no {marker}); "
+                    f"the demo would replace it: choose a new --out, or move it away"
+                )
+    try:
+        write_text_atomic(marker, "made by `productdesc demo`, which replaces data/ and run/\n")
+    except OSError as exc:
+        raise UserError(f"cannot write to --out {out}: {exc}") from None
 
 
 def _say(line: str) -> None:
