@@ -17,9 +17,11 @@ from attrs import field, frozen
 from productdesc._io import write_text_atomic
 from productdesc.errors import UserError
 
-__all__ = ["MANIFEST_NAME", "FileInfo", "InputInfo", "Manifest", "SplitInfo"]
+__all__ = ["MANIFEST_NAME", "PUBLISHING_NAME", "FileInfo", "InputInfo", "Manifest", "SplitInfo"]
 
 MANIFEST_NAME = "manifest.json"
+# Where a prepare run's new files wait to be moved into the directory (see the writer).
+PUBLISHING_NAME = ".publishing"
 FORMAT = "productdesc-prepared/1"
 
 
@@ -126,6 +128,11 @@ class Manifest:
         try:
             data = orjson.loads(path.read_bytes())
         except FileNotFoundError:
+            if (Path(directory) / PUBLISHING_NAME).is_dir():
+                raise UserError(
+                    f"{directory} holds no finished prepare: one was interrupted while "
+                    f"publishing; run the same `productdesc prepare` into it again to finish"
+                ) from None
             raise UserError(
                 f"{directory} holds no prepared data (no {MANIFEST_NAME}); "
                 f"run `productdesc prepare INPUT --out {directory}` first"
@@ -136,6 +143,43 @@ class Manifest:
             found = data.get("format") if isinstance(data, dict) else None
             raise UserError(f"{path}: unknown manifest format {found!r} (expected {FORMAT!r})")
         try:
-            return cls(**data)
+            manifest = cls(**data)
         except (TypeError, ValueError) as exc:
             raise UserError(f"{path} is damaged: {exc}") from None
+        _check_file_names(manifest, Path(directory), path)
+        return manifest
+
+
+def _check_file_names(manifest: Manifest, directory: Path, path: Path) -> None:
+    """Refuse an entry that would make a reader, or a rerun's clean-up, reach outside
+    ``directory``: a path instead of a file name, or a symbolic link that leads out."""
+    entries = [
+        (f"splits.{split}.shards[{i}]", shard.name)
+        for split, info in manifest.splits.items()
+        for i, shard in enumerate(info.shards)
+    ]
+    if manifest.rejects is not None:
+        entries.append(("rejects", manifest.rejects.name))
+    root = directory.resolve()
+    for where, name in entries:
+        if not _is_plain_name(name):
+            raise UserError(
+                f"{path}: {where} is {name!r}, not a file name inside {directory}; the "
+                f"manifest was edited or damaged: prepare again into a new directory"
+            )
+        target = directory / name
+        if target.is_symlink() and target.resolve().parent != root:
+            raise UserError(
+                f"{path}: {where} {name!r} is a symbolic link out of {directory} (to "
+                f"{os.readlink(target)}): refusing to follow it; prepare again into a new "
+                f"directory"
+            )
+
+
+def _is_plain_name(name: str) -> bool:
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not os.path.isabs(name)
+        and not any(c in name for c in "/\\\0")
+    )
