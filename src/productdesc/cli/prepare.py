@@ -23,6 +23,7 @@ _OPTIONS = (
     "split",
     "workers",
     "rejects_per_reason",
+    "max_unreadable",
 )
 
 
@@ -37,7 +38,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "input", nargs="?", help="trn.json or trn.json.gz; omitted: the bundled sample"
+        "input",
+        nargs="?",
+        help="trn.json or trn.json.gz, a file or a stream (/dev/stdin, <(...), a FIFO); "
+        "omitted: the bundled sample",
     )
     parser.add_argument(
         "--sample", action="store_true", help="prepare the sample trn.json shipped in the package"
@@ -73,6 +77,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=s,
         metavar="N",
         help="dropped lines of each reason written to rejects.jsonl (100)",
+    )
+    parser.add_argument(
+        "--max-unreadable",
+        type=float,
+        default=s,
+        metavar="SHARE",
+        help="fail, writing nothing, when more than this share of the lines are no record "
+        "(not UTF-8, not JSON, a field missing...) (0.9); an input of no records always fails",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

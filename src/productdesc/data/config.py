@@ -79,6 +79,11 @@ class PrepareConfig:
         workers: Processes that parse and clean (2 uses both cores of a 2-core machine;
             1 runs in this process).
         chunk_bytes: Bytes of input per task handed to a worker.
+        max_unreadable: The largest share of input lines that may be no record at all
+            (:data:`~productdesc.data.reader.UNREADABLE_REASONS`: not UTF-8, not JSON, not
+            an object, a field missing or of the wrong type) before ``prepare`` fails
+            instead of writing; dropped records (empty, duplicates) do not count. An input
+            that gives no record fails too.
     """
 
     keep_chars: str = field(default="", validator=v.instance_of(str))
@@ -94,6 +99,9 @@ class PrepareConfig:
     # with another one refreshes the same output directory.
     workers: int = field(default=2, validator=[v.instance_of(int), v.ge(1)])
     chunk_bytes: int = field(default=8 << 20, validator=[v.instance_of(int), v.ge(1)])
+    max_unreadable: float = field(
+        default=0.9, validator=[v.instance_of((int, float)), v.ge(0), v.le(1)]
+    )
 
     @keep_chars.validator
     def _no_whitespace(self, attribute: attrs.Attribute, value: str) -> None:

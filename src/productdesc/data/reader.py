@@ -8,22 +8,24 @@ parsed into a record or a :class:`~productdesc.data.cleaning.Drop` with one of
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import hashlib
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Literal
 
 import orjson
-from attrs import frozen
+from attrs import field, frozen
 
 from productdesc.data.cleaning import Drop, Record
 from productdesc.errors import DataFormatError, UserError
 
 __all__ = [
     "READ_REASONS",
+    "UNREADABLE_REASONS",
     "HashingReader",
     "InputFile",
     "TruncatedStream",
@@ -43,6 +45,9 @@ READ_REASONS = (
     "missing_field",
     "wrong_type",
 )
+#: The read reasons of lines that are no record at all (a blank line is only spacing):
+#: ``prepare`` fails when more than ``max_unreadable`` of the lines are such.
+UNREADABLE_REASONS = READ_REASONS[1:]
 _SNIFF_BYTES = 1 << 16
 _OTHER_COMPRESSION = {
     b"BZh": "bzip2",
@@ -50,9 +55,61 @@ _OTHER_COMPRESSION = {
     b"\x28\xb5\x2f\xfd": "zstd",
     b"PK\x03\x04": "zip",
 }
-_CONVERT_HINT = (
-    "convert it to JSON Lines, one object a line, e.g. `jq -c '.[]' {name} > {stem}.jsonl`"
-)
+# UTF-32 first: its little-endian mark starts with UTF-16's. With the mark, iconv finds the
+# byte order itself (and drops the mark).
+_OTHER_BOMS = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+# Share of NUL or invalid UTF-8 bytes in the head above which a file is not text. Lower
+# shares are a few damaged lines (or another 8-bit encoding), counted line by line.
+_BINARY_SHARE = 0.1
+
+
+class _Once:
+    """A stream's bytes (pipe, FIFO, ``/dev/stdin``), readable once: the head read to check
+    the format, then the rest, from the one open file."""
+
+    def __init__(self, head: bytes, fh: IO[bytes]) -> None:
+        self._head = head
+        self._fh: IO[bytes] | None = fh
+
+    def take(self, path: Path) -> _Prefixed:
+        if self._fh is None:
+            raise UserError(
+                f"{path} is a stream (a pipe or FIFO) and was read already; save it to a "
+                f"file to read it twice"
+            )
+        fh, self._fh = self._fh, None
+        return _Prefixed(self._head, fh)
+
+
+class _Prefixed:
+    """A binary file whose first bytes were read already: those bytes, then the rest."""
+
+    def __init__(self, head: bytes, fh: IO[bytes]) -> None:
+        self._head = head
+        self._fh = fh
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._fh.read(size)
+        if size < 0:
+            data, self._head = self._head + self._fh.read(), b""
+        else:
+            data, self._head = self._head[:size], self._head[size:]
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> _Prefixed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @frozen
@@ -61,77 +118,153 @@ class InputFile:
 
     Attributes:
         path: The file.
-        size: Its size in bytes (compressed size for gzip).
+        size: Its size in bytes (compressed size for gzip); ``None`` for a stream (a pipe,
+            FIFO or ``/dev/stdin``), whose size is known once it is read.
         compression: ``"none"`` or ``"gzip"`` (from the magic bytes, not the extension).
     """
 
     path: Path
-    size: int
+    size: int | None
     compression: Literal["none", "gzip"]
+    _stream: _Once | None = field(default=None, eq=False, repr=False)
 
-    def open_text_stream(self) -> IO[bytes]:
-        """The decompressed bytes of the file (for gzip input)."""
-        return gzip.open(self.path, "rb")
+    @property
+    def is_stream(self) -> bool:
+        """Whether the input is a stream, which can be read only once."""
+        return self._stream is not None
+
+    def open_raw(self) -> IO[bytes]:
+        """The file's bytes from the start (compressed, for gzip): a new handle on a regular
+        file, the one pass over a stream.
+
+        Raises:
+            UserError: A stream that was read already.
+        """
+        if self._stream is None:
+            return self.path.open("rb")
+        return self._stream.take(self.path)
 
 
 def open_input(path: str | os.PathLike[str]) -> InputFile:
     """Check that ``path`` is a readable JSON Lines file, plain or gzip.
 
+    The file is opened once: a stream (``zcat trn.json.gz | productdesc prepare /dev/stdin``,
+    ``<(...)``, a FIFO) keeps that handle, and its head is replayed to the run.
+
     Raises:
         UserError: Missing, a directory, or unreadable.
-        DataFormatError: Another compression, a JSON array, or pretty-printed JSON.
+        DataFormatError: Empty, binary, UTF-16/32, another compression, a JSON array, or
+            pretty-printed JSON.
     """
     path = Path(path)
     if not path.exists():
         raise UserError(f"input file not found: {path}")
     if path.is_dir():
         raise UserError(f"input is a directory, not a file: {path}")
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(6)
-    except OSError as exc:
-        raise UserError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+    with contextlib.ExitStack() as stack:
+        try:
+            fh = stack.enter_context(path.open("rb"))
+            mode = os.fstat(fh.fileno()).st_mode
+            head = fh.read(_SNIFF_BYTES)
+        except OSError as exc:
+            raise UserError(f"cannot read input file {path}: {exc.strerror or exc}") from None
+        stream = not stat.S_ISREG(mode)
+        compression = _check_head(path, head, stream)
+        if stream:
+            stack.pop_all()
+            return InputFile(path, None, compression, stream=_Once(head, fh))
+        size = os.fstat(fh.fileno()).st_size
+    return InputFile(path, size, compression)
+
+
+def _check_head(path: Path, head: bytes, stream: bool) -> Literal["none", "gzip"]:
+    """The compression of a file that starts with ``head``; raises for what is not JSON Lines."""
     for prefix, name in _OTHER_COMPRESSION.items():
-        if magic.startswith(prefix):
+        if head.startswith(prefix):
             raise DataFormatError(
                 f"{path} is {name}-compressed; only plain and gzip JSON Lines are read: "
                 f"decompress it first"
             )
-    compression: Literal["none", "gzip"] = "gzip" if magic.startswith(b"\x1f\x8b") else "none"
-    info = InputFile(path, path.stat().st_size, compression)
-    _sniff(info)
-    return info
+    if head.startswith(b"\x1f\x8b"):
+        text = _gunzip_head(head)
+        if text is not None:  # else damaged: reported, with a line count, by the run
+            _sniff(path, text, "gzip", stream)
+        return "gzip"
+    _sniff(path, head, "none", stream)
+    return "none"
 
 
-def _sniff(info: InputFile) -> None:
-    """Reject the whole-file JSON shapes that would otherwise be millions of bad lines."""
+def _gunzip_head(head: bytes) -> bytes | None:
+    """The first decompressed bytes of a gzip file's ``head``; ``None`` if it is damaged."""
+    decompressor = zlib.decompressobj(wbits=31)
     try:
-        if info.compression == "gzip":
-            with info.open_text_stream() as fh:
-                head = fh.read(_SNIFF_BYTES)
-        else:
-            with info.path.open("rb") as fh:
-                head = fh.read(_SNIFF_BYTES)
-    except (EOFError, OSError, gzip.BadGzipFile):
-        return  # a corrupt or truncated stream is reported, with a line count, by the run
+        text = decompressor.decompress(head, _SNIFF_BYTES)
+    except zlib.error:
+        return None
+    if not text and not decompressor.eof:
+        return None  # cut short inside the header or the first block
+    return text
+
+
+def _sniff(path: Path, head: bytes, compression: str, stream: bool) -> None:
+    """Reject inputs that would otherwise be 0 records or millions of bad lines."""
+    if not head:
+        inside = " (a gzip file of nothing)" if compression == "gzip" else ""
+        raise DataFormatError(f"{path} is empty{inside}: there are no records to prepare")
+    for bom, encoding in _OTHER_BOMS.items():
+        if head.startswith(bom):
+            raise DataFormatError(_not_utf8(path, encoding, compression, stream))
+    bad = head.count(0) + len(head) - len(head.decode("utf-8", "ignore").encode("utf-8"))
+    if bad > _BINARY_SHARE * len(head):
+        half = len(head) // 2
+        if head[1::2].count(0) > half * 0.3 or head[0::2].count(0) > half * 0.3:
+            encoding = "UTF-16LE" if head[1::2].count(0) > head[0::2].count(0) else "UTF-16BE"
+            raise DataFormatError(_not_utf8(path, encoding, compression, stream))
+        raise DataFormatError(
+            f"{path} is a binary file, not JSON Lines text ({bad:,} of its first "
+            f"{len(head):,} bytes are NUL or not UTF-8)"
+        )
     head = head.removeprefix(BOM).lstrip()
     first_line = head.split(b"\n", 1)[0].strip()
-    name, stem = info.path.name, info.path.name.split(".")[0]
     if head.startswith(b"["):
         try:
             value = orjson.loads(first_line)
         except orjson.JSONDecodeError:
             value = None  # an array spread over lines
         if not isinstance(value, list) or any(isinstance(item, dict) for item in value):
+            hint = _rewrite(path, compression, stream, "jq -c '.[]'")
             raise DataFormatError(
-                f"{info.path} is a JSON array, not JSON Lines; "
-                + _CONVERT_HINT.format(name=name, stem=stem)
+                f"{path} is a JSON array, not JSON Lines; convert it to JSON Lines, one "
+                f"object a line, e.g. {hint}"
             )
     if first_line == b"{":
+        hint = _rewrite(path, compression, stream, "jq -c '.'")
         raise DataFormatError(
-            f"{info.path} is pretty-printed JSON, not JSON Lines (one object a line); "
-            f"convert it, e.g. `jq -c '.' {name} > {stem}.jsonl`"
+            f"{path} is pretty-printed JSON, not JSON Lines (one object a line); convert "
+            f"it, e.g. {hint}"
         )
+
+
+def _not_utf8(path: Path, encoding: str, compression: str, stream: bool) -> str:
+    command = f"iconv -f {encoding} -t UTF-8"
+    return (
+        f"{path} is {encoding} text; JSON Lines must be UTF-8: convert it, e.g. "
+        f"{_rewrite(path, compression, stream, command)}"
+    )
+
+
+def _rewrite(path: Path, compression: str, stream: bool, command: str) -> str:
+    """A shell line that pipes the input through ``command`` into a new file: never the
+    input's own name, which the shell would empty before ``command`` reads it."""
+    name = path.name
+    stem = name.split(".")[0] or "trn"
+    target = f"{stem}.jsonl" if f"{stem}.jsonl" != name else f"{stem}.lines.jsonl"
+    if stream:
+        source = "... | zcat | " if compression == "gzip" else "... | "
+        return f"`{source}{command} > {target}`"
+    if compression == "gzip":
+        return f"`zcat {name} | {command} > {target}`"
+    return f"`{command} {name} > {target}`"
 
 
 def _type_name(value: object) -> str:

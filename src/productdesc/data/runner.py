@@ -13,12 +13,14 @@ runs of consecutive lines. The output is the same for any number of workers and 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from array import array
@@ -236,6 +238,9 @@ _WORKER: _Worker | None = None
 
 def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str) -> None:
     global _WORKER
+    # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, so a
+    # worker printing its own KeyboardInterrupt traceback would only add noise.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = _Worker(config, path, spill_dir)
 
 
@@ -255,8 +260,9 @@ def _mp_context() -> multiprocessing.context.BaseContext:
 class Run:
     """One pass over an input: iterate it for the surviving records, chunk by chunk.
 
-    After the iteration, :attr:`lines`, :attr:`kept`, :attr:`dropped`, :meth:`rejects`
-    and :attr:`sha256` describe the run.
+    After the iteration, :attr:`lines`, :attr:`kept`, :attr:`dropped`, :meth:`rejects`,
+    :attr:`sha256` and :attr:`input_bytes` (the input's size, known once a stream is read)
+    describe the run.
 
     Args:
         source: The checked input file.
@@ -284,6 +290,7 @@ class Run:
         self.kept = 0
         self.dropped: Counter[str] = Counter()
         self.sha256: str | None = None
+        self.input_bytes = 0
         self._rejects: dict[str, list[dict[str, Any]]] = {}
         self._pipeline = config.pipeline()
         self._memory = self._pipeline.new_memory()
@@ -303,7 +310,7 @@ class Run:
                 kept = self._absorb(chunk)
                 if bar is not None:
                     bar.update(chunk.lines)
-                    if position:  # estimate the total from the share of the input done
+                    if position and self.source.size:  # the total, from the share done
                         bar.total = max(bar.n, round(bar.n * self.source.size / position))
                 yield kept
         finally:
@@ -375,9 +382,11 @@ class Run:
     # -- dispatch -------------------------------------------------------------------------------
     def _results(self) -> Iterator[tuple[_Chunk, int]]:
         """Chunk results in input order, with the input position (bytes) each one ends at."""
-        plain = self.source.compression == "none"
-        path = str(self.source.path) if plain else None
-        tasks = self._plain_tasks() if plain else self._gzip_tasks()
+        # Workers read their own byte ranges of a plain file; a stream or a gzip file is read
+        # (and decompressed) here, in blocks handed to them.
+        ranges = self.source.compression == "none" and not self.source.is_stream
+        path = str(self.source.path) if ranges else None
+        tasks = self._plain_tasks() if ranges else self._stream_tasks()
         workers = self.config.workers
         if workers == 1:
             worker = _Worker(self.config, path, None)
@@ -409,12 +418,12 @@ class Run:
             yield result.get(), pos
 
     def _plain_tasks(self) -> Iterator[tuple[tuple[int, int], int]]:
+        size = self.source.size
+        assert size is not None  # a regular file
         sha = hashlib.sha256() if self.hash_input else None
         buffer = memoryview(bytearray(1 << 20))
         with self.source.path.open("rb", buffering=0) as fh:
-            for start, end in byte_ranges(
-                self.source.path, self.source.size, self.config.chunk_bytes
-            ):
+            for start, end in byte_ranges(self.source.path, size, self.config.chunk_bytes):
                 if sha is not None:  # the parent hashes while the workers parse
                     fh.seek(start)
                     todo = end - start
@@ -423,23 +432,34 @@ class Run:
                         sha.update(buffer[:n])
                         todo -= n
                 yield (start, end), end
+        self.input_bytes = size
         if sha is not None:
             self.sha256 = sha.hexdigest()
 
-    def _gzip_tasks(self) -> Iterator[tuple[bytes, int]]:
-        with self.source.path.open("rb") as raw:
+    def _stream_tasks(self) -> Iterator[tuple[bytes, int]]:
+        gz = self.source.compression == "gzip"
+        with self.source.open_raw() as raw:
             reader = HashingReader(raw)
             try:
-                with gzip.GzipFile(fileobj=reader, mode="rb") as stream:  # type: ignore[arg-type]
+                with (
+                    gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[arg-type]
+                    if gz
+                    else contextlib.nullcontext(reader)
+                ) as stream:
                     for block in stream_blocks(stream, self.config.chunk_bytes):
                         yield block, reader.bytes_read
             except TruncatedStream as exc:
+                path = self.source.path
                 raise DataFormatError(
-                    f"{self.source.path} is a truncated or corrupt gzip file ({exc.cause}): "
-                    f"it ends after {exc.lines:,} complete lines, and nothing was written; "
-                    f"re-download or re-compress it (`gzip -t` tests a file)"
+                    f"{path} is a truncated or corrupt gzip file ({exc.cause}): it ends after "
+                    f"{exc.lines:,} complete lines, and nothing was written; re-download or "
+                    f"re-compress it (`gzip -t` tests a file)"
+                    if gz
+                    else f"reading {path} failed after {exc.lines:,} complete lines "
+                    f"({exc.cause}); nothing was written"
                 ) from None
             while reader.read(1 << 20):  # bytes after the gzip stream are input too
                 pass
+        self.input_bytes = reader.bytes_read
         if self.hash_input:
             self.sha256 = reader.sha256.hexdigest()
