@@ -1,14 +1,18 @@
 """Writing a prepared directory: shards, rejects and manifest, never a half-done mixture.
 
-Everything is first written (atomically, file by file) into a hidden staging directory inside
-the output directory. Only when the whole run succeeded is the old manifest removed, the new
-files renamed into place and the new manifest written, last. A failed run removes its staging
-directory and leaves what was there before untouched.
+A run holds the directory's lock (:func:`~productdesc._io.output_lock`) from its first check
+to its last rename, and writes everything, the manifest last, into a hidden staging directory
+inside the output directory. Renaming that directory to ``.publishing`` commits the run; then
+the old files and manifest are removed and the new files moved in, the manifest last. A run
+killed after the commit leaves ``.publishing``, and the next prepare into the directory
+finishes that publish first; one that fails or is killed before it leaves what was there
+untouched (the next run removes its staging directory).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -20,14 +24,21 @@ from typing import IO, Any
 
 import orjson
 
-from productdesc._io import atomic_write
+from productdesc._io import atomic_write, output_lock
 from productdesc._version import __version__
 from productdesc.data.config import PrepareConfig
-from productdesc.data.manifest import MANIFEST_NAME, FileInfo, InputInfo, Manifest, SplitInfo
-from productdesc.data.reader import InputFile
+from productdesc.data.manifest import (
+    MANIFEST_NAME,
+    PUBLISHING_NAME,
+    FileInfo,
+    InputInfo,
+    Manifest,
+    SplitInfo,
+)
+from productdesc.data.reader import UNREADABLE_REASONS, InputFile
 from productdesc.data.runner import Run
 from productdesc.data.split import SPLIT_NAMES
-from productdesc.errors import OutputDirError, UserError
+from productdesc.errors import DataFormatError, OutputDirError, UserError
 
 __all__ = ["REJECTS_NAME", "write_prepared"]
 
@@ -35,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 REJECTS_NAME = "rejects.jsonl"
 _STAGING_PREFIX = ".prepare-"
+# Errors that more free space (or a larger file-size limit) cures.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class _ShardWriter:
@@ -93,20 +106,23 @@ def write_prepared(
     """Run ``config`` over ``source`` and publish the result in ``out_dir``.
 
     Raises:
-        OutputDirError: ``out_dir`` is unusable, or holds a prepare of another config/input.
-        DataFormatError: The input is broken beyond single lines (e.g. a truncated gzip).
+        OutputDirError: ``out_dir`` is unusable, in use by another run, holds a prepare of
+            another config/input, or could not be written (a full disk: nothing published).
+        DataFormatError: The input is broken beyond single lines (e.g. a truncated gzip),
+            gives no records, or has more unreadable lines than ``config.max_unreadable``.
     """
     out = Path(out_dir)
     config_dict = _jsonable(config.to_dict())
-    created = not out.exists()
-    previous = _check_out_dir(out, config_dict, source)
-    try:
-        manifest = _prepare_into(out, source, config, config_dict, previous, progress)
-    except BaseException:
-        if created:  # leave no empty directory behind that we made
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
+    created = _make_out_dir(out)
+    with output_lock(out, "prepare"):
+        try:
+            previous = _check_out_dir(out, config_dict, source)
+            manifest = _prepare_into(out, source, config, config_dict, previous, progress)
+        except BaseException:
+            if created:  # leave no empty directory behind that we made
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            raise
     logger.info("prepared %s: %d records in %s", source.path.name, manifest.kept, out)
     return manifest
 
@@ -119,33 +135,67 @@ def _prepare_into(
     previous: Manifest | None,
     progress: bool,
 ) -> Manifest:
-    with _staging(out) as staging:
-        run = Run(source, config, hash_input=True, progress=progress, spill_parent=staging)
-        writers = [_ShardWriter(staging, name, config.shard_size) for name in SPLIT_NAMES]
-        try:
-            for kept in run:
-                for split, writer in enumerate(writers):
-                    writer.write(kept.blobs[split], kept.ends[split], kept.runs(split))
-            splits = {w.split: w.close() for w in writers}
-        except BaseException:
-            for writer in writers:
-                writer.abort()
-            raise
-        assert run.sha256 is not None
-        if previous is not None and previous.input.sha256 != run.sha256:
-            raise OutputDirError(_other_input(out, previous.input, run.sha256))
-        manifest = Manifest(
-            input=InputInfo(source.path.name, source.size, run.sha256, source.compression),
-            config=config_dict,
-            lines=run.lines,
-            kept=run.kept,
-            dropped=dict(sorted(run.dropped.items())),
-            splits=splits,
-            rejects=_write_rejects(staging, run.rejects()),
-            productdesc_version=__version__,
-        )
-        _publish(out, staging, manifest, previous)
+    try:
+        with _staging(out) as staging:
+            run = Run(source, config, hash_input=True, progress=progress, spill_parent=staging)
+            writers = [_ShardWriter(staging, name, config.shard_size) for name in SPLIT_NAMES]
+            try:
+                for kept in run:
+                    for split, writer in enumerate(writers):
+                        writer.write(kept.blobs[split], kept.ends[split], kept.runs(split))
+                splits = {w.split: w.close() for w in writers}
+            except BaseException:
+                for writer in writers:
+                    writer.abort()
+                raise
+            assert run.sha256 is not None
+            if previous is not None and previous.input.sha256 != run.sha256:
+                raise OutputDirError(_other_input(out, previous.input, None, run.sha256))
+            _check_yield(source, config, run)
+            manifest = Manifest(
+                input=InputInfo(source.path.name, run.input_bytes, run.sha256, source.compression),
+                config=config_dict,
+                lines=run.lines,
+                kept=run.kept,
+                dropped=dict(sorted(run.dropped.items())),
+                splits=splits,
+                rejects=_write_rejects(staging, run.rejects()),
+                productdesc_version=__version__,
+            )
+            manifest.save(staging)
+            os.replace(staging, out / PUBLISHING_NAME)  # the commit
+    except OSError as exc:
+        raise _write_error(out, exc, f"{out} is as it was") from None
+    _finish_publish(out)
     return manifest
+
+
+def _write_error(out: Path, exc: OSError, state: str) -> OutputDirError:
+    """One line for a failed write (a full disk, in this process or a worker)."""
+    where = f": {exc.filename}" if exc.filename else ""
+    cure = "free some space" if exc.errno in _NO_SPACE else "fix that"
+    return OutputDirError(
+        f"prepare into {out} failed ({exc.strerror or exc}{where}); {state}: {cure} and run "
+        f"it again"
+    )
+
+
+def _check_yield(source: InputFile, config: PrepareConfig, run: Run) -> None:
+    """Fail a run whose input is not ``trn.json`` after all (every line unreadable or dropped)."""
+    counts = ", ".join(f"{reason} {n:,}" for reason, n in run.dropped.most_common())
+    if run.kept == 0:
+        dropped = f", all dropped ({counts})" if counts else ""
+        raise DataFormatError(
+            f"{source.path} gave no records: {run.lines:,} lines read{dropped}; nothing was written"
+        )
+    unreadable = sum(run.dropped[reason] for reason in UNREADABLE_REASONS)
+    if unreadable > config.max_unreadable * run.lines:
+        first = next(r for r in run.rejects() if r["reason"] in UNREADABLE_REASONS)
+        raise DataFormatError(
+            f"{source.path}: {unreadable:,} of {run.lines:,} lines are not trn.json records "
+            f"({counts}), more than max_unreadable={config.max_unreadable:g}; the first is "
+            f"line {first['line']:,} ({first['reason']}: {first['detail']}); nothing was written"
+        )
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
@@ -162,35 +212,49 @@ def _write_rejects(staging: Path, rejects: list[dict[str, Any]]) -> FileInfo | N
     return FileInfo(REJECTS_NAME, len(rejects), len(data), hashlib.sha256(data).hexdigest())
 
 
-def _other_input(out: Path, old: InputInfo, sha256: str) -> str:
+def _other_input(out: Path, old: InputInfo, size: int | None, sha256: str | None) -> str:
+    if sha256 is None:
+        differs = f"{old.size:,} bytes, not {size:,}"
+    else:
+        differs = f"sha256 {old.sha256[:12]}..., not {sha256[:12]}..."
     return (
-        f"{out} holds a prepare of another input ({old.name}, {old.size:,} bytes, sha256 "
-        f"{old.sha256[:12]}..., not {sha256[:12]}...): choose another --out, or empty it"
+        f"{out} holds a prepare of another input ({old.name}: {differs}): choose another "
+        f"--out, or empty it"
     )
 
 
-def _check_out_dir(out: Path, config_dict: dict[str, Any], source: InputFile) -> Manifest | None:
-    """The previous manifest when ``out`` holds a prepare of the same config, else ``None``."""
+def _make_out_dir(out: Path) -> bool:
+    """Make sure ``out`` is a writable directory; whether this call created it."""
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"output path exists and is not a directory: {out}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
     except OSError as exc:
         raise OutputDirError(f"cannot create output directory {out}: {exc.strerror}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputDirError(f"output directory is not writable: {out}")
-    _remove_stale_staging(out)
-    if not any(p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)):
+    return created
+
+
+def _check_out_dir(out: Path, config_dict: dict[str, Any], source: InputFile) -> Manifest | None:
+    """The previous manifest when ``out`` holds a prepare of the same config, else ``None``.
+
+    Called with the lock held: a publish or staging directory found is a killed run's.
+    """
+    _finish_publish(out)
+    for path in out.glob(f"{_STAGING_PREFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    if not any(out.iterdir()):
         return None
     if not (out / MANIFEST_NAME).is_file():
         raise OutputDirError(
             f"output directory {out} is not empty and holds no prepared data "
             f"(no {MANIFEST_NAME}): choose an empty or new directory"
         )
-    try:
-        previous = Manifest.load(out)
-    except UserError as exc:
-        raise OutputDirError(f"output directory {out}: {exc}") from None
+    previous = _load(out)
     if previous.config != config_dict:
         differ = sorted(
             k
@@ -201,49 +265,52 @@ def _check_out_dir(out: Path, config_dict: dict[str, Any], source: InputFile) ->
             f"output directory {out} holds a prepare of another config (differs in: "
             f"{', '.join(differ)}): choose another --out, or empty it"
         )
-    if previous.input.size != source.size:
-        raise OutputDirError(_other_input(out, previous.input, "(another size)"))
+    if source.size is not None and previous.input.size != source.size:
+        raise OutputDirError(_other_input(out, previous.input, source.size, None))
     return previous
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Remove staging directories left by prepare runs that were killed."""
-    for path in out.glob(f"{_STAGING_PREFIX}*"):
-        pid = path.name[len(_STAGING_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
+def _load(directory: Path) -> Manifest:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # exists, owned by someone else
-    return True
+        return Manifest.load(directory)
+    except UserError as exc:
+        raise OutputDirError(f"output directory {directory}: {exc}") from None
 
 
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=out))
+    path = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _publish(out: Path, staging: Path, manifest: Manifest, previous: Manifest | None) -> None:
-    # Manifest first out, last in: in between the directory does not claim to be complete.
-    with contextlib.suppress(FileNotFoundError):
-        (out / MANIFEST_NAME).unlink()
-    if previous is not None:
-        for name in _file_names(previous):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-    for name in _file_names(manifest):
-        os.replace(staging / name, out / name)
-    manifest.save(out)
+def _finish_publish(out: Path) -> None:
+    """Move a committed run's files from ``.publishing`` into ``out``, if there is one.
+
+    Each step can be repeated after a kill: the new manifest moves last, so while it is in
+    ``.publishing`` a manifest in ``out`` is the old one, whose files go before it does
+    (files of both are replaced by the move).
+    """
+    publishing = out / PUBLISHING_NAME
+    if not publishing.is_dir():
+        return
+    try:
+        if (publishing / MANIFEST_NAME).is_file():
+            new = _file_names(_load(publishing))
+            if (out / MANIFEST_NAME).is_file():
+                for name in set(_file_names(_load(out))) - set(new):
+                    with contextlib.suppress(FileNotFoundError):
+                        (out / name).unlink()
+                (out / MANIFEST_NAME).unlink()
+            for name in new:
+                with contextlib.suppress(FileNotFoundError):  # moved before a kill
+                    os.replace(publishing / name, out / name)
+            os.replace(publishing / MANIFEST_NAME, out / MANIFEST_NAME)
+        shutil.rmtree(publishing)
+    except OSError as exc:
+        raise _write_error(out, exc, "its new files wait in .publishing") from None
 
 
 def _file_names(manifest: Manifest) -> list[str]:
