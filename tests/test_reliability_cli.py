@@ -8,6 +8,7 @@ both the one-line error and that nothing the user had was deleted or half-done.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,13 +28,10 @@ def _load(path: Path, name: str) -> ModuleType:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
-    """The CLI's stderr, checked to be a single ``productdesc COMMAND: error: ...`` line."""
-    err = capsys.readouterr().err.strip()
-    lines = err.splitlines()
-    assert lines, "no error message"
-    assert lines[-1].startswith(f"productdesc {command}: error: "), err
-    assert "Traceback" not in err, err
-    return lines[-1]
+    """The CLI's stderr, checked to be one ``productdesc COMMAND: error: ...`` line and no more."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"productdesc {command}: error: "), err
+    return err.strip()
 
 
 # -- 12: nox --install-only ---------------------------------------------------------------------
@@ -145,3 +143,34 @@ def test_train_overwrite_replaces_a_runs_checkpoints_and_keeps_other_files(
     assert _train(prepared, tmp_path, tiny_toml, "--overwrite") == 0
     assert not old.exists()
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# -- 5: describe --out is checked before any answer is generated ---------------------------------
+def _unwritable(tmp_path: Path) -> Path:
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o500)
+        return folder / "answers.jsonl"
+    if not Path("/proc/self").is_dir():
+        pytest.skip(
+            "root ignores permissions, and there is no /proc to stand for a read-only folder"
+        )
+    return Path("/proc/productdesc-answers.jsonl")  # even root cannot create files there
+
+
+@pytest.mark.parametrize("where", ["a directory", "below a file", "unwritable"])
+def test_describe_file_checks_out_before_generating(
+    where: str, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    titles = tmp_path / "titles.txt"
+    titles.write_text("soft cotton blanket\nkitchen knife set\n")
+    (tmp_path / "file.txt").write_text("")
+    out = {
+        "a directory": tmp_path,
+        "below a file": tmp_path / "file.txt" / "answers.jsonl",
+        "unwritable": _unwritable(tmp_path),
+    }[where]
+    argv = ["describe", "--model", str(tiny_llama), "--file", str(titles), "--out", str(out)]
+    assert main([*argv, "--max-new-tokens", "2", "--backend", "transformers"]) == 2
+    line = one_line_error(capsys, "describe")
+    assert f"--out {out}" in line  # and nothing else on stderr: no answer was generated

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give either a TITLE or --file, not both or neither")
     if args.out is not None and args.file is None:
         raise UserError("--out needs --file")
+    if args.out is not None:
+        _check_writable(args.out)
     titles = _read_titles(args.file) if args.file is not None else []
     generation = generation_from_args(args)
     # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.
@@ -97,6 +100,30 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     return _describe_file(describer, titles, args)
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before any answer is generated where ``--out`` could not be written at the end.
+
+    Raises:
+        UserError: ``path`` is a directory, or its folder cannot be created or written.
+    """
+    if path.is_dir():
+        raise UserError(
+            f"--out {path} is a directory; give a file in it, such as {path / 'answers.jsonl'}"
+        )
+    folder = path.parent
+    while not folder.exists():  # the write creates missing folders: the nearest must allow it
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"--out {path}: {folder} is a file, not a directory; choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"--out {path}: cannot write in {folder} ({exc.strerror}); choose another --out"
+        ) from None
 
 
 def _read_titles(path: Path) -> list[str]:
