@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -174,3 +175,47 @@ def test_describe_file_checks_out_before_generating(
     assert main([*argv, "--max-new-tokens", "2", "--backend", "transformers"]) == 2
     line = one_line_error(capsys, "describe")
     assert f"--out {out}" in line  # and nothing else on stderr: no answer was generated
+
+
+# -- 6: optional extras are checked when the command starts --------------------------------------
+@pytest.fixture
+def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any model load fails the test: the check must come before the work."""
+    from productdesc.backends.base import Backend
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded before the missing extra was reported")
+
+    monkeypatch.setattr(Backend, "load_for_inference", refuse)
+    monkeypatch.setattr(Backend, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("missing", "command"),
+    [
+        ("bm25s", ["index", "{data}", "--out", "{tmp}/index"]),
+        ("snowballstemmer", ["index", "{data}", "--out", "{tmp}/index"]),
+        ("bm25s", ["evaluate", "--model", "{tmp}", "--data", "{data}", "--out", "{tmp}/r"]),
+        (
+            "rouge_score",
+            ["evaluate", "--model", "{tmp}", "--data", "{data}", "--no-retrieval", "--no-base"],
+        ),
+        ("sacrebleu", ["evaluate", "--model", "{tmp}", "--data", "{data}", "--no-retrieval"]),
+        ("bm25s", ["describe", "--model", "{tmp}", "--context", "{data}", "Nice for Mice"]),
+    ],
+)
+def test_a_missing_extra_is_one_line_before_any_work(
+    missing: str,
+    command: list[str],
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_model_loads: None,
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # what `import` sees when it is not installed
+    argv = [arg.format(data=prepared, tmp=tmp_path) for arg in command]
+    assert main(argv) == 2
+    line = one_line_error(capsys, argv[0])
+    assert missing in line and 'pip install "productdesc[eval]"' in line
+    assert not (tmp_path / "index").exists() and not (tmp_path / "r").exists()

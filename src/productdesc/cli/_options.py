@@ -1,9 +1,15 @@
-"""Options several sub-commands share: decoding settings and the backend to load with."""
+"""What several sub-commands share: decoding settings, the backend option, the extras check."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from typing import Any
+
+from productdesc.errors import UserError
+
+# What `pip install "productdesc[eval]"` adds that index, evaluate and retrieval import.
+EVAL_MODULES = ("bm25s", "snowballstemmer", "rouge_score", "sacrebleu")
 
 # GenerationConfig field -> (flag, argparse keywords); a command picks the ones it offers.
 _GENERATION: dict[str, tuple[str, dict[str, Any]]] = {
@@ -51,6 +57,20 @@ def generation_from_args(args: argparse.Namespace) -> Any:
     return evolve_generation(
         GenerationConfig(), **{k: v for k, v in given.items() if v is not None}
     )
+
+
+def require_extra(extra: str, modules: tuple[str, ...]) -> None:
+    """Fail before any work starts where the optional ``extra``'s ``modules`` are missing.
+
+    Raises:
+        UserError: Naming the missing modules and the ``pip install`` line that adds them.
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(
+            f"this needs {', '.join(missing)}, which the [{extra}] extra installs: "
+            f'pip install "productdesc[{extra}]"'
+        )
 
 
 def add_backend_option(parser: argparse.ArgumentParser) -> None:

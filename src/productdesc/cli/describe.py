@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from productdesc.cli._options import (
+    EVAL_MODULES,
     add_backend_option,
     add_generation_options,
     generation_from_args,
+    require_extra,
 )
 from productdesc.errors import UserError
 
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--out needs --file")
     if args.out is not None:
         _check_writable(args.out)
+    if args.context is not None:
+        require_extra("eval", EVAL_MODULES)  # the retrieval index
     titles = _read_titles(args.file) if args.file is not None else []
     generation = generation_from_args(args)
     # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.

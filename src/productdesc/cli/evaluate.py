@@ -71,6 +71,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from productdesc.cli._options import EVAL_MODULES, require_extra
+
+    # Metrics and the retrieval index: missing, they would fail after every answer is generated.
+    require_extra("eval", EVAL_MODULES)
     from productdesc.evaluate import evaluate
     from productdesc.evaluate.metrics import METRICS
     from productdesc.evaluate.report import format_interval

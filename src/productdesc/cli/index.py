@@ -45,6 +45,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from productdesc.cli._options import EVAL_MODULES, require_extra
+
+    require_extra("eval", EVAL_MODULES)
     from productdesc.context import INDEX_DIR, build_index
     from productdesc.retrieval import Analyzer
 
