@@ -408,14 +408,22 @@ class Run:
         # A bounded window of tasks in flight keeps memory flat whatever the file size
         # (Pool.imap would read the whole input ahead).
         window: deque[tuple[Any, int]] = deque()
-        for seq, (task, position) in enumerate(tasks):
-            window.append((pool.apply_async(_run_task, (seq, task)), position))
-            if len(window) >= 3 * self.config.workers:
-                result, pos = window.popleft()
-                yield result.get(), pos
-        while window:
-            result, pos = window.popleft()
-            yield result.get(), pos
+        try:
+            for seq, (task, position) in enumerate(tasks):
+                window.append((pool.apply_async(_run_task, (seq, task)), position))
+                if len(window) >= 3 * self.config.workers:
+                    yield window[0][0].get(), window[0][1]
+                    window.popleft()
+            while window:
+                yield window[0][0].get(), window[0][1]
+                window.popleft()
+        except BaseException:
+            # Ctrl-C, an error, or the consumer stopping: let the tasks in flight end first.
+            # Pool.terminate() can hang for good while a worker is still sending a large
+            # result (it waits for the result pipe's lock, which that worker holds).
+            for result, _ in window:
+                result.wait()
+            raise
 
     def _plain_tasks(self) -> Iterator[tuple[tuple[int, int], int]]:
         size = self.source.size
