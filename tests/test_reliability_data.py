@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from productdesc import AmazonTitlesDataset, PrepareConfig
-from productdesc._io import output_lock
 from productdesc.cli import main
 from productdesc.data import sample_path
 from productdesc.data.synthetic import write_trn
@@ -145,6 +144,8 @@ def test_two_concurrent_prepares_into_one_folder_one_fails_at_once(
 def test_a_held_lock_refuses_prepare_and_leaves_the_folder(
     prepared: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from productdesc._io import output_lock
+
     before = tree(prepared)
     with output_lock(prepared, "train"):
         code, err = prepare(capsys, "--sample", "--out", str(prepared))
@@ -156,6 +157,8 @@ def test_a_held_lock_refuses_prepare_and_leaves_the_folder(
 
 def test_the_lock_goes_with_the_process_that_took_it(tmp_path: Path) -> None:
     """Killed with SIGKILL, the holder leaves no stale lock; a forked child never holds it."""
+    from productdesc._io import output_lock
+
     holder = subprocess.Popen(
         [
             sys.executable,
