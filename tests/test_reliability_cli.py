@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -29,10 +30,14 @@ def _load(path: Path, name: str) -> ModuleType:
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], command: str) -> str:
-    """The CLI's stderr, checked to be one ``productdesc COMMAND: error: ...`` line and no more."""
+    """The CLI's stderr, checked to be one ``productdesc COMMAND: error: ...`` line and no more.
+
+    Progress bars (lines redrawn with a carriage return, as the weights load) are not counted.
+    """
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"productdesc {command}: error: "), err
-    return err.strip()
+    lines = [line for line in err.split("\n") if line and not line.startswith("\r")]
+    assert len(lines) == 1 and lines[0].startswith(f"productdesc {command}: error: "), err
+    return lines[0]
 
 
 # -- 12: nox --install-only ---------------------------------------------------------------------
@@ -219,3 +224,74 @@ def test_a_missing_extra_is_one_line_before_any_work(
     line = one_line_error(capsys, argv[0])
     assert missing in line and 'pip install "productdesc[eval]"' in line
     assert not (tmp_path / "index").exists() and not (tmp_path / "r").exists()
+
+
+# -- 9: unreadable weights and config files ------------------------------------------------------
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    path.write_bytes(
+        {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"\x00" * 64}[how]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_toml: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert _train(prepared, out, tiny_toml) == 0
+    return out
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated", "garbage"])
+def test_describe_with_damaged_model_weights_names_the_file(
+    how: str, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    _damage(model / "model.safetensors", how)
+    assert main(["describe", "--model", str(model), "--backend", "transformers", "soap"]) == 2
+    line = one_line_error(capsys, "describe")
+    assert f"{model / 'model.safetensors'} is not a readable safetensors file" in line
+
+
+@pytest.mark.parametrize("how", ["empty", "truncated"])
+def test_describe_with_a_damaged_adapter_names_the_file(
+    how: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _damage(run / "adapter_model.safetensors", how)
+    assert main(["describe", "--model", str(run), "--backend", "transformers", "soap"]) == 2
+    line = one_line_error(capsys, "describe")
+    assert f"{run / 'adapter_model.safetensors'} is not a readable safetensors file" in line
+
+
+def test_train_on_a_damaged_base_model_names_the_file(
+    tiny_llama: Path, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    _damage(model / "model.safetensors", "truncated")
+    argv = ["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--model", str(model)]
+    assert main([*argv, "--backend", "transformers", "--max-steps", "1"]) == 2
+    line = one_line_error(capsys, "train")
+    assert f"{model / 'model.safetensors'} is not a readable safetensors file" in line
+
+
+def test_a_config_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_bytes('[model]\nmodel_name = "Café"\n'.encode("latin-1"))
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    line = one_line_error(capsys, "train")
+    assert f"config file {config} is not UTF-8 text" in line and "save it as UTF-8" in line
+
+
+def test_infinite_epochs_are_refused_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text("[training]\nnum_train_epochs = inf\n")
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    line = one_line_error(capsys, "train")
+    assert "'num_train_epochs' must be a finite number, got inf" in line

@@ -14,6 +14,7 @@ projection, ``adamw_8bit``, lr 2e-4) except for batching: examples are packed, 8
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -89,6 +90,11 @@ def _gradient_checkpointing(value: Any) -> Any:
     if value in ("false", "False"):
         return False
     return value
+
+
+def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
 
 
 @frozen(kw_only=True)
@@ -193,7 +199,7 @@ class TrainingConfig:
     gradient_accumulation_steps: int = field(default=1, validator=_positive())
     warmup_steps: int = field(default=5, validator=_non_negative())
     num_train_epochs: float = field(
-        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
+        default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0), _finite]
     )
     max_steps: int | None = field(default=None, **_optional_positive())
     learning_rate: float = field(
@@ -373,6 +379,13 @@ class FineTuneConfig:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise UserError(f"config file not found: {path}") from None
+        except OSError as exc:
+            raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start}); save it as UTF-8"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data)

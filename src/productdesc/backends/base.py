@@ -11,12 +11,13 @@ Module-level imports stay light (no torch): the registry imports this module to 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -243,7 +244,8 @@ class Backend(abc.ABC):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             ensure_distinct_pad(tokenizer, model)
         if adapter:
-            model = self._attach_adapter(model, path)
+            with _weights_errors(path):
+                model = self._attach_adapter(model, path)
         return self._eval(model, tokenizer)
 
     def prepare_for_inference(self, model: Any) -> Any:
@@ -283,7 +285,7 @@ class Backend(abc.ABC):
 
     # -- shared steps ----------------------------------------------------------------------------
     def _load_resolved(self, resolved: ResolvedModel, **options: Any) -> tuple[Any, Any]:
-        with loading_errors(resolved):
+        with loading_errors(resolved), _weights_errors(Path(resolved.path)):
             model, tokenizer = self._load(resolved.path, **options)
         ensure_distinct_pad(tokenizer, model)
         return model, tokenizer
@@ -292,6 +294,39 @@ class Backend(abc.ABC):
     def _eval(model: Any, tokenizer: Any) -> tuple[Any, Any]:
         model.eval()
         return model, tokenizer
+
+
+@contextlib.contextmanager
+def _weights_errors(directory: Path) -> Iterator[None]:
+    """An unreadable ``.safetensors`` file in ``directory`` as one error that names the file.
+
+    safetensors reports a truncated, empty or corrupt file (an interrupted copy or download)
+    deep in the loader, without its name; this finds which file it was.
+
+    Raises:
+        UserError: A weights file of ``directory`` cannot be read.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        raise UserError(
+            f"{_unreadable_weights(directory) or directory} is not a readable safetensors file "
+            f"({exc}): it is truncated, empty or corrupt; copy or download it again, or retrain"
+        ) from None
+
+
+def _unreadable_weights(directory: Path) -> Path | None:
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(directory.glob("*.safetensors")) if directory.is_dir() else ():
+        try:
+            with safe_open(str(path), framework="numpy"):
+                pass
+        except SafetensorError:
+            return path
+    return None
 
 
 def _adapter_base(adapter_config: Path) -> str:
