@@ -386,7 +386,7 @@ def test_a_write_that_fails_is_one_line_and_leaves_nothing(
     )
     assert done.returncode == 2
     assert done.stderr.startswith(f"productdesc prepare: error: prepare into {out} failed (File")
-    assert done.stderr.count("\n") == 1 and "free some space" in done.stderr
+    assert done.stderr.count("\n") == 1 and "raise the file-size limit" in done.stderr
     assert not out.exists()
 
 

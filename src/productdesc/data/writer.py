@@ -46,8 +46,12 @@ logger = logging.getLogger(__name__)
 
 REJECTS_NAME = "rejects.jsonl"
 _STAGING_PREFIX = ".prepare-"
-# Errors that more free space (or a larger file-size limit) cures.
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# What cures a failed write, by errno.
+_CURES = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space (a disk quota is reached)",
+    errno.EFBIG: "raise the file-size limit (ulimit -f)",
+}
 
 
 class _ShardWriter:
@@ -173,7 +177,7 @@ def _prepare_into(
 def _write_error(out: Path, exc: OSError, state: str) -> OutputDirError:
     """One line for a failed write (a full disk, in this process or a worker)."""
     where = f": {exc.filename}" if exc.filename else ""
-    cure = "free some space" if exc.errno in _NO_SPACE else "fix that"
+    cure = _CURES.get(exc.errno, "fix that")  # type: ignore[arg-type]
     return OutputDirError(
         f"prepare into {out} failed ({exc.strerror or exc}{where}); {state}: {cure} and run "
         f"it again"
