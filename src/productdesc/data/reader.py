@@ -1,8 +1,8 @@
 """Reading ``trn.json``: JSON Lines, plain or gzip, in chunks of whole lines.
 
 Memory does not grow with the file: a plain file is cut into byte ranges that end at a line
-end (each worker reads its own range), a gzip file or a stream (pipe, FIFO, ``/dev/stdin``)
-is read, and decompressed, block by block from the one handle its checks were read from. A line is
+end (each worker reads its own range); a gzip file or a stream (pipe, FIFO, ``/dev/stdin``)
+is read, and decompressed, block by block, through the one handle its checks read. A line is
 parsed into a record or a :class:`~productdesc.data.cleaning.Drop` with one of
 :data:`READ_REASONS`; bad lines never stop a run.
 """
