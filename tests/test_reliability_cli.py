@@ -241,28 +241,26 @@ def tiny_run(tiny_toml: Path, prepared: Path, tmp_path_factory: pytest.TempPathF
     return out
 
 
-@pytest.mark.parametrize("how", ["empty", "truncated", "garbage"])
-def test_describe_with_damaged_model_weights_names_the_file(
-    how: str, tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("source", "weights", "how"),
+    [("tiny_llama", "model.safetensors", how) for how in ("empty", "truncated", "garbage")]
+    + [("tiny_run", "adapter_model.safetensors", how) for how in ("empty", "truncated")],
+)
+def test_describe_with_damaged_weights_names_the_file(
+    source: str,
+    weights: str,
+    how: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = tmp_path / "model"
-    shutil.copytree(tiny_llama, model)
-    _damage(model / "model.safetensors", how)
+    shutil.copytree(request.getfixturevalue(source), model)
+    capsys.readouterr()  # what building the fixture printed
+    _damage(model / weights, how)
     assert main(["describe", "--model", str(model), "--backend", "transformers", "soap"]) == 2
     line = one_line_error(capsys, "describe")
-    assert f"{model / 'model.safetensors'} is not a readable safetensors file" in line
-
-
-@pytest.mark.parametrize("how", ["empty", "truncated"])
-def test_describe_with_a_damaged_adapter_names_the_file(
-    how: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    _damage(run / "adapter_model.safetensors", how)
-    assert main(["describe", "--model", str(run), "--backend", "transformers", "soap"]) == 2
-    line = one_line_error(capsys, "describe")
-    assert f"{run / 'adapter_model.safetensors'} is not a readable safetensors file" in line
+    assert f"{model / weights} is not a readable safetensors file" in line
 
 
 def test_train_on_a_damaged_base_model_names_the_file(
@@ -277,21 +275,45 @@ def test_train_on_a_damaged_base_model_names_the_file(
     assert f"{model / 'model.safetensors'} is not a readable safetensors file" in line
 
 
+def _config_error(content: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line ``train --config`` prints for a config file holding ``content``."""
+    config = tmp_path / "run.toml"
+    config.write_bytes(content)
+    assert main(["train", "--config", str(config), "--print-config"]) == 2
+    return one_line_error(capsys, "train")
+
+
 def test_a_config_that_is_not_utf8_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "run.toml"
-    config.write_bytes('[model]\nmodel_name = "Café"\n'.encode("latin-1"))
-    assert main(["train", "--config", str(config), "--print-config"]) == 2
-    line = one_line_error(capsys, "train")
-    assert f"config file {config} is not UTF-8 text" in line and "save it as UTF-8" in line
+    line = _config_error('[model]\nmodel_name = "Café"\n'.encode("latin-1"), tmp_path, capsys)
+    assert f"config file {tmp_path / 'run.toml'} is not UTF-8 text" in line
+    assert "save it as UTF-8" in line
 
 
 def test_infinite_epochs_are_refused_before_any_model_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "run.toml"
-    config.write_text("[training]\nnum_train_epochs = inf\n")
-    assert main(["train", "--config", str(config), "--print-config"]) == 2
-    line = one_line_error(capsys, "train")
+    line = _config_error(b"[training]\nnum_train_epochs = inf\n", tmp_path, capsys)
     assert "'num_train_epochs' must be a finite number, got inf" in line
+
+
+# -- 10: config errors are short and name the field; booleans are not integers ------------------
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[training]\nmax_steps = true\n", "[training] 'max_steps' must be an integer, got True"),
+        ("[lora]\nr = false\n", "[lora] 'r' must be an integer, got False"),
+        ("[training]\nmax_steps = 2.5\n", "[training] 'max_steps' must be an integer, got 2.5"),
+        ('[training]\nlearning_rate = "fast"\n', "'learning_rate' must be a number, got 'fast'"),
+        ('[model]\nload_in_4bit = "yes"\n', "'load_in_4bit' must be true or false, got 'yes'"),
+        ('[lora]\nbias = "some"\n', "'bias' must be one of 'none', 'all', 'lora_only'"),
+        ("[training]\nwarmup_steps = -1\n", "[training] 'warmup_steps' must be >= 0: -1"),
+    ],
+)
+def test_config_errors_are_one_short_line_naming_the_field(
+    toml: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _config_error(toml.encode(), tmp_path, capsys)
+    assert message in line
+    assert "Attribute(" not in line and len(line) < 160

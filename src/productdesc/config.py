@@ -92,6 +92,14 @@ def _gradient_checkpointing(value: Any) -> Any:
     return value
 
 
+def _not_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    # instance_of(int) passes True and False (bool is an int): `max_steps = true` trained 1 step.
+    if isinstance(value, bool):
+        raise TypeError(
+            f"'{attribute.name}' must be an integer, not {value!r}", attribute, int, value
+        )
+
+
 def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
@@ -201,7 +209,9 @@ class TrainingConfig:
     num_train_epochs: float = field(
         default=1.0, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0), _finite]
     )
-    max_steps: int | None = field(default=None, **_optional_positive())
+    max_steps: int | None = field(
+        default=None, converter=_off_to_none, validator=v.optional([_not_bool, *_positive()])
+    )
     learning_rate: float = field(
         default=2e-4, converter=_to_float, validator=[v.instance_of(float), v.gt(0.0)]
     )
@@ -352,15 +362,14 @@ class FineTuneConfig:
     def from_dict(cls, data: dict[str, Any]) -> FineTuneConfig:
         """Build from a nested dict; unknown keys are an error that names them."""
         _reject_unknown(cls, data, "")
+        values = dict(data)
         for section, section_cls in cls.SECTIONS.items():
             if section in data:
                 if not isinstance(data[section], dict):
                     raise UserError(f"config: [{section}] must be a table")
                 _reject_unknown(section_cls, data[section], section)
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"config: {exc}") from exc
+                values[section] = _build(section_cls, data[section], f"[{section}] ")
+        return _build(cls, values, "")
 
     def to_toml(self, path: str | os.PathLike[str] | None = None) -> str:
         """The config as TOML text; written atomically to ``path`` when given."""
@@ -389,6 +398,36 @@ class FineTuneConfig:
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data)
+
+
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """``cls(**values)``; a rejected value is one line naming the field after ``prefix``.
+
+    attrs' own errors carry the field's whole ``Attribute`` (hundreds of characters) and
+    ``instance_of(int)`` passes booleans, so integer fields are checked for those here too.
+    """
+    try:
+        for attribute in attrs.fields(cls):
+            if attribute.name in values and attribute.type in ("int", "int | None"):
+                _not_bool(None, attribute, values[attribute.name])
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"config: {prefix}{_field_error(exc)}") from None
+
+
+def _field_error(exc: Exception) -> str:
+    if len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
+        _, attribute, expected, value = exc.args
+        if isinstance(exc, TypeError):  # instance_of: (message, attribute, type, value)
+            types = expected if isinstance(expected, tuple) else (expected,)
+            wanted = " or ".join(_KINDS.get(t, t.__name__) for t in types)
+        else:  # in_: (message, attribute, options, value)
+            wanted = "one of " + ", ".join(map(repr, expected))
+        return f"'{attribute.name}' must be {wanted}, got {value!r}"
+    return str(exc)  # the other validators' messages: one line naming the field
 
 
 def _reject_unknown(cls: type, data: dict[str, Any], section: str) -> None:
