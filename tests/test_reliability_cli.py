@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -149,6 +151,35 @@ def test_train_overwrite_replaces_a_runs_checkpoints_and_keeps_other_files(
     assert _train(prepared, tmp_path, tiny_toml, "--overwrite") == 0
     assert not old.exists()
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# -- 3: one run at a time in an output directory -------------------------------------------------
+def test_a_second_train_into_a_running_out_fails_at_once(
+    tiny_toml: Path, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [
+            sys.executable, "-m", "productdesc.cli", "train", "--data", str(prepared),
+            "--out", str(out), "--config", str(tiny_toml), "--max-steps", "100000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "productdesc_config.toml").is_file():  # the first is training now
+            assert first.poll() is None and time.monotonic() < deadline, "first run never started"
+            time.sleep(0.2)
+        started = time.monotonic()
+        assert _train(prepared, out, tiny_toml, "--overwrite") == 2
+        assert time.monotonic() - started < 5  # at once, before any model loads
+        line = one_line_error(capsys, "train")
+        assert str(out) in line and "in use by another train run" in line
+        assert first.poll() is None  # the first run goes on, its folder untouched
+    finally:
+        first.kill()
+        first.wait()
 
 
 # -- 5: describe --out is checked before any answer is generated ---------------------------------

@@ -33,6 +33,7 @@ One optimizer step then takes N x ``per_device_train_batch_size`` x
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,13 +41,14 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from productdesc._io import atomic_write, write_text_atomic
+from productdesc._io import atomic_write, output_lock, write_text_atomic
 from productdesc._version import __version__
 from productdesc.backends import checkpointing, distributed
 from productdesc.config import FineTuneConfig, TrainingConfig
@@ -382,17 +384,17 @@ class LoraFineTuner:
         return datasets.Dataset.from_list(pairs)
 
     def _prepare_output_dir(self, out: Path, resume: Any, overwrite: bool) -> str | None:
+        main = distributed.is_main_process()
+        if main:
+            # Locked before the first look, so a second run into ``out`` fails at once instead
+            # of both passing the checks and one silently replacing the other's outputs.
+            self._run_lock = _lock_run_dir(out, create=not resume)
         checkpoint, clear = self._check_output_dir(out, resume, overwrite)
         # Every rank checks the directory as it was, before rank 0 changes it.
         distributed.barrier()
-        if checkpoint is None and distributed.is_main_process():
-            if clear:
-                for sub in (CHECKPOINTS, MERGED):
-                    shutil.rmtree(out / sub, ignore_errors=True)
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
+        if clear and main:
+            for sub in (CHECKPOINTS, MERGED):
+                shutil.rmtree(out / sub, ignore_errors=True)
         return checkpoint
 
     def _check_output_dir(self, out: Path, resume: Any, overwrite: bool) -> tuple[str | None, bool]:
@@ -590,6 +592,44 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     if png is not None:
         with atomic_write(path, "wb") as fh:
             fh.write(png)
+
+
+class _RunLock:
+    """This process's lock on a run's output directory, shared by its tuners.
+
+    Held from a run's first check of the directory while any tuner that trained there lives
+    (or until it trains elsewhere): another process cannot write the run meanwhile, and this
+    process's tuners may go on resuming or overwriting it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        stack = contextlib.ExitStack()
+        stack.enter_context(output_lock(directory, "train"))
+        weakref.finalize(self, stack.close)
+
+
+_RUN_LOCKS: weakref.WeakValueDictionary[Path, _RunLock] = weakref.WeakValueDictionary()
+
+
+def _lock_run_dir(out: Path, *, create: bool) -> _RunLock | None:
+    """Lock ``out`` (created first when ``create``); ``None`` where it is not a directory.
+
+    Raises:
+        OutputDirError: Another process is writing a run there, or it cannot be created.
+    """
+    key = out.resolve()
+    lock = _RUN_LOCKS.get(key)
+    if lock is not None:
+        return lock
+    if create and not out.exists():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
+    if not out.is_dir():
+        return None  # a file, or nothing to resume: the directory check says which
+    lock = _RUN_LOCKS[key] = _RunLock(out)
+    return lock
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:
