@@ -46,11 +46,20 @@ def options(tok, max_new_tokens):
     )
 
 
-def assert_same_as_generate(model, decoder, enc, *, eos, pad, max_new_tokens, min_new_tokens=0):
-    """The decoder's new tokens for ``enc`` equal ``model.generate``'s greedy ones; returns them."""
-    kwargs = dict(eos_token_id=eos, pad_token_id=pad, max_new_tokens=max_new_tokens)
-    ref = greedy(model, enc, min_new_tokens=min_new_tokens, **kwargs)
-    out = decode(decoder, enc, min_new_tokens=min_new_tokens, **kwargs)
+def assert_same_as_generate(
+    model, decoder, enc, *, eos, pad, max_new_tokens, min_new_tokens=0, **guard
+):
+    """The decoder's new tokens for ``enc`` equal ``model.generate``'s greedy ones, both with
+    the ``guard`` given (``repetition_penalty``, ``no_repeat_ngram_size``); returns them."""
+    kwargs = dict(
+        eos_token_id=eos,
+        pad_token_id=pad,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        **guard,
+    )
+    ref = greedy(model, enc, **kwargs)
+    out = decode(decoder, enc, **kwargs)
     assert torch.equal(out, ref)
     return out
 
@@ -85,6 +94,117 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
         )
+
+
+GUARDS = [
+    {"no_repeat_ngram_size": 3},
+    {"no_repeat_ngram_size": 4},
+    {"repetition_penalty": 1.1},
+    {"repetition_penalty": 1.3},
+    {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3},
+    {"no_repeat_ngram_size": 4, "repetition_penalty": 1.1},
+]
+
+TITLES = ["soft cotton blanket", "mouse", "the prophet book hardcover edition great gift for kids"]
+
+
+@pytest.mark.parametrize("guard", GUARDS, ids=str)
+def test_a_guard_against_loops_gives_generates_tokens(model_and_tokenizer, guard):
+    """The tiny model loops (its greedy answers repeat a token four times, a pair of tokens
+    eight times), so every guard changes the answers. Runs of 7 steps do not divide the
+    length; EOS is held back for 3 tokens. The decoder alternates guarded and plain calls of
+    one shape: each keeps its own buffers."""
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = model_and_tokenizer
+    enc = tok(TITLES, return_tensors="pt", padding=True)
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=7)
+    settings = {**options(tok, 40), "min_new_tokens": 3}
+    plain = greedy(model, enc, **settings)
+    guarded = greedy(model, enc, **settings, **guard)
+    assert not torch.equal(guarded, plain)
+    for _ in range(2):  # the second round reuses both shapes' buffers
+        assert torch.equal(decode(decoder, enc, **settings, **guard), guarded)
+        assert torch.equal(decode(decoder, enc, **settings), plain)
+
+
+@pytest.mark.parametrize("guard", GUARDS, ids=str)
+def test_a_guard_counts_the_left_padding_as_generate_does(tiny_llama, guard):
+    """generate's processors see the padded batch: the pad is a token a padded row holds
+    (penalised) and n-grams run over its padding. With the pad made a likely token, some
+    padded row's guarded answer differs from its answer decoded alone (plain greedy ones do
+    not, nor does the unpadded row's), and the decoder gives the batch's. So it does with
+    more padding than the longest row needs, of which it keeps what counts."""
+    from transformers import BatchEncoding
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = load(tiny_llama)
+    with torch.no_grad():
+        model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+        model.lm_head.bias[tok.pad_token_id] = 0.7
+    enc = tok(TITLES, return_tensors="pt", padding=True)
+    decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=5)
+    settings = {**options(tok, 12), **guard}
+
+    def alone(**settings):
+        return [greedy(model, tok([t], return_tensors="pt"), **settings)[0] for t in TITLES]
+
+    plain = greedy(model, enc, **options(tok, 12))
+    assert all(torch.equal(a, b) for a, b in zip(alone(**options(tok, 12)), plain, strict=True))
+    out = greedy(model, enc, **settings)
+    assert torch.equal(decode(decoder, enc, **settings), out)
+    same = [torch.equal(a, b) for a, b in zip(alone(**settings), out, strict=True)]
+    padded = (enc.attention_mask[:, 0] == 0).tolist()
+    assert not all(s for s, p in zip(same, padded, strict=True) if p)
+    assert all(s for s, p in zip(same, padded, strict=True) if not p)
+
+    wider = BatchEncoding(
+        {
+            "input_ids": torch.nn.functional.pad(enc.input_ids, (11, 0), value=tok.pad_token_id),
+            "attention_mask": torch.nn.functional.pad(enc.attention_mask, (11, 0), value=0),
+        }
+    )
+    assert torch.equal(decode(decoder, wider, **settings), greedy(model, wider, **settings))
+
+
+@pytest.mark.parametrize(("ngram", "penalty"), [(1, None), (2, None), (3, 1.3), (4, 0.8), (0, 1.1)])
+def test_the_guard_computes_transformers_processors(ngram, penalty):
+    """On random rows over six tokens (n-grams recur), every length from one token, shorter
+    than the n-gram included, and unused cells before and after the row holding the
+    vocabulary size, as the decoder's buffer does."""
+    from transformers import (
+        LogitsProcessorList,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
+
+    from productdesc.fastgen import _guarded
+
+    torch.manual_seed(0)
+    vocab, rows, width, start = 6, 4, 16, 3
+    processors = LogitsProcessorList()
+    if penalty is not None:
+        processors.append(RepetitionPenaltyLogitsProcessor(penalty))
+    if ngram:
+        processors.append(NoRepeatNGramLogitsProcessor(ngram))
+    changed = 0
+    for length in range(1, width):
+        ids = torch.randint(vocab, (rows, length))
+        scores = torch.randn(rows, vocab)
+        seen = torch.full((rows, start + width), vocab)
+        seen[:, start : start + length] = ids
+        got = _guarded(
+            scores.clone(),
+            seen,
+            torch.tensor([start + length]),
+            None if penalty is None else torch.tensor(penalty),
+            ngram,
+        )
+        want = processors(ids, scores.clone())
+        assert torch.equal(got, want), length
+        changed += not torch.equal(got, scores)
+    assert changed > width // 2
 
 
 HEAD = "Below is an instruction that describes a task. Describe the product in one line.\n"
@@ -549,7 +669,7 @@ def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tok
             model, decoder, enc, eos=tok.eos_token_id, pad=tok.pad_token_id, max_new_tokens=6
         )
         assert len(decoder._slots) <= 2
-    assert [batch for batch, _ in decoder._slots] == [3, 1]
+    assert [key[0] for key in decoder._slots] == [3, 1]
 
 
 @pytest.mark.slow

@@ -18,10 +18,12 @@ reads the grouped KV cache as it is (:func:`grouped_decode_attention`): transfor
 expands every KV head to all its query heads whenever a mask is given, which copies the whole
 static cache on every step, 8 times over for TinyLlama.
 
-Only greedy decoding is handled; :class:`~productdesc.describe.Describer` uses the plain
-``generate`` for sampling. The output equals ``generate(do_sample=False)`` token for token in
-float32; in bf16 a compiled kernel may round differently and flip a near-tie (the benchmark
-reports how often).
+Only greedy decoding is handled, with or without ``generate``'s guards against loops
+(``repetition_penalty``, ``no_repeat_ngram_size``: computed inside the step, on the device,
+from a fixed-size buffer of each row's tokens); :class:`~productdesc.describe.Describer`
+uses the plain ``generate`` for sampling. The output equals ``generate(do_sample=False)``
+with the same settings token for token in float32; in bf16 a compiled kernel may round
+differently and flip a near-tie (the benchmark reports how often).
 """
 
 from __future__ import annotations
@@ -317,20 +319,29 @@ def _attention_forward(
 
 
 class _Slot:
-    """Buffers for one (batch, total length) shape, reused call after call.
+    """Buffers for one (batch, total length, guard) shape, reused call after call.
 
     A CUDA graph records the addresses of the tensors it reads and writes, so everything a
     decode step touches lives here and is updated in place: the static KV cache, the attention
     mask, the token being fed, its position and cache position, the step count and ``done``.
     ``out`` collects the tokens of one run of ``check_every`` steps.
+
+    With a guard against loops (``ngram`` > 0 or ``penalize``), ``seen`` holds each row's
+    sequence as ``generate`` sees it (the given prompt, its left padding included, then each
+    new token, written at ``seen_len``) and, in its other cells, the vocabulary size, an id
+    no token has, which the guard's pass over the whole buffer (fixed shapes) skips.
+    ``guard`` is what the step gets: ``(seen, seen_len, penalty, ngram)``, ``penalty``
+    ``None`` when off.
     """
 
-    def __init__(self, model: Any, batch: int, total: int, steps: int) -> None:
+    def __init__(
+        self, model: Any, batch: int, total: int, steps: int, ngram: int, penalize: bool
+    ) -> None:
         import torch
         from transformers import StaticCache
 
         device = model.device
-        vocab = model.get_output_embeddings().out_features
+        self.vocab = model.get_output_embeddings().out_features
         self.cache = StaticCache(config=model.config, max_cache_len=total)
         self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -341,10 +352,45 @@ class _Slot:
         self.min_new = torch.zeros((), dtype=torch.long, device=device)
         self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
         # Added to the logits: -inf at EOS (set per call) holds it back before min_new_tokens.
-        self.allow_eos = torch.zeros(vocab, device=device)
-        self.hold_eos = torch.zeros(vocab, device=device)
+        self.allow_eos = torch.zeros(self.vocab, device=device)
+        self.hold_eos = torch.zeros(self.vocab, device=device)
         self.ids = torch.zeros(2, dtype=torch.long, device=device)  # [eos, pad], set per call
         self.graph: Any = None
+        self.guard: tuple | None = None
+        if ngram or penalize:
+            # generate's n-grams over a row's left padding (pads only, or pads then the
+            # prompt's first tokens) need `keep` pad columns, the penalty one: the prompt's
+            # part of `seen` is `keep` columns wider than the cache's, whose length no row
+            # exceeds. Then a column per new token, the last one's included.
+            self.keep = max(ngram, 1)
+            self.seen = torch.zeros(batch, total + self.keep + 1, dtype=torch.long, device=device)
+            self.seen_len = torch.zeros(1, dtype=torch.long, device=device)
+            penalty = torch.ones((), device=device) if penalize else None
+            self.guard = (self.seen, self.seen_len, penalty, ngram)
+
+    def start_guard(self, given: torch.Tensor, prompt_len: int, penalty: float) -> None:
+        """Set the guard's buffers for a call: ``seen`` starts with the ``given`` prompt (the
+        caller's, before its start is split off or its padding lengthened), its last
+        ``prompt_len + keep`` columns. Any before them are left padding in every row, beyond
+        the ``keep`` pad columns kept: they add no token and no n-gram."""
+        if self.guard is None:
+            return
+        head = prompt_len + self.keep
+        given = given[:, -head:]
+        self.seen.fill_(self.vocab)
+        self.seen[:, head - given.shape[1] : head] = given
+        self.seen_len.fill_(head)
+        if self.guard[2] is not None:
+            self.guard[2].fill_(penalty)
+
+    def take(self, token: torch.Tensor, done: torch.Tensor) -> None:
+        """Keep a step's ``token`` (B, 1) and ``done`` (B,) for the next step, the guard's
+        sequence growing by the token."""
+        self.token.copy_(token)
+        self.done.copy_(done)
+        if self.guard is not None:
+            self.seen.index_copy_(1, self.seen_len, token)
+            self.seen_len += 1
 
 
 class StaticGreedyDecoder:
@@ -367,9 +413,11 @@ class StaticGreedyDecoder:
         fuse: Compute q/k/v and gate/up as one product each in Llama layers, their weights
             made views of one tensor (memory and ``state_dict`` unchanged; the model computes
             as before outside this decoder).
-        max_shapes: How many (batch size, length) shapes keep their KV cache and CUDA graph;
-            the least recently used is dropped beyond that, so a service that sees many
-            batch sizes does not keep a cache for each.
+        max_shapes: How many (batch size, length, guard) shapes keep their KV cache and CUDA
+            graph; the least recently used is dropped beyond that, so a service that sees
+            many batch sizes does not keep a cache for each. (A guard is the pair
+            ``no_repeat_ngram_size``, whether ``repetition_penalty`` is on: its operations are
+            part of the recorded step; the penalty's value is not.)
         compile_prefill: Compile the prompt's forward pass too: 11% faster batch-64 calls
             and a first token in 11 ms instead of 18 on an H200, for a longer warm-up (about
             150 s instead of 70 for a 1.1B model in bf16).
@@ -422,8 +470,6 @@ class StaticGreedyDecoder:
     ) -> None:
         import collections
 
-        import torch
-
         if min(check_every, length_bucket, max_shapes) < 1:
             raise ValueError("check_every, length_bucket and max_shapes must be at least 1")
         from transformers import StaticCache
@@ -446,29 +492,51 @@ class StaticGreedyDecoder:
         self.share_prefix = share_prefix
         self._kernel = _load_kernel() if attention_kernel and fuse else None
         self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
-        self._step = self._prefill = self._next_tokens
         self.max_shapes = max_shapes
-        # One slot per shape, reused: CUDA graphs are recorded against fixed buffer addresses.
-        self._slots: collections.OrderedDict[tuple[int, int], _Slot] = collections.OrderedDict()
+        # One slot per shape and guard, reused: CUDA graphs are recorded against fixed
+        # buffer addresses.
+        self._slots: collections.OrderedDict[tuple[int, int, int, bool], _Slot] = (
+            collections.OrderedDict()
+        )
         # Keys and values of shared prompt starts, one row each, per layer.
         self._prefixes: collections.OrderedDict[tuple[int, ...], list] = collections.OrderedDict()
+        self._compile_mode = compile_mode
         self._compiled_prefill = compile_mode is not None and compile_prefill
-        if compile_mode is not None:
-            kind = _kind(model)
-            step = _own_code(self._next_tokens, ("step", kind))
-            self._step = torch.compile(step, mode=compile_mode, fullgraph=True)
+        self._kind = _kind(model) if compile_mode is not None else None
+        self._functions: dict[tuple[int, bool], tuple[Any, Any]] = {}
+
+    def _step_and_prefill(self, ngram: int, penalize: bool) -> tuple[Any, Any]:
+        """The one-token step and the prompt's forward for a guard: compiled (once), each
+        guard its own code (:func:`_own_code`), since its ops are in the graph and every
+        guard would otherwise add its compilations to one list; eager without a
+        ``compile_mode``."""
+        import torch
+
+        functions = self._functions.get((ngram, penalize))
+        if functions is not None:
+            return functions
+        step = prefill = self._next_tokens
+        key = (self._kind, ngram, penalize)
+        if self._compile_mode is not None:
+            step = _own_code(self._next_tokens, ("step", *key))
+            step = torch.compile(step, mode=self._compile_mode, fullgraph=True)
         if self._compiled_prefill:
             # Not fullgraph: a graph break in the prompt's forward would cost some speed;
             # with fullgraph it would stop every call.
-            prefill = _own_code(self._next_tokens, ("prefill", kind))
-            self._prefill = torch.compile(prefill, mode=compile_mode)
+            prefill = _own_code(self._next_tokens, ("prefill", *key))
+            prefill = torch.compile(prefill, mode=self._compile_mode)
+        self._functions[(ngram, penalize)] = step, prefill
+        return step, prefill
 
-    def _next_tokens(self, tokens, position, cache_position, mask, cache, done, eos_bias, ids):
+    def _next_tokens(
+        self, tokens, position, cache_position, mask, cache, done, eos_bias, ids, guard
+    ):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
 
         ``eos_bias`` (added to the logits: -inf at EOS, or all zeros) holds EOS back before
-        ``min_new_tokens``; ``ids`` is ``[eos, pad]`` as a tensor. Tensors, not Python
-        numbers, so that changing them never recompiles.
+        ``min_new_tokens``; ``ids`` is ``[eos, pad]`` as a tensor; ``guard`` is the slot's
+        (:class:`_Slot`) or ``None``. Tensors, not Python numbers, so that changing them
+        never recompiles.
         """
         logits = self.model(
             input_ids=tokens,
@@ -479,10 +547,11 @@ class StaticGreedyDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        return _pick(logits, done, eos_bias, ids)
+        return _pick(logits, done, eos_bias, ids, guard)
 
-    def _run_steps(self, slot: _Slot) -> None:
-        """``check_every`` decode steps on ``slot``'s buffers, in place (what a graph records)."""
+    def _run_steps(self, slot: _Slot, step: Any) -> None:
+        """``check_every`` calls of ``step`` on ``slot``'s buffers, in place (what a graph
+        records)."""
         import torch
 
         for j in range(self.check_every):
@@ -490,7 +559,7 @@ class StaticGreedyDecoder:
             # graph, so the position lives on the device.
             slot.mask.index_fill_(1, slot.cache_position, 1)
             bias = torch.where(slot.step < slot.min_new, slot.hold_eos, slot.allow_eos)
-            token, done = self._step(
+            token, done = step(
                 slot.token,
                 slot.position,
                 slot.cache_position,
@@ -499,21 +568,21 @@ class StaticGreedyDecoder:
                 slot.done,
                 bias,
                 slot.ids,
+                slot.guard,
             )
-            slot.token.copy_(token)
-            slot.done.copy_(done)
+            slot.take(token, done)
             slot.out[:, j] = token[:, 0]
             slot.position += 1
             slot.cache_position += 1
             slot.step += 1
 
-    def _advance(self, slot: _Slot) -> None:
+    def _advance(self, slot: _Slot, step: Any) -> None:
         """Run ``check_every`` steps: eagerly the first time a shape is seen (which compiles
         and warms up), then as one recorded CUDA graph."""
         import torch
 
         if not self.cuda_graphs:
-            self._run_steps(slot)
+            self._run_steps(slot, step)
         elif slot.graph is not None:
             slot.graph.replay()
         else:
@@ -521,13 +590,13 @@ class StaticGreedyDecoder:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._run_steps(slot)
+                self._run_steps(slot, step)
             torch.cuda.current_stream().wait_stream(stream)
             # Recording runs nothing: the buffers hold what the eager run left in them. One
             # recording at a time, and other threads' GPU work does not break it.
             graph = torch.cuda.CUDAGraph()
             with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._run_steps(slot)
+                self._run_steps(slot, step)
             slot.graph = graph
 
     def generate(
@@ -539,10 +608,21 @@ class StaticGreedyDecoder:
         eos_token_id: int,
         pad_token_id: int,
         min_new_tokens: int = 0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
     ) -> torch.Tensor:
-        """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS."""
+        """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS.
+
+        ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
+        the device inside the step: the tokens they count are those ``generate`` counts, the
+        whole given prompt, its left padding included (see :func:`_guarded`).
+        """
         import torch
 
+        if repetition_penalty <= 0 or no_repeat_ngram_size < 0:
+            raise ValueError(
+                "repetition_penalty must be positive and no_repeat_ngram_size not negative"
+            )
         model = self.model
         if self._weights != self._state():
             # First call, or the parameters moved or changed, or an adapter was switched:
@@ -553,6 +633,7 @@ class StaticGreedyDecoder:
             if self.fuse:
                 _fuse_projections(model)
             self._weights = self._state()
+        given = input_ids
         prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
         # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
         extra = -input_ids.shape[1] % self.length_bucket
@@ -566,15 +647,18 @@ class StaticGreedyDecoder:
         # (the surplus of the last run is cut off).
         runs = -(-(max_new_tokens - 1) // self.check_every)
         total = prompt_len + runs * self.check_every
+        guard = no_repeat_ngram_size, repetition_penalty != 1.0
+        step, prefill = self._step_and_prefill(*guard)
         with torch.inference_mode(), _fused_products(self._kernel):
-            slot = self._slots.pop((batch, total), None)
+            key = (batch, total, *guard)
+            slot = self._slots.pop(key, None)
             if slot is None:
                 if len(self._slots) >= self.max_shapes:
                     self._slots.popitem(last=False)
-                slot = _Slot(model, batch, total, self.check_every)
+                slot = _Slot(model, batch, total, self.check_every, *guard)
             else:
                 slot.cache.reset()
-            self._slots[(batch, total)] = slot  # now the most recently used
+            self._slots[key] = slot  # now the most recently used
             # Per call, in place (a graph reads these addresses): the ids may change.
             slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
             slot.hold_eos.zero_()
@@ -585,6 +669,7 @@ class StaticGreedyDecoder:
             # The shared start holds positions 0 .. start - 1; pads get any position (masked).
             positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             slot.done.zero_()
+            slot.start_guard(given, prompt_len, repetition_penalty)
             if prefix:
                 self._write_prefix(slot.cache, prefix, batch)
             prompt = (
@@ -596,6 +681,7 @@ class StaticGreedyDecoder:
                 slot.done,
                 slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
                 slot.ids,
+                slot.guard,
             )
             if self._compiled_prefill and not slot.cache.is_initialized:
                 # A new cache allocates its tensors on its first write, in the keys' dtype.
@@ -603,9 +689,8 @@ class StaticGreedyDecoder:
                 # compile again, so the first write is an eager prefill, then done over.
                 self._next_tokens(*prompt)
                 slot.cache.reset()
-            token, done = self._prefill(*prompt)
-            slot.token.copy_(token)
-            slot.done.copy_(done)
+            token, done = prefill(*prompt)
+            slot.take(token, done)
             slot.position.copy_(positions[:, -1:] + 1)
             slot.cache_position.fill_(prompt_len)
             slot.step.fill_(1)
@@ -615,7 +700,7 @@ class StaticGreedyDecoder:
                 # EOS cannot come before min_new_tokens: no need to look for it until then.
                 if 1 + run * self.check_every >= min_new_tokens and bool(slot.done.all()):
                     break
-                self._advance(slot)
+                self._advance(slot, step)
                 pieces.append(slot.out.clone())
             result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
             # Trim columns after the last EOS so callers see the same shape as generate's.
@@ -740,11 +825,48 @@ def _where(model: Any) -> tuple:
     )
 
 
-def _pick(logits, done, eos_bias, ids):
-    """Greedy next token (B, 1) from last-position ``logits``; rows already ``done`` get pad."""
+def _pick(logits, done, eos_bias, ids, guard):
+    """Greedy next token (B, 1) from last-position ``logits``, under the ``guard``
+    (:func:`_guarded`) if any; rows already ``done`` get pad."""
     import torch
 
     eos, pad = ids[0], ids[1]
-    token = (logits.float() + eos_bias).argmax(-1)
+    scores = logits.float() + eos_bias
+    if guard is not None:
+        scores = _guarded(scores, *guard)
+    token = scores.argmax(-1)
     token = torch.where(done, pad, token)
     return token[:, None], done | (token == eos)
+
+
+def _guarded(scores, seen, seen_len, penalty, ngram):
+    """``scores`` (B, V) after transformers' ``RepetitionPenaltyLogitsProcessor`` (with a
+    ``penalty``) and ``NoRepeatNGramLogitsProcessor`` (with an ``ngram`` size), for rows
+    whose sequence so far is ``seen[:, :seen_len]`` (:class:`_Slot`).
+
+    Tensor operations of fixed shapes only, no value read back to the host: a step stays
+    one recordable graph. Cells of ``seen`` holding ``V`` (before the prompt, after the last
+    token) land in a spare column ``V`` of the masks, which is dropped: the penalty counts
+    no such cell, and no window ending in one bans a token. The only window whose first
+    ``ngram - 1`` cells can equal the row's last ``ngram - 1`` while those hold a ``V``
+    (a prompt shorter than that) is the one ending at the next token, a ``V``: as in
+    transformers, nothing is banned before the sequence holds ``ngram`` tokens.
+    """
+    import torch
+
+    rows, vocab = scores.shape
+    if penalty is not None:
+        # Every token the row holds, once, as transformers' gather and scatter count them.
+        held = scores.new_zeros((rows, vocab + 1), dtype=torch.bool).scatter_(1, seen, True)
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(held[:, :vocab], penalised, scores)
+    if ngram:
+        # A window whose first ngram - 1 tokens are the row's last ngram - 1 bans its last.
+        last = seen_len - (ngram - 1) + torch.arange(ngram - 1, device=seen.device)
+        prefix = seen.index_select(1, last)
+        windows = seen.unfold(1, ngram, 1)
+        matches = (windows[..., :-1] == prefix[:, None]).all(-1)
+        banned = scores.new_zeros((rows, vocab + 1), dtype=torch.bool)
+        banned.scatter_(1, torch.where(matches, windows[..., -1], vocab), True)
+        scores = scores.masked_fill(banned[:, :vocab], float("-inf"))
+    return scores
