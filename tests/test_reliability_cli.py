@@ -348,3 +348,74 @@ def test_config_errors_are_one_short_line_naming_the_field(
     line = _config_error(toml.encode(), tmp_path, capsys)
     assert message in line
     assert "Attribute(" not in line and len(line) < 160
+
+
+# -- 11: the example web service -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serve(tiny_llama: Path) -> tuple[ModuleType, Any]:
+    pytest.importorskip("starlette", reason="examples/serve.py needs starlette")
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    from productdesc import Describer
+
+    module = _load(ROOT / "examples" / "serve.py", "productdesc_serve_reliability")
+    return module, Describer.from_pretrained(tiny_llama, backend="transformers")
+
+
+def _client(serve: tuple[ModuleType, Any], **options: Any) -> Any:
+    from starlette.testclient import TestClient
+
+    module, describer = serve
+    return TestClient(module.create_app(describer, **options))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"title": "soap" * 5_000}, "'title' is 20000 characters; at most 1000"),
+        ({"title": "soap", "question": "why?" * 250}, "'question' is 1000 characters"),
+        ({"title": "soap", "max_new_tokens": "²"}, "max_new_tokens must be an integer"),
+        ({"title": "soap", "max_new_tokens": "9" * 5000}, "max_new_tokens must be an integer"),
+        ({"title": "soap", "max_new_tokens": "+5"}, "max_new_tokens must be an integer"),
+    ],
+)
+def test_serve_rejects_oversized_and_odd_input_with_400(
+    serve: tuple[ModuleType, Any], params: dict[str, str], message: str
+) -> None:
+    response = _client(serve).get("/describe", params=params)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_serve_caps_prompt_tokens(serve: tuple[ModuleType, Any]) -> None:
+    response = _client(serve, max_prompt_tokens=20).get(
+        "/describe", params={"title": "soft cotton blanket " * 10}
+    )
+    assert response.status_code == 400 and "tokens; at most 20" in response.json()["error"]
+
+
+def test_serve_with_an_api_key_wants_it_as_a_bearer_token(serve: tuple[ModuleType, Any]) -> None:
+    client = _client(serve, api_key="s3cret")
+    params = {"title": "soap", "max_new_tokens": "2"}
+    assert client.get("/describe", params=params).status_code == 401
+    wrong = {"Authorization": "Bearer guess"}
+    assert client.get("/describe", params=params, headers=wrong).status_code == 401
+    right = {"Authorization": "Bearer s3cret"}
+    assert client.get("/describe", params=params, headers=right).status_code == 200
+    assert client.get("/health").text == "ok"  # no key needed to see that it runs
+
+
+def test_serve_cuts_an_answer_at_the_time_limit(serve: tuple[ModuleType, Any]) -> None:
+    module, _ = serve
+    params = {"title": "soap", "max_new_tokens": "50"}
+    body = _client(serve, timeout_s=0.0).get("/describe", params=params).text
+    assert body.endswith(module.TIMED_OUT) and len(body) < 200
+
+
+def test_serve_answers_503_when_the_queue_is_full(serve: tuple[ModuleType, Any]) -> None:
+    client = _client(serve, max_queue=1)
+    params = {"title": "soap", "max_new_tokens": "40"}
+    with client.stream("GET", "/describe", params=params) as first:  # holds the one slot
+        busy = client.get("/describe", params=params)
+        assert busy.status_code == 503 and "busy" in busy.json()["error"]
+        first.read()
+    assert client.get("/describe", params=params).status_code == 200  # the slot came back
