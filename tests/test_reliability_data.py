@@ -166,18 +166,18 @@ def test_the_lock_goes_with_the_process_that_took_it(tmp_path: Path) -> None:
             "import os, sys, time\n"
             "from productdesc._io import output_lock\n"
             "with output_lock(sys.argv[1]):\n"
-            "    child = os.fork()\n"  # one that outlives its parent, like a pool worker
-            "    if child == 0:\n"
-            "        time.sleep(30); os._exit(0)\n"
-            "    print('locked', child, flush=True); time.sleep(30)\n",
+            "    if os.fork() == 0:\n"  # one that outlives its parent, like a pool worker
+            "        os.write(1, b'child %d\\n' % os.getpid()); time.sleep(30); os._exit(0)\n"
+            "    os.write(1, b'locked %d\\n' % os.getpid()); time.sleep(30)\n",
             str(tmp_path),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     assert holder.stdout is not None
-    said, child = holder.stdout.readline().split()
-    assert said == "locked"
+    # both lines: the child speaks once os.fork() has returned in it, its copy closed
+    pids = dict(holder.stdout.readline().split() for _ in range(2))
+    child = pids["child"]
     with (
         pytest.raises(OutputDirError, match="in use by another productdesc run"),
         output_lock(tmp_path),
