@@ -136,8 +136,9 @@ class Describer:
             :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``
             unchanged). Models with sliding-window layers decode with ``generate`` (with
-            ``fast=True`` they raise). Sampling, ``repetition_penalty``,
-            ``no_repeat_ngram_size`` and :meth:`stream` always use ``generate``.
+            ``fast=True`` they raise). ``repetition_penalty`` and ``no_repeat_ngram_size``
+            are computed inside the fast path's step, as ``generate`` computes them;
+            sampling and :meth:`stream` always use ``generate``.
     """
 
     def __init__(
@@ -440,8 +441,6 @@ class Describer:
 
         greedy = (
             not gen.do_sample
-            and gen.repetition_penalty == 1.0
-            and not gen.no_repeat_ngram_size
             and not _model_processors(self.model)
         )
         if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
@@ -452,6 +451,8 @@ class Describer:
                 min_new_tokens=gen.min_new_tokens,
                 eos_token_id=self._eos_id,
                 pad_token_id=self._pad_id,
+                repetition_penalty=gen.repetition_penalty,
+                no_repeat_ngram_size=gen.no_repeat_ngram_size,
             )
         with torch.inference_mode():
             out = self.model.generate(
