@@ -4,6 +4,7 @@ CUDA graphs, where a GPU is present)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import pytest
 
@@ -399,7 +400,10 @@ def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_
     assert out[:, -1].tolist() == [tok.eos_token_id] * 2
 
 
-def test_describer_fast_path_gives_the_plain_path_answers(either_llama):
+def test_describer_fast_path_gives_the_plain_path_answers(either_llama, caplog):
+    """Plain greedy and guarded settings (each changes the answers) decode on the fast path,
+    as its log line says, with generate's answers; sampling and a model's own processors
+    fall back to generate, which the fast path's log does not mention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.describe import Describer
@@ -407,14 +411,35 @@ def test_describer_fast_path_gives_the_plain_path_answers(either_llama):
     model = AutoModelForCausalLM.from_pretrained(either_llama)
     tok = AutoTokenizer.from_pretrained(either_llama)
     titles = ["Girls Ballet Tutu Neon Pink", "Mouse", "Stainless steel kitchen knife set of six"]
-    plain = Describer(model, tok, fast=False).describe_batch(
-        titles, max_new_tokens=24, return_details=True
-    )
     fast = Describer(model, tok, fast=True)
     assert fast._fast is not None
-    assert fast.describe_batch(titles, max_new_tokens=24, return_details=True) == plain
+    plain = Describer(model, tok, fast=False)
+
+    def fast_path_taken(**settings):
+        """The fast path's answers, checked against the plain path's; whether it decoded."""
+        want = plain.describe_batch(titles, max_new_tokens=24, return_details=True, **settings)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="productdesc.fastgen"):
+            got = fast.describe_batch(titles, max_new_tokens=24, return_details=True, **settings)
+        assert got == want
+        return "fast path decodes 3 rows" in caplog.text, [d.text for d in want]
+
+    answers = set()
+    for settings in (
+        {"no_repeat_ngram_size": 0},
+        {"no_repeat_ngram_size": 3},
+        {"no_repeat_ngram_size": 0, "repetition_penalty": 1.3},
+        {"no_repeat_ngram_size": 4, "repetition_penalty": 1.1},
+    ):
+        taken, texts = fast_path_taken(**settings)
+        assert taken, settings
+        answers.add(tuple(texts))
+    assert len(answers) == 4
     # sampling is not the fast path's job: it falls back to generate and still works
-    assert len(fast.describe_batch(titles, max_new_tokens=4, do_sample=True)) == 3
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="productdesc.fastgen"):
+        assert len(fast.describe_batch(titles, max_new_tokens=4, do_sample=True)) == 3
+    assert "fast path" not in caplog.text
 
     # A model's own generation_config may suppress tokens: generate honours it, so the fast
     # path steps aside and both give the same (changed) answers.
@@ -422,9 +447,8 @@ def test_describer_fast_path_gives_the_plain_path_answers(either_llama):
     first = model.generate(**prompt, max_new_tokens=1, do_sample=False)[0, -1]
     model.generation_config.suppress_tokens = [int(first)]
     try:
-        suppressed = Describer(model, tok, fast=False).describe_batch(titles, max_new_tokens=24)
-        assert suppressed != [d.text for d in plain]
-        assert fast.describe_batch(titles, max_new_tokens=24) == suppressed
+        taken, suppressed = fast_path_taken(no_repeat_ngram_size=0)
+        assert not taken and tuple(suppressed) not in answers
     finally:
         model.generation_config.suppress_tokens = None
 

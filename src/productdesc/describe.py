@@ -439,10 +439,7 @@ class Describer:
         """
         import torch
 
-        greedy = (
-            not gen.do_sample
-            and not _model_processors(self.model)
-        )
+        greedy = not gen.do_sample and not _model_processors(self.model)
         if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
                 input_ids,

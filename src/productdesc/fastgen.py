@@ -652,6 +652,17 @@ class StaticGreedyDecoder:
         with torch.inference_mode(), _fused_products(self._kernel):
             key = (batch, total, *guard)
             slot = self._slots.pop(key, None)
+            logger.debug(
+                "fast path decodes %d rows: %d prompt tokens (%d of them a shared start), up to %d "
+                "new, no_repeat_ngram_size=%d, repetition_penalty=%g; a %s shape",
+                batch,
+                prompt_len,
+                start,
+                max_new_tokens,
+                no_repeat_ngram_size,
+                repetition_penalty,
+                "new" if slot is None else "known",
+            )
             if slot is None:
                 if len(self._slots) >= self.max_shapes:
                     self._slots.popitem(last=False)
