@@ -729,6 +729,34 @@ def test_compiled_decoder_gives_generates_tokens(tiny_llama):
 
 
 @pytest.mark.slow
+def test_compiled_decoder_with_a_guard_gives_generates_tokens(tiny_llama):
+    """The compiled step with the guard's operations in its graph (fullgraph; on a GPU,
+    recorded as CUDA graphs), for two shapes. The penalty's value lives in a tensor:
+    changing it compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tok = load(tiny_llama)
+    model.to(device)
+    decoder = StaticGreedyDecoder(model, check_every=4)
+    a = tok(TITLES, return_tensors="pt", padding=True).to(device)
+    b = tok(TITLES[:1], return_tensors="pt").to(device)
+    kwargs = {"eos": tok.eos_token_id, "pad": tok.pad_token_id, "max_new_tokens": 17}
+    for enc in (a, b):
+        assert_same_as_generate(
+            model, decoder, enc, no_repeat_ngram_size=3, repetition_penalty=1.1, **kwargs
+        )
+    compiled = counters["stats"]["unique_graphs"]
+    out = assert_same_as_generate(
+        model, decoder, a, no_repeat_ngram_size=3, repetition_penalty=1.3, **kwargs
+    )
+    assert counters["stats"]["unique_graphs"] == compiled
+    assert not torch.equal(out, greedy(model, a, **options(tok, 17)))
+
+
+@pytest.mark.slow
 def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
     """A second call of the same shape, on the cache kept from the first, compiles nothing
     (a cache allocated on its first write used to make it compile the prompt's forward)."""
