@@ -111,8 +111,8 @@ TITLES = ["soft cotton blanket", "mouse", "the prophet book hardcover edition gr
 
 @pytest.mark.parametrize("guard", GUARDS, ids=str)
 def test_a_guard_against_loops_gives_generates_tokens(model_and_tokenizer, guard):
-    """The tiny model loops (its greedy answers repeat a token four times, a pair of tokens
-    eight times), so every guard changes the answers. Runs of 7 steps do not divide the
+    """The tiny model loops (its greedy answers repeat a token six times, a pair of tokens
+    seven times), so every guard changes the answers. Runs of 7 steps do not divide the
     length; EOS is held back for 3 tokens. The decoder alternates guarded and plain calls of
     one shape: each keeps its own buffers."""
     from productdesc.fastgen import StaticGreedyDecoder
