@@ -377,7 +377,9 @@ class FakeDescriber:
         cls.calls.append({"path": Path(path), **kwargs})
         return cls(kwargs.get("retriever"))
 
-    def describe_batch(self, titles: list[str], *, progress: bool, return_details: bool) -> list:
+    def describe_batch(
+        self, titles: list[str], questions: Any = None, *, progress: bool, return_details: bool
+    ) -> list:
         from productdesc.describe import Description
 
         texts = [

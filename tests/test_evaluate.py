@@ -59,7 +59,9 @@ class FakeDescriber:
         cls.calls.append({"path": Path(path), **kwargs})
         return cls(Path(path), kwargs.get("base_only", False), kwargs["generation"])
 
-    def describe_batch(self, titles: list[str], *, progress: bool, return_details: bool) -> list:
+    def describe_batch(
+        self, titles: list[str], questions: Any = None, *, progress: bool, return_details: bool
+    ) -> list:
         assert return_details
         out = []
         for i, title in enumerate(titles):

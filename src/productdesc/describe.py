@@ -52,11 +52,14 @@ class Description:
         new_tokens: Tokens generated for this answer, counting the EOS token when there is one
             (so it is at most ``max_new_tokens``, and equal to it when ``stopped_at_eos`` is
             ``False``).
+        source: ``"model"`` for a generated answer; ``"retrieval"`` for a known product's
+            description that :class:`~productdesc.hybrid.HybridDescriber` returned instead.
     """
 
     text: str
     stopped_at_eos: bool
     new_tokens: int
+    source: str = "model"
 
 
 def evolve_generation(base: GenerationConfig, **overrides: Any) -> GenerationConfig:
@@ -138,7 +141,8 @@ class Describer:
             unchanged). Models with sliding-window layers decode with ``generate`` (with
             ``fast=True`` they raise). ``repetition_penalty`` and ``no_repeat_ngram_size``
             are computed inside the fast path's step, as ``generate`` computes them;
-            sampling and :meth:`stream` always use ``generate``.
+            sampling, ``exponential_decay_length_penalty`` and :meth:`stream` always use
+            ``generate``.
     """
 
     def __init__(
@@ -243,11 +247,13 @@ class Describer:
                 "merge_lora needs a 16- or 32-bit base; drop load_in_4bit or merge_lora"
             )
         run_config = _run_config(path)
+        template_options: dict[str, Any] = {}
         if run_config is not None:
             if backend == "auto":
                 backend = run_config.backend
             if template is None:
                 template = run_config.template
+                template_options = run_config.template_options
         if template is None and retriever is not None:
             template = "context"
         from productdesc.context import check_retriever, open_index
@@ -262,6 +268,10 @@ class Describer:
         model, tokenizer = backend_obj.load_for_inference(
             path, load_in_4bit=load_in_4bit, dtype=dtype, adapter=not base_only
         )
+        if template_options:
+            from productdesc.prompts import get_template
+
+            template = get_template(template, tokenizer=tokenizer, **template_options)
         if merge_lora is None:
             merge_lora = not load_in_4bit and model.device.type == "cuda"
         if merge_lora:
@@ -417,6 +427,7 @@ class Describer:
             top_k=gen.top_k,
             repetition_penalty=gen.repetition_penalty,
             no_repeat_ngram_size=gen.no_repeat_ngram_size,
+            exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
             eos_token_id=self._eos_id,
             pad_token_id=self._pad_id,
         )
@@ -439,7 +450,11 @@ class Describer:
         """
         import torch
 
-        greedy = not gen.do_sample and not _model_processors(self.model)
+        greedy = (
+            not gen.do_sample
+            and gen.exponential_decay_length_penalty is None
+            and not _model_processors(self.model)
+        )
         if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
                 input_ids,

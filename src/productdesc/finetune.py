@@ -84,7 +84,9 @@ class TrainResult:
         first_loss: The first logged training loss.
         train_loss: The last logged training loss.
         initial_eval_loss: The base model's validation loss (before training), or ``None``.
-        eval_loss: The last validation loss, or ``None`` without validation data.
+        eval_loss: The saved adapter's validation loss: the last one, or the best one when
+            ``training.early_stopping_patience`` kept the best checkpoint; ``None`` without
+            validation data.
         train_examples: Training examples (prompt-completion pairs).
         eval_examples: Validation examples.
         runtime_s: Wall time of training in this process, seconds.
@@ -296,7 +298,7 @@ class LoraFineTuner:
             initial_eval_loss=next(
                 (h["eval_loss"] for h in history if h["step"] == 0 and "eval_loss" in h), None
             ),
-            eval_loss=_last(history, "eval_loss"),
+            eval_loss=_kept_eval_loss(trainer, history),
             train_examples=len(train_ds),
             eval_examples=len(eval_ds) if eval_ds is not None else 0,
             runtime_s=runtime,
@@ -316,7 +318,7 @@ class LoraFineTuner:
 
         name = self.config.template
         try:
-            template = get_template(name, tokenizer=tokenizer)
+            template = get_template(name, tokenizer=tokenizer, **self.config.template_options)
         except UserError as exc:
             raise UserError(f"template = {name!r} does not fit this model: {exc}") from None
         eos = template.eos_token
@@ -670,6 +672,13 @@ def _batch_note(training: TrainingConfig, processes: int) -> str:
         f"{processes} process{'es' if processes > 1 else ''} x {rows} rows x {accumulation} "
         f"accumulation = {total} rows a step"
     )
+
+
+def _kept_eval_loss(trainer: Any, history: list[dict[str, Any]]) -> float | None:
+    # With load_best_model_at_end the adapter saved is the best checkpoint, not the last step.
+    if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
+        return float(trainer.state.best_metric)
+    return _last(history, "eval_loss")
 
 
 def _first(history: list[dict[str, Any]], key: str) -> float | None:

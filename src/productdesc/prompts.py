@@ -60,6 +60,7 @@ __all__ = [
     "PromptTemplate",
     "TemplateError",
     "get_template",
+    "seeded_question",
 ]
 
 ALPACA_PREAMBLE = (
@@ -97,6 +98,31 @@ _LEADING_SPECIALS = re.compile(r"(?:\s|<[^<>\s]{1,40}>)*")
 # Small models often run on after the answer into a new section, or a new prompt (perhaps cut
 # short by max_new_tokens).
 _NEXT_SECTION = re.compile(r"^(?:### |Below is an instruction that describes a task)", re.MULTILINE)
+
+
+def seeded_question(
+    title: str,
+    content: str = "",
+    *,
+    share: float = 1.0,
+    seed: int = 3407,
+    phrasings: tuple[str, ...] = QUESTIONS,
+) -> str | None:
+    """A user's question about ``title``, or ``None``, drawn from a hash of the record.
+
+    With probability ``share`` (over records) the answer is one of ``phrasings`` filled with
+    the title; which one, and whether, depends only on ``seed``, the title and ``content``.
+    Training (:meth:`BaseTemplate.training_pairs`) and ``evaluate --questions`` ask this way.
+
+    >>> seeded_question("Nice for Mice", seed=0)
+    'Write a product description for Nice for Mice.'
+    """
+    digest = hashlib.blake2b(f"{seed}\x00{title}\x00{content}".encode(), digest_size=16).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    if draw >= share:
+        return None
+    phrasing = phrasings[int.from_bytes(digest[8:], "big") % len(phrasings)]
+    return phrasing.format(title=title)
 
 
 class TemplateError(UserError, ValueError):
@@ -282,14 +308,7 @@ class BaseTemplate(abc.ABC):
         return self.render_pair(title, content, question)
 
     def _question_for(self, title: str, content: str, share: float, seed: int) -> str | None:
-        digest = hashlib.blake2b(
-            f"{seed}\x00{title}\x00{content}".encode(), digest_size=16
-        ).digest()
-        draw = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
-        if draw >= share:
-            return None
-        phrasing = self.questions[int.from_bytes(digest[8:], "big") % len(self.questions)]
-        return phrasing.format(title=title)
+        return seeded_question(title, content, share=share, seed=seed, phrasings=self.questions)
 
     def _eos(self) -> str:
         if self.eos_token is None:

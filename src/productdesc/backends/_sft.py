@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from productdesc.backends.base import resolve_dtype
+from productdesc.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from productdesc.config import ModelConfig, TrainingConfig
@@ -41,6 +42,13 @@ def sft_config(
         logger.info("optim %r needs a CUDA GPU; using adamw_torch on CPU", optim)
         optim = "adamw_torch"
     eval_strategy = ("steps" if training.eval_steps else "epoch") if has_eval else "no"
+    # Early stopping keeps the best adapter, so a checkpoint must exist at every validation.
+    keep_best = has_eval and training.early_stopping_patience is not None
+    if keep_best:
+        save_strategy, save_steps = eval_strategy, training.eval_steps
+    else:
+        save_strategy = "steps" if training.save_steps else "no"
+        save_steps = training.save_steps
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=training.per_device_train_batch_size,
@@ -69,9 +77,12 @@ def sft_config(
         eval_strategy=eval_strategy,
         eval_steps=training.eval_steps,
         eval_on_start=has_eval and evaluate_first,
-        save_strategy="steps" if training.save_steps else "no",
-        save_steps=training.save_steps or 500,
+        save_strategy=save_strategy,
+        save_steps=save_steps or 500,
         save_total_limit=training.save_total_limit,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
         dataloader_num_workers=training.dataloader_num_workers,
         # Under DDP: every LoRA weight of a dense model gets a gradient every step, so DDP need
         # not search the graph for unused ones (the Trainer's default for a PEFT model), a
@@ -133,10 +144,23 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     evaluate_first: bool = False,
 ) -> Any:
-    """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``."""
-    from transformers.trainer_callback import ProgressCallback
+    """An ``SFTTrainer`` ready to ``train()``; logs how many examples hit ``max_seq_length``.
+
+    Raises:
+        UserError: ``training.early_stopping_patience`` is set but there is no validation data.
+    """
+    from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 
     from productdesc.backends import distributed
+
+    patience = training.early_stopping_patience
+    if patience is not None:
+        if eval_dataset is None:
+            raise UserError(
+                "training.early_stopping_patience needs validation data: prepare with a "
+                "validation split (--split 80/10/10) or pass eval_data"
+            )
+        callbacks = [*callbacks, EarlyStoppingCallback(early_stopping_patience=patience)]
 
     if distributed.is_main_process():  # every rank has the same data; one report is enough
         _report_overlong(tokenizer, train_dataset, model_config.max_seq_length)

@@ -11,12 +11,23 @@ from productdesc.errors import UserError
 # What `pip install "productdesc[eval]"` adds that index, evaluate and retrieval import.
 EVAL_MODULES = ("bm25s", "snowballstemmer", "rouge_score", "sacrebleu")
 
+
+def _length_penalty(text: str) -> tuple[int, float]:
+    try:
+        start, factor = text.split(",")
+        return int(start), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START,FACTOR such as 300,1.05, got {text!r}"
+        ) from None
+
+
 # GenerationConfig field -> (flag, argparse keywords); a command picks the ones it offers.
 _GENERATION: dict[str, tuple[str, dict[str, Any]]] = {
     "batch_size": ("--batch-size", {"type": int, "help": "titles per generate call (default 8)"}),
     "max_new_tokens": (
         "--max-new-tokens",
-        {"type": int, "help": "longest answer in tokens (default 128)"},
+        {"type": int, "help": "longest answer in tokens (default 384)"},
     ),
     "temperature": (
         "--temperature",
@@ -29,7 +40,19 @@ _GENERATION: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "no_repeat_ngram_size": (
         "--no-repeat-ngram-size",
-        {"type": int, "metavar": "N", "help": "never repeat an N-token n-gram (default 0: off)"},
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "never repeat an N-token n-gram (default 4; 0: plain greedy, no guard)",
+        },
+    ),
+    "exponential_decay_length_penalty": (
+        "--length-penalty",
+        {
+            "type": _length_penalty,
+            "metavar": "START,FACTOR",
+            "help": "after START new tokens, raise EOS's score by FACTOR a token (default off)",
+        },
     ),
     "do_sample": (
         "--do-sample",

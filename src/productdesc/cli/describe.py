@@ -57,6 +57,7 @@ def add_parser(subparsers: Any) -> None:
         "do_sample",
         "repetition_penalty",
         "no_repeat_ngram_size",
+        "exponential_decay_length_penalty",
     )
     parser.add_argument(
         "--base-only",

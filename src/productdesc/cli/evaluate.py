@@ -59,8 +59,31 @@ def add_parser(subparsers: Any) -> None:
         help="retrieval index for the baseline and the context (default: DATA/retrieval, else "
         "the train split indexed in memory); it must not hold the evaluated split",
     )
+    parser.add_argument(
+        "--questions",
+        action="store_true",
+        help="ask each title a seeded question ('What is TITLE?', ...) instead of the instruction",
+    )
+    parser.add_argument(
+        "--hybrid",
+        type=float,
+        metavar="SCORE",
+        help="also evaluate copying the nearest train title's description where its BM25 score "
+        "is at least SCORE, and the context (else tuned) model's answer otherwise",
+    )
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the CUDA fast path (default: on where CUDA is)",
+    )
     add_generation_options(
-        parser, "batch_size", "max_new_tokens", "repetition_penalty", "no_repeat_ngram_size"
+        parser,
+        "batch_size",
+        "max_new_tokens",
+        "repetition_penalty",
+        "no_repeat_ngram_size",
+        "exponential_decay_length_penalty",
     )
     parser.add_argument(
         "--samples", type=int, default=10, help="records shown in the report (default 10)"
@@ -100,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         samples=args.samples,
         backend=args.backend,
+        questions=args.questions,
+        hybrid_threshold=args.hybrid,
+        fast=args.fast,
     )
     shown = [m for m in METRICS if m.name in ("rougeL", "bleu", "chrf", "words", "eos")]
     width = max(len(name) for name in result.runs)

@@ -41,6 +41,12 @@ def add_parser(subparsers: Any) -> None:
         "defaults (not with --config)",
     )
     parser.add_argument(
+        "--preset",
+        metavar="NAME",
+        help="start from a named recipe (gpu-small: SmolLM2-135M on one GPU, early stopping on "
+        "validation loss) instead of the defaults (not with --config)",
+    )
+    parser.add_argument(
         "--model", metavar="NAME", help="model.model_name: Hub id, dir, .gguf, smollm2-135m"
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="training.max_steps")
@@ -89,10 +95,21 @@ def run(args: argparse.Namespace) -> int:
 
     from productdesc.config import FineTuneConfig
 
-    if args.config and args.seed_recipe:
-        raise UserError("--config and --seed-recipe both choose the starting config: pick one")
+    starts = [
+        f
+        for f, given in (
+            ("--config", args.config),
+            ("--seed-recipe", args.seed_recipe),
+            ("--preset", args.preset),
+        )
+        if given
+    ]
+    if len(starts) > 1:
+        raise UserError(f"{' and '.join(starts)} all choose the starting config: pick one")
     if args.config:
         config = FineTuneConfig.from_toml(args.config)
+    elif args.preset:
+        config = FineTuneConfig.preset(args.preset)
     else:
         config = FineTuneConfig.seed_recipe() if args.seed_recipe else FineTuneConfig()
     try:

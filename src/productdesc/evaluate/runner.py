@@ -14,7 +14,14 @@ Systems, all answering the same records, the generating ones with the same decod
 * ``tuned``: the fine-tuned model;
 * ``context``: optionally, a model fine-tuned with the ``"context"`` template, answering from
   the nearest train products (reported as "tuned + context");
-* ``compare``: optionally, a second fine-tuned model, for A/B.
+* ``compare``: optionally, a second fine-tuned model, for A/B;
+* ``hybrid``: optionally, the nearest train title's description where its retrieval score
+  reaches a threshold, else the context model's answer (else the tuned model's); see
+  :mod:`productdesc.hybrid`.
+
+With ``questions=True`` every generating system is asked a seeded paraphrase of a user's
+question about each title (:func:`~productdesc.prompts.seeded_question`) instead of the
+template's instruction.
 
 The retrieval baseline and every model that shows context use one index: the train split's,
 so a test record's own description is never in its context.
@@ -45,19 +52,28 @@ from productdesc.evaluate.metrics import (
     bootstrap_difference,
     score_system,
 )
+from productdesc.prompts import seeded_question
 
 __all__ = ["BASELINES", "EvalResult", "SystemRun", "evaluate", "read_loss_history", "score_runs"]
 
 logger = logging.getLogger(__name__)
 
 BASELINES = ("base", "retrieval")
-ORDER = ("retrieval", "base", "tuned", "context", "compare")  # report order: baselines first
+ORDER = (
+    "retrieval",
+    "base",
+    "tuned",
+    "context",
+    "hybrid",
+    "compare",
+)  # report order: baselines first
 LABELS = {
     "retrieval": "retrieval (nearest train title)",
     "base": "base model (no adapter)",
     "tuned": "tuned",
     "context": "tuned + context",
     "compare": "tuned B",
+    "hybrid": "hybrid (copy when retrieval is sure)",
 }
 CONTEXT_SUFFIX = " + context"  # a label's ending when that system's prompt shows context
 # (first, second) -> the paired difference "first - second", when both systems ran
@@ -66,6 +82,8 @@ DIFFERENCES = (
     ("tuned", "retrieval"),
     ("context", "retrieval"),
     ("context", "tuned"),
+    ("hybrid", "retrieval"),
+    ("hybrid", "tuned"),
     ("compare", "tuned"),
 )
 LOSS_HISTORY = "loss_history.json"
@@ -227,6 +245,9 @@ def evaluate(
     samples: int = 10,
     backend: str = "auto",
     progress: bool = True,
+    questions: bool = False,
+    hybrid_threshold: float | None = None,
+    fast: bool | None = None,
 ) -> EvalResult:
     """Evaluate a fine-tuned model against baselines on a prepared split; write the report.
 
@@ -255,6 +276,12 @@ def evaluate(
         samples: Records shown side by side in the report.
         backend: Backend the models load with (``"auto"``: the one each run was trained with).
         progress: Show tqdm bars.
+        questions: Ask each record a seeded question about its title instead of the
+            template's instruction (the same question for every system).
+        hybrid_threshold: Also evaluate ``hybrid``: copy the nearest train title's
+            description where its retrieval score is at least this, else answer with the
+            context model (or the tuned model without one).
+        fast: The describers' fast path (see :class:`~productdesc.describe.Describer`).
 
     Raises:
         UserError: A missing directory, an unknown baseline, an empty split, the ``"base"``
@@ -298,6 +325,11 @@ def evaluate(
 
     records = _load_records(data_dir, split, limit)
     titles = [r["title"] for r in records]
+    asked = (
+        [seeded_question(r["title"], r["content"], seed=seed) for r in records]
+        if questions
+        else None
+    )
     logger.info("evaluating %d %s records of %s", len(records), split, data_dir)
 
     opened: list[tuple[Any, str]] = []  # the index, opened once when first needed
@@ -307,10 +339,20 @@ def evaluate(
             opened.append(_open_index(data_dir, index, progress))
         return opened[0]
 
-    def model(name: str, path: Path, base_only: bool = False) -> SystemRun:
+    def model(name: str, path: Path, base_only: bool = False, copy_at: Any = None) -> SystemRun:
         shown = retriever()[0] if _shows_context(path) else None
         return _run_model(
-            name, path, titles, generation, backend, progress, base_only=base_only, retriever=shown
+            name,
+            path,
+            titles,
+            asked,
+            generation,
+            backend,
+            progress,
+            base_only=base_only,
+            retriever=shown,
+            fast=fast,
+            copy_from=None if copy_at is None else (retriever()[0], copy_at),
         )
 
     runs = []
@@ -321,6 +363,9 @@ def evaluate(
     runs.append(model("tuned", model_dir))
     if context_model is not None:
         runs.append(model("context", Path(context_model)))
+    if hybrid_threshold is not None:
+        writer = Path(context_model) if context_model is not None else model_dir
+        runs.append(model("hybrid", writer, copy_at=hybrid_threshold))
     if compare is not None:
         runs.append(model("compare", Path(compare)))
 
@@ -332,6 +377,8 @@ def evaluate(
         "index": opened[0][1] if opened else None,
         "split": split,
         "limit": limit,
+        "questions": questions,
+        "hybrid_threshold": hybrid_threshold,
         "generation": attrs.asdict(generation),
         "run_config": _read_text(model_dir / "productdesc_config.toml"),
         "productdesc_version": __version__,
@@ -417,23 +464,28 @@ def _run_model(
     name: str,
     path: Path,
     titles: list[str],
+    questions: list[str | None] | None,
     generation: GenerationConfig,
     backend: str,
     progress: bool,
     *,
     base_only: bool = False,
     retriever: Any = None,
+    fast: bool | None = None,
+    copy_from: tuple[Any, float] | None = None,
 ) -> SystemRun:
     from productdesc.describe import Describer
+    from productdesc.hybrid import HybridDescriber
 
     # Only a model that shows context gets the index (its prompt needs it; others refuse it).
     extra = {} if retriever is None else {"retriever": retriever}
     describer = Describer.from_pretrained(
-        path, backend=backend, base_only=base_only, generation=generation, **extra
+        path, backend=backend, base_only=base_only, generation=generation, fast=fast, **extra
     )
+    answerer = describer if copy_from is None else HybridDescriber(describer, *copy_from)
     try:
         start = time.perf_counter()
-        details = describer.describe_batch(titles, progress=progress, return_details=True)
+        details = answerer.describe_batch(titles, questions, progress=progress, return_details=True)
         seconds = time.perf_counter() - start
     finally:
         del describer
@@ -447,7 +499,9 @@ def _run_model(
         sum(tokens) / seconds if seconds > 0 else float("nan"),
     )
     label = LABELS[name]
-    if retriever is not None and not label.endswith(CONTEXT_SUFFIX):
+    if copy_from is not None:
+        label = f"hybrid (copy at BM25 >= {copy_from[1]:g}, else {'tuned + context' if retriever is not None else 'tuned'})"
+    elif retriever is not None and not label.endswith(CONTEXT_SUFFIX):
         label += CONTEXT_SUFFIX
     return SystemRun(
         name,
