@@ -62,10 +62,8 @@ DECODING: dict[str, dict] = {
     "greedy": {"no_repeat_ngram_size": 0},
     "nrng3": {"no_repeat_ngram_size": 3},
     "nrng4": {"no_repeat_ngram_size": 4},
-    "nrng5": {"no_repeat_ngram_size": 5},
     "rp1.1": {"no_repeat_ngram_size": 0, "repetition_penalty": 1.1},
     "rp1.2": {"no_repeat_ngram_size": 0, "repetition_penalty": 1.2},
-    "nrng4_rp1.05": {"no_repeat_ngram_size": 4, "repetition_penalty": 1.05},
     "nrng4_len": {"no_repeat_ngram_size": 4, "exponential_decay_length_penalty": (256, 1.05)},
 }
 
@@ -202,8 +200,13 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     swept = json.loads((args.work / "sweep.json").read_text())
     best = best_of(swept)
-    tuned = args.work / "sweep" / best
     times: dict[str, float] = {}
+    tuned = args.work / "sweep" / best
+    if not (tuned / "adapter_config.json").is_file():  # a fresh machine: train the winner again
+        result, times["train_tuned_s"] = train(
+            args, config_for(args, swept[best]["overrides"]), data_dir, tuned
+        )
+        logging.info("tuned model (%s): %s", best, result.summary())
     val = records(data_dir, "validation", args.limit)
     test = records(data_dir, "test", args.limit)
     index = open_index(data_dir, show_progress=False)
@@ -220,8 +223,11 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
         result, times["train_context_s"] = train(args, config, data_dir, context)
         logging.info("context model: %s", result.summary())
 
-    table = {}
+    table_path = args.out / "decoding.json"
+    table = json.loads(table_path.read_text()) if table_path.is_file() else {}
     for name, overrides in DECODING.items():
+        if name in table:  # a call cut short resumes where it stopped
+            continue
         started = time.perf_counter()
         details = answer(tuned, val + test, args, **overrides)
         table[name] = {
@@ -231,7 +237,7 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
             "seconds": round(time.perf_counter() - started, 1),
         }
         logging.info("decoding %s: %s", name, json.dumps(table[name]))
-        (args.out / "decoding.json").write_text(json.dumps(table, indent=1) + "\n")
+        table_path.write_text(json.dumps(table, indent=1) + "\n")
 
     # The hybrid's threshold: on validation, from the context model's answers there.
     ctx_val = answer(context, val, args, retriever=index)
