@@ -424,3 +424,20 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams(describer):
     plain = evolve_generation(describer.generation, max_new_tokens=40, min_new_tokens=40)
     assert repeated_bigrams(plain) > 0  # the random model loops: the check below can fail
     assert repeated_bigrams(evolve_generation(plain, no_repeat_ngram_size=2)) == 0
+
+
+def test_answers_also_stop_at_the_models_declared_end_tokens(loaded):
+    """A model whose generation_config names a second end token (Llama 3's ``<|eot_id|>``
+    beside ``<|end_of_text|>``) stops there too, reported as an EOS stop."""
+    from productdesc.describe import Describer
+
+    model, tokenizer = loaded
+    plain = Describer(model, tokenizer, generation=GenerationConfig(max_new_tokens=MAX_NEW))
+    new = _plain_generate(model, tokenizer, plain.template.render(TITLES[0]), MAX_NEW)
+    k = next(i for i in range(2, len(new)) if new[i] not in new[:i])
+    declared = copy.deepcopy(model)
+    declared.generation_config.eos_token_id = [tokenizer.eos_token_id, new[k]]
+    stops = Describer(declared, tokenizer, generation=GenerationConfig(max_new_tokens=MAX_NEW))
+    [detail] = stops.describe_batch([TITLES[0]], return_details=True)
+    assert detail.stopped_at_eos and detail.new_tokens == k + 1
+    assert detail.text == plain.tokenizer.decode(new[:k], skip_special_tokens=True).strip()

@@ -170,7 +170,7 @@ class Describer:
         self.model = model
         self.tokenizer = tokenizer
         self.backend = backend
-        self._eos_id, self._pad_id = _eos_and_pad(model, tokenizer)
+        self._stop_ids, self._pad_id = _eos_and_pad(model, tokenizer)
         self.template = bind_retriever(_resolve_template(template, tokenizer), retriever)
         self.generation = generation if generation is not None else GenerationConfig()
         if not isinstance(self.generation, GenerationConfig):
@@ -428,7 +428,7 @@ class Describer:
             repetition_penalty=gen.repetition_penalty,
             no_repeat_ngram_size=gen.no_repeat_ngram_size,
             exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
-            eos_token_id=self._eos_id,
+            eos_token_id=list(self._stop_ids),
             pad_token_id=self._pad_id,
         )
 
@@ -455,13 +455,15 @@ class Describer:
             and gen.exponential_decay_length_penalty is None
             and not _model_processors(self.model)
         )
-        if self._fast is not None and greedy and streamer is None and stopping_criteria is None:
+        # The static decoder stops on one id; a model with several end tokens takes generate.
+        fast = self._fast is not None and len(self._stop_ids) == 1
+        if fast and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
                 input_ids,
                 attention_mask,
                 max_new_tokens=gen.max_new_tokens,
                 min_new_tokens=gen.min_new_tokens,
-                eos_token_id=self._eos_id,
+                eos_token_id=self._stop_ids[0],
                 pad_token_id=self._pad_id,
                 repetition_penalty=gen.repetition_penalty,
                 no_repeat_ngram_size=gen.no_repeat_ngram_size,
@@ -479,11 +481,9 @@ class Describer:
     def _finish(self, new_ids: list[int]) -> Description:
         # Rows that stopped early are padded after their EOS; cut at the first EOS, not at the
         # first pad id, because a model may generate the pad id as an ordinary token.
-        try:
-            n = new_ids.index(self._eos_id) + 1
-            stopped = True
-        except ValueError:
-            n, stopped = len(new_ids), False
+        ends = [i for i, token in enumerate(new_ids) if token in self._stop_ids]
+        stopped = bool(ends)
+        n = ends[0] + 1 if stopped else len(new_ids)
         raw = self.tokenizer.decode(new_ids[:n], skip_special_tokens=True)
         return Description(text=self.template.parse(raw), stopped_at_eos=stopped, new_tokens=n)
 
@@ -621,8 +621,13 @@ def _run_config(path: Path) -> Any:
     return FineTuneConfig.from_toml(config_path) if config_path.is_file() else None
 
 
-def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[int, int]:
-    """The EOS id generation stops at, and a distinct pad id (set on the tokenizer if needed)."""
+def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
+    """The ids generation stops at, and a distinct pad id (set on the tokenizer if needed).
+
+    The tokenizer's EOS comes first: the prompt templates end training text with it. The
+    end tokens of the model's own ``generation_config`` (Llama 3's ``<|eot_id|>`` beside
+    ``<|end_of_text|>``) stop an answer too, so a base model prompted directly also ends.
+    """
     from productdesc.models import ensure_distinct_pad
 
     if tokenizer.eos_token_id is None:
@@ -632,4 +637,9 @@ def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[int, int]:
         )
     # A pad equal to EOS would make a row padded after its answer look like one cut short.
     ensure_distinct_pad(tokenizer, model)
-    return tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops = [tokenizer.eos_token_id]
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in declared if isinstance(declared, list) else [declared]:
+        if isinstance(token, int) and token not in stops and token != tokenizer.pad_token_id:
+            stops.append(token)
+    return tuple(stops), tokenizer.pad_token_id
