@@ -104,15 +104,27 @@ def trainer_class() -> type:
     TRL 1.15 computes the loss with a fused LM head that only has a Triton (GPU) kernel; on CPU
     the subclass computes it as ``transformers.Trainer`` does, from the full logits: the same
     token-averaged cross-entropy. Unsloth's patched trainer has its own CPU loss and is kept.
+
+    Its length-grouped sampler (``group_by_length``) draws each epoch's order from the data
+    seed and the epoch (:func:`epoch_seeded_length_sampler`), so that a resumed run sees the
+    batches the uninterrupted one saw.
     """
     import torch
     import transformers
     import trl
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     base = trl.SFTTrainer
     plain_loss = not torch.cuda.is_available() and base.compute_loss.__module__.startswith("trl.")
 
     class SFTTrainer(base):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return epoch_seeded_length_sampler(sampler, seed)
+            return sampler
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if plain_loss:
                 # No KV cache, as TRL's own loss does: transformers only separates packed
@@ -130,6 +142,40 @@ def trainer_class() -> type:
 
     SFTTrainer.__qualname__ = f"productdesc.{base.__qualname__}"
     return SFTTrainer
+
+
+def epoch_seeded_length_sampler(sampler: Any, seed: int) -> Any:
+    """``sampler`` (transformers' ``LengthGroupedSampler``) with epoch ``e``'s order drawn from
+    a generator seeded ``seed + e``, as accelerate's seedable random sampler does for shuffling.
+
+    transformers builds its ``LengthGroupedSampler`` without a generator, so each epoch's
+    permutation comes from torch's global RNG as the run has left it at that epoch's start:
+    after dropout and everything else that drew from it. A run resumed in a later epoch
+    restores the RNG of its checkpoint only after it has drawn that epoch's order (from its
+    own, fresh RNG), so from the kill on it trained on other batches (issue 20 item 7).
+    Epoch 0 happened to match: both processes drew it right after seeding. The Trainer calls
+    ``set_epoch`` before each epoch, on a resumed one too, through accelerate's data loader.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+            super().__init__(batch_size, lengths=lengths)
+            self.seed = seed
+            self.epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            return iter(
+                get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
+            )
+
+    return EpochSeededLengthGroupedSampler(sampler.batch_size, sampler.lengths, seed)
 
 
 def build_trainer(
