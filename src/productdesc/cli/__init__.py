@@ -20,7 +20,17 @@ from productdesc.errors import UserError
 from productdesc.plugins import PluginWarning
 
 # Order here is the order in `productdesc --help`.
-_COMMANDS = ["prepare", "index", "train", "describe", "export", "demo", "evaluate", "plugins"]
+_COMMANDS = [
+    "prepare",
+    "index",
+    "train",
+    "describe",
+    "export",
+    "serve",
+    "demo",
+    "evaluate",
+    "plugins",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
