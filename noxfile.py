@@ -51,7 +51,8 @@ def _install_stack(session: nox.Session, extras: str, *, unsloth: bool) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole suite, slow tests included, in one pytest process (imports cost ~10 s each)."""
-    _install_stack(session, "unsloth,dev,eval,smollm2,docs,examples", unsloth=True)
+    _install_stack(session, "unsloth,dev,eval,smollm2,docs,examples,serve", unsloth=True)
+    session.install("openai")  # tests/test_serve.py talks to `productdesc serve` with it
     if os.path.isdir("examples/plugin_example"):
         session.install("--no-deps", "-e", "examples/plugin_example")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)

@@ -7,21 +7,37 @@ curl -H "Authorization: Bearer KEY" -H "Content-Type: application/json" \
     -d '{"model": "run", "messages": [{"role": "user", "content": "Nice for Mice"}]}'
 
 The same as ``productdesc serve`` (every option is its own; ``--model`` defaults to the
-example's run here). The app is :func:`productdesc.serve.create_app`, re-exported for code that
-imported it from this script; see ``docs/serving.md`` for the routes, limits and clients.
-Needs ``pip install "productdesc[serve]"``.
+example's run here). The app is :func:`productdesc.serve.create_app`, also callable from this
+script as ``create_app``; see ``docs/serving.md`` for the routes, limits and clients. Needs ``pip install "productdesc[serve]"``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from productdesc.serve import TIMED_OUT, create_app
+from productdesc.serve import TIMED_OUT
 
 __all__ = ["TIMED_OUT", "create_app", "main"]
 
 DEFAULT_MODEL = "example-out/run"
+
+
+def create_app(describer: Any, **options: Any) -> Any:
+    """The Starlette app of ``productdesc serve`` around ``describer`` (one for all requests).
+
+    ``options`` are :func:`productdesc.serve.create_app`'s (``api_key``, ``timeout_s``,
+    ``max_queue``, ...). Run it with any ASGI server, or mount it in your own app::
+
+        import uvicorn
+        from productdesc import Describer
+
+        uvicorn.run(create_app(Describer.from_pretrained("example-out/run")), port=8000)
+    """
+    from productdesc.serve import create_app as serve_app
+
+    return serve_app(describer, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
