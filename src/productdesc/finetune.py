@@ -41,8 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +243,24 @@ class LoraFineTuner:
             ModelNotAvailableError: The base model cannot be found or downloaded.
         """
         out = Path(output_dir)
+        # Locked from the first look at ``out`` to the last write, and released when the run
+        # returns or raises: a second run into ``out`` meanwhile fails at once in one line
+        # instead of both passing the checks and one silently replacing the other's outputs.
+        with _locked_run_dir(out, create=not resume_from_checkpoint):
+            return self._train(
+                out, train_data, eval_data, resume_from_checkpoint, merge, overwrite, callbacks
+            )
+
+    def _train(
+        self,
+        out: Path,
+        train_data: Any,
+        eval_data: Any,
+        resume_from_checkpoint: str | os.PathLike[str] | bool | None,
+        merge: bool,
+        overwrite: bool,
+        callbacks: Sequence[Any],
+    ) -> TrainResult:
         data_note = _describe_data(train_data)
         main = distributed.is_main_process()  # the one process that writes and logs
         checkpoint = self._prepare_output_dir(out, resume_from_checkpoint, overwrite)
@@ -387,10 +404,6 @@ class LoraFineTuner:
 
     def _prepare_output_dir(self, out: Path, resume: Any, overwrite: bool) -> str | None:
         main = distributed.is_main_process()
-        if main:
-            # Locked before the first look, so a second run into ``out`` fails at once instead
-            # of both passing the checks and one silently replacing the other's outputs.
-            self._run_lock = _lock_run_dir(out, create=not resume)
         checkpoint, clear = self._check_output_dir(out, resume, overwrite)
         # Every rank checks the directory as it was, before rank 0 changes it.
         distributed.barrier()
@@ -596,42 +609,29 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
             fh.write(png)
 
 
-class _RunLock:
-    """This process's lock on a run's output directory, shared by its tuners.
-
-    Held from a run's first check of the directory while any tuner that trained there lives
-    (or until it trains elsewhere): another process cannot write the run meanwhile, and this
-    process's tuners may go on resuming or overwriting it.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        stack = contextlib.ExitStack()
-        stack.enter_context(output_lock(directory, "train"))
-        weakref.finalize(self, stack.close)
-
-
-_RUN_LOCKS: weakref.WeakValueDictionary[Path, _RunLock] = weakref.WeakValueDictionary()
-
-
-def _lock_run_dir(out: Path, *, create: bool) -> _RunLock | None:
-    """Lock ``out`` (created first when ``create``); ``None`` where it is not a directory.
+@contextlib.contextmanager
+def _locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
+    """Hold ``out``'s lock (:func:`~productdesc._io.output_lock`) on the main process for the
+    block, creating ``out`` first when ``create``; no lock where it is not a directory (a file,
+    or nothing to resume: the directory check then says which).
 
     Raises:
-        OutputDirError: Another process is writing a run there, or it cannot be created.
+        OutputDirError: Another run holds the lock (in this process too), or ``out`` cannot
+            be created.
     """
-    key = out.resolve()
-    lock = _RUN_LOCKS.get(key)
-    if lock is not None:
-        return lock
+    if not distributed.is_main_process():  # rank 0 alone writes the run
+        yield
+        return
     if create and not out.exists():
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
     if not out.is_dir():
-        return None  # a file, or nothing to resume: the directory check says which
-    lock = _RUN_LOCKS[key] = _RunLock(out)
-    return lock
+        yield
+        return
+    with output_lock(out, "train"):
+        yield
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:
