@@ -52,7 +52,7 @@ def _install_stack(session: nox.Session, extras: str, *, unsloth: bool) -> None:
 def tests(session: nox.Session) -> None:
     """The whole suite, slow tests included, in one pytest process (imports cost ~10 s each)."""
     _install_stack(session, "unsloth,dev,eval,smollm2,docs,examples,serve", unsloth=True)
-    session.install("openai")  # tests/test_serve.py talks to `productdesc serve` with it
+    session.install("openai", "tensorboard")  # test_serve's client; test_report_to's reader
     if os.path.isdir("examples/plugin_example"):
         session.install("--no-deps", "-e", "examples/plugin_example")
     session.run("pytest", *(session.posargs or ["-q"]), env=OFFLINE)

@@ -126,6 +126,31 @@ def _not_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         )
 
 
+def _report_to(value: Any) -> Any:
+    # "tensorboard", "tensorboard,wandb" (a CLI flag), or a TOML list; a list stays a tuple.
+    if isinstance(value, str) and "," in value:
+        return tuple(part.strip() for part in value.split(","))
+    if isinstance(value, list):
+        return tuple(value)
+    return value.strip() if isinstance(value, str) else value
+
+
+def _is_report_to(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    names = (value,) if isinstance(value, str) else value
+    ok = (
+        isinstance(names, tuple)
+        and names
+        and all(isinstance(n, str) and n.replace("_", "").isalnum() for n in names)
+    )
+    if not ok:
+        raise ValueError(
+            f'\'{attribute.name}\' must be a tracker\'s name ("tensorboard", "wandb", '
+            f'"mlflow", "trackio", ...), a list of them, "all" or "none"; got {value!r}'
+        )
+    if len(names) > 1 and {"none", "all"} & set(names):
+        raise ValueError(f'\'{attribute.name}\': "none" and "all" stand alone; got {value!r}')
+
+
 def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
@@ -231,6 +256,14 @@ class TrainingConfig:
         save_steps: Checkpoint every this many steps (``None``: no intermediate checkpoints).
         save_total_limit: Keep at most this many checkpoints.
         dataloader_num_workers: Worker processes for the data loader.
+        report_to: Experiment trackers that get the losses, as transformers'
+            ``TrainingArguments.report_to`` takes them: a name (``"tensorboard"``, ``"wandb"``,
+            ``"mlflow"``, ``"trackio"``, ...), a list of names (in TOML a list, on the command
+            line ``--report-to tensorboard,wandb``), ``"all"`` (every one installed) or
+            ``"none"`` (the default: nothing reported). TensorBoard's event files go to the
+            run's ``logs/`` folder (``tensorboard --logdir run/logs``) unless
+            ``TENSORBOARD_LOGGING_DIR`` says otherwise; the others log where their own
+            settings say.
     """
 
     per_device_train_batch_size: int = field(default=8, validator=_positive())
@@ -263,6 +296,9 @@ class TrainingConfig:
     save_steps: int | None = field(default=100, **_optional_positive())
     save_total_limit: int | None = field(default=3, **_optional_positive())
     dataloader_num_workers: int = field(default=0, validator=_non_negative())
+    report_to: str | tuple[str, ...] = field(
+        default="none", converter=_report_to, validator=_is_report_to
+    )
 
 
 @frozen(kw_only=True)

@@ -17,6 +17,7 @@ tokenizer files                the tokenizer trained with (pad distinct from EOS
 ``README.md``                  a model card: base, data counts, final losses, config
 ``checkpoints/``               ``checkpoint-N`` every ``training.save_steps`` (for resuming)
 ``merged/``                    with ``merge=True``: the adapter merged into an unquantized base
+``logs/``                      with ``training.report_to = "tensorboard"``: its event files
 =============================  ================================================================
 
 :meth:`~productdesc.describe.Describer.from_pretrained` loads ``output_dir`` (or ``merged/``).
@@ -233,8 +234,8 @@ class LoraFineTuner:
                 checkpoint. The config must be the one the run was started with; the number of
                 processes may differ.
             merge: Also write the adapter merged into an unquantized base to ``output_dir/merged``.
-            overwrite: Allow a non-empty ``output_dir`` (a previous run's checkpoints there are
-                deleted first).
+            overwrite: Allow a non-empty ``output_dir`` (a previous run's checkpoints, merged
+                model and logs there are deleted first).
             callbacks: Extra ``transformers.TrainerCallback`` objects.
 
         Raises:
@@ -261,6 +262,9 @@ class LoraFineTuner:
         overwrite: bool,
         callbacks: Sequence[Any],
     ) -> TrainResult:
+        from productdesc.backends._sft import report_to_names
+
+        report_to_names(self.config.training.report_to)  # a tracker's typo: before any load
         data_note = _describe_data(train_data)
         main = distributed.is_main_process()  # the one process that writes and logs
         checkpoint = self._prepare_output_dir(out, resume_from_checkpoint, overwrite)
@@ -408,7 +412,9 @@ class LoraFineTuner:
         # Every rank checks the directory as it was, before rank 0 changes it.
         distributed.barrier()
         if clear and main:
-            for sub in (CHECKPOINTS, MERGED):
+            from productdesc.backends._sft import LOGS
+
+            for sub in (CHECKPOINTS, MERGED, LOGS):
                 shutil.rmtree(out / sub, ignore_errors=True)
         return checkpoint
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from productdesc.backends.base import resolve_dtype
@@ -94,8 +95,59 @@ def sft_config(
         # Adds train_tokens_per_second (padding excluded) to every log line.
         include_num_input_tokens_seen="non_padding",
         prediction_loss_only=True,  # only the validation loss is wanted; skip gathering logits
-        report_to="none",
+        report_to=report_to_names(training.report_to),
     )
+
+
+# pip packages of the trackers transformers can tell are installed (get_available_reporting_
+# integrations); another name transformers knows is passed on unchecked.
+_TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "trackio": "trackio",
+    "comet_ml": "comet_ml",
+    "neptune": "neptune",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "codecarbon": "codecarbon",
+    "dagshub": "dagshub",
+}
+
+LOGS = "logs"  # the run's folder for tracker files (TensorBoard's event files)
+
+
+def report_to_names(report_to: str | Sequence[str]) -> str | list[str]:
+    """``training.report_to`` as ``SFTConfig`` takes it, checked against what transformers knows
+    and has installed, so that a typo or a missing package is one line before training.
+
+    Raises:
+        UserError: A name transformers has no integration for, or whose package is missing.
+    """
+    if report_to in ("none", "all"):
+        return report_to
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise UserError(
+            f"training.report_to: transformers has no integration named "
+            f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+        )
+    available = set(get_available_reporting_integrations())
+    missing = [n for n in names if n in _TRACKER_PACKAGES and n not in available]
+    if missing:
+        packages = " ".join(_TRACKER_PACKAGES[n] for n in missing)
+        raise UserError(
+            f"training.report_to: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            f"not installed: pip install {packages}"
+        )
+    return names
 
 
 def trainer_class() -> type:
@@ -227,7 +279,31 @@ def build_trainer(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(progress_callback())
+    _log_tensorboard_to(trainer, Path(output_dir).parent / LOGS)
     return trainer
+
+
+def _log_tensorboard_to(trainer: Any, logs: Path) -> None:
+    """TensorBoard's event files into ``logs`` (the run's ``logs/``; checkpoints go beside it
+    in ``checkpoints/``), not transformers' default ``checkpoints/runs/DATE_HOST``: one folder
+    for ``tensorboard --logdir``, which a resumed run appends to, hiding the killed run's
+    steps after its checkpoint. ``TENSORBOARD_LOGGING_DIR``, when set, still wins."""
+    from transformers.integrations import TensorBoardCallback
+
+    class RunTensorBoard(TensorBoardCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and self.tb_writer is None and state.global_step:
+                # Resumed at step T: a START mark makes TensorBoard drop what the killed run
+                # logged from step T + 1 on, which this run logs again.
+                self.tb_writer = self._SummaryWriter(
+                    log_dir=self.logging_dir, purge_step=state.global_step + 1
+                )
+            super().on_train_begin(args, state, control, **kwargs)
+
+    if trainer.pop_callback(TensorBoardCallback) is not None:
+        callback = RunTensorBoard()
+        callback.logging_dir = callback.logging_dir or str(logs)
+        trainer.add_callback(callback)
 
 
 def _report_overlong(tokenizer: Any, pairs: Any, max_length: int, chunk: int = 1000) -> None:

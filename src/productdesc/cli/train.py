@@ -62,6 +62,12 @@ def add_parser(subparsers: Any) -> None:
         "--backend", choices=["auto", "unsloth", "transformers"], help="backend (default: auto)"
     )
     parser.add_argument(
+        "--report-to",
+        metavar="TRACKERS",
+        help="training.report_to: experiment trackers for the losses, comma-separated "
+        "(tensorboard, wandb, mlflow, trackio, ...; all; none); TensorBoard logs to OUT/logs",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     parser.add_argument(
@@ -120,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
             config = attrs.evolve(config, training=training)
         if args.backend:
             config = attrs.evolve(config, backend=args.backend)
+        if args.report_to is not None:
+            training = attrs.evolve(config.training, report_to=args.report_to)
+            config = attrs.evolve(config, training=training)
         if args.context is not None:
             config = attrs.evolve(config, template="context")
     except (TypeError, ValueError) as exc:
