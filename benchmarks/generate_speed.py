@@ -393,7 +393,7 @@ def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
     with describer._lock:
         gen = describer.generation
         new = describer._generate_padded(
-            ids, mask, type(gen)(max_new_tokens=n_new, min_new_tokens=n_new)
+            ids, mask, type(gen)(max_new_tokens=n_new, min_new_tokens=n_new), fast=True
         )
     full = torch.cat([ids, new], dim=1)
     full_mask = torch.cat([mask, torch.ones_like(new)], dim=1)
@@ -401,7 +401,7 @@ def teacher_forced_check(describer, titles: list[str], n_new: int) -> dict:
     with torch.inference_mode():
         logits = model(input_ids=full, attention_mask=full_mask, position_ids=positions).logits
     logits = logits[:, ids.shape[1] - 1 : -1].float().clone()
-    logits[..., describer._eos_id] = float("-inf")  # min_new_tokens held EOS back
+    logits[..., list(describer._stop_ids)] = float("-inf")  # min_new_tokens held EOS back
     top = logits.max(-1).values
     chosen = logits.gather(-1, new[..., None])[..., 0]
     agree = chosen == top

@@ -97,6 +97,30 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
         )
 
 
+@pytest.mark.parametrize("min_new_tokens", [0, 4])
+def test_several_end_tokens_end_a_row_at_any_of_them(model_and_tokenizer, min_new_tokens):
+    """As with SmolLM2 (<|im_end|> and <|endoftext|>): a token each row's plain greedy answer
+    reaches early is made a second end token; rows end at either, as generate ends them."""
+    from productdesc.fastgen import StaticGreedyDecoder
+
+    model, tok = model_and_tokenizer
+    enc = tok(TITLES, return_tensors="pt", padding=True)
+    plain = greedy(model, enc, **options(tok, 16))
+    second = int(plain[1, 2])  # row 1 ends at its third token (or earlier if it recurs)
+    stops = [tok.eos_token_id, second]
+    out = assert_same_as_generate(
+        model,
+        StaticGreedyDecoder(model, compile_mode=None, check_every=4),
+        enc,
+        eos=stops,
+        pad=tok.pad_token_id,
+        max_new_tokens=16,
+        min_new_tokens=min_new_tokens,
+    )
+    if not min_new_tokens:  # the second end token ended row 1, by its third token
+        assert out.shape[1] == 16 and out[1, 3:].eq(tok.pad_token_id).all()
+
+
 GUARDS = [
     {"no_repeat_ngram_size": 3},
     {"no_repeat_ngram_size": 4},
@@ -398,6 +422,39 @@ def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_
         model.lm_head.bias = None
     assert out.shape == (2, min_new_tokens + 1)
     assert out[:, -1].tolist() == [tok.eos_token_id] * 2
+
+
+def test_by_default_a_call_too_small_to_repay_compiling_uses_generate(
+    tiny_llama, caplog, monkeypatch
+):
+    """fast=None on a GPU (here: a fast path built on CPU, left to decide per call): small
+    calls decode with generate and say why; a big one takes the fast path, and so does every
+    call after it (the compilation is paid). The answers are the plain path's each time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from productdesc import describe
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    monkeypatch.setattr(describe, "FAST_MIN_NEW_TOKENS", 100)
+    auto = describe.Describer(model, tok, fast=True)
+    auto._fast_always = False  # what fast=None gives on a CUDA model
+    plain = describe.Describer(model, tok, fast=False)
+
+    def call(titles):
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="productdesc"):
+            got = auto.describe_batch(titles, max_new_tokens=24)
+        assert got == plain.describe_batch(titles, max_new_tokens=24)
+        return "fast path decodes" in caplog.text, caplog.text
+
+    taken, log = call(TITLES)  # 3 x 24 = 72 new tokens
+    assert not taken
+    assert "3 prompts x 24 new tokens is less than the 100 new tokens" in log
+    assert "fast=True" in log  # how to force it
+    taken, log = call([*TITLES, "lamp", "desk chair"])  # 5 x 24 = 120
+    assert taken and "decoding on the fast path: 5 prompts" in log
+    assert call(TITLES[:1])[0]
 
 
 def test_describer_fast_path_gives_the_plain_path_answers(either_llama, caplog):

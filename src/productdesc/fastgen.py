@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -351,10 +351,14 @@ class _Slot:
         self.step = torch.zeros((), dtype=torch.long, device=device)
         self.min_new = torch.zeros((), dtype=torch.long, device=device)
         self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        # Added to the logits: -inf at EOS (set per call) holds it back before min_new_tokens.
+        # Added to the logits: -inf at the end tokens (set per call) holds them back before
+        # min_new_tokens.
         self.allow_eos = torch.zeros(self.vocab, device=device)
         self.hold_eos = torch.zeros(self.vocab, device=device)
-        self.ids = torch.zeros(2, dtype=torch.long, device=device)  # [eos, pad], set per call
+        # Set per call: which ids end an answer (a mask, so that a model with several end
+        # tokens keeps one shape) and the pad id.
+        self.stops = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+        self.pad = torch.zeros((), dtype=torch.long, device=device)
         self.graph: Any = None
         self.guard: tuple | None = None
         if ngram or penalize:
@@ -529,12 +533,12 @@ class StaticGreedyDecoder:
         return step, prefill
 
     def _next_tokens(
-        self, tokens, position, cache_position, mask, cache, done, eos_bias, ids, guard
+        self, tokens, position, cache_position, mask, cache, done, eos_bias, stops, pad, guard
     ):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
 
         ``eos_bias`` (added to the logits: -inf at EOS, or all zeros) holds EOS back before
-        ``min_new_tokens``; ``ids`` is ``[eos, pad]`` as a tensor; ``guard`` is the slot's
+        ``min_new_tokens``; ``stops`` (V,) marks the end ids, ``pad`` is the pad id; ``guard`` is the slot's
         (:class:`_Slot`) or ``None``. Tensors, not Python numbers, so that changing them
         never recompiles.
         """
@@ -547,7 +551,7 @@ class StaticGreedyDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        return _pick(logits, done, eos_bias, ids, guard)
+        return _pick(logits, done, eos_bias, stops, pad, guard)
 
     def _run_steps(self, slot: _Slot, step: Any) -> None:
         """``check_every`` calls of ``step`` on ``slot``'s buffers, in place (what a graph
@@ -567,7 +571,8 @@ class StaticGreedyDecoder:
                 slot.cache,
                 slot.done,
                 bias,
-                slot.ids,
+                slot.stops,
+                slot.pad,
                 slot.guard,
             )
             slot.take(token, done)
@@ -605,13 +610,15 @@ class StaticGreedyDecoder:
         attention_mask: torch.Tensor,
         *,
         max_new_tokens: int,
-        eos_token_id: int,
+        eos_token_id: int | Sequence[int],
         pad_token_id: int,
         min_new_tokens: int = 0,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
     ) -> torch.Tensor:
         """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS.
+
+        ``eos_token_id`` may be several ids, as in ``generate``: a row ends at any of them.
 
         ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
         the device inside the step: the tokens they count are those ``generate`` counts, the
@@ -623,6 +630,7 @@ class StaticGreedyDecoder:
             raise ValueError(
                 "repetition_penalty must be positive and no_repeat_ngram_size not negative"
             )
+        stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
         model = self.model
         if self._weights != self._state():
             # First call, or the parameters moved or changed, or an adapter was switched:
@@ -671,9 +679,11 @@ class StaticGreedyDecoder:
                 slot.cache.reset()
             self._slots[key] = slot  # now the most recently used
             # Per call, in place (a graph reads these addresses): the ids may change.
-            slot.ids.copy_(torch.tensor([eos_token_id, pad_token_id]))
+            slot.stops.zero_()
+            slot.stops[stop_ids] = True
+            slot.pad.fill_(pad_token_id)
             slot.hold_eos.zero_()
-            slot.hold_eos[eos_token_id] = float("-inf")
+            slot.hold_eos[stop_ids] = float("-inf")
             slot.mask.zero_()
             slot.mask[:, :start] = 1
             slot.mask[:, start:prompt_len] = attention_mask
@@ -691,7 +701,8 @@ class StaticGreedyDecoder:
                 slot.cache,
                 slot.done,
                 slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
-                slot.ids,
+                slot.stops,
+                slot.pad,
                 slot.guard,
             )
             if self._compiled_prefill and not slot.cache.is_initialized:
@@ -715,7 +726,7 @@ class StaticGreedyDecoder:
                 pieces.append(slot.out.clone())
             result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
             # Trim columns after the last EOS so callers see the same shape as generate's.
-            ended = result == eos_token_id
+            ended = slot.stops[result]
             if bool(ended.any(-1).all()):
                 result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
@@ -836,18 +847,17 @@ def _where(model: Any) -> tuple:
     )
 
 
-def _pick(logits, done, eos_bias, ids, guard):
+def _pick(logits, done, eos_bias, stops, pad, guard):
     """Greedy next token (B, 1) from last-position ``logits``, under the ``guard``
     (:func:`_guarded`) if any; rows already ``done`` get pad."""
     import torch
 
-    eos, pad = ids[0], ids[1]
     scores = logits.float() + eos_bias
     if guard is not None:
         scores = _guarded(scores, *guard)
     token = scores.argmax(-1)
     token = torch.where(done, pad, token)
-    return token[:, None], done | (token == eos)
+    return token[:, None], done | stops[token]
 
 
 def _guarded(scores, seen, seen_len, penalty, ngram):
