@@ -3,7 +3,8 @@
 As TRL splits ``SFTConfig`` from ``SFTTrainer``, these classes only say *what* a run does;
 :class:`~productdesc.finetune.LoraFineTuner` and :class:`~productdesc.describe.Describer` do it.
 Every field is validated at construction and a bad value names the field. Change a config with
-:func:`attrs.evolve`; load and save it as TOML with :meth:`FineTuneConfig.from_toml` and
+:func:`attrs.evolve` or, by dotted name, :meth:`FineTuneConfig.with_overrides`; load it from
+TOML or YAML with :meth:`FineTuneConfig.from_file` and save it with
 :meth:`FineTuneConfig.to_toml`.
 
 The defaults are the seed notebook's recipe (TinyLlama chat in 4-bit, LoRA r=16 on every
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -485,19 +488,118 @@ class FineTuneConfig:
         """Load a config written by :meth:`to_toml` (or by hand; missing keys take defaults)."""
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except OSError as exc:
-            raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(
-                f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-                f"offset {exc.start}); save it as UTF-8"
-            ) from None
+            data = tomllib.loads(_read_config(path))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> FineTuneConfig:
+        """Load a YAML config: the same sections and keys as the TOML, the same validation.
+
+        Booleans are YAML 1.2's ``true`` and ``false`` only: ``off`` (and ``yes``, ``no``,
+        ``on``) stay text, so ``save_steps: off`` means what it does in TOML; ``null`` works
+        too. An empty file is the defaults.
+        """
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.load(_read_config(path), Loader=_yaml_loader())
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {path} is not valid YAML: {_yaml_error(exc)}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UserError(
+                f"config file {path}: expected a mapping (model:, lora:, training:, ...), "
+                f"got {type(data).__name__}"
+            )
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> FineTuneConfig:
+        """Load a config by its file name: YAML for ``.yaml`` and ``.yml``, else TOML."""
+        if Path(path).suffix.lower() in YAML_SUFFIXES:
+            return cls.from_yaml(path)
+        return cls.from_toml(path)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> FineTuneConfig:
+        """A copy with fields set by dotted name, e.g. ``{"training.learning_rate": 2e-4}``.
+
+        Values are checked as if they stood in a config file (``"off"`` sets an optional
+        field to ``None``); ``template_options.NAME`` sets one template option.
+
+        Raises:
+            UserError: An unknown field or a bad value, in one line naming it.
+        """
+        data = self.to_dict()
+        for key, value in overrides.items():
+            *sections, name = key.split(".")
+            table = data
+            for section in sections:
+                table = table.setdefault(section, {})
+                if not isinstance(table, dict):
+                    raise UserError(f"config: {key}: {section} is a value, not a section")
+            table[name] = value
+        return type(self).from_dict(data)
+
+
+def toml_value(text: str) -> Any:
+    """``text`` read as a TOML value (``2e-4``, ``true``, ``"a"``, ``["a", "b"]``), else itself.
+
+    What ``productdesc train --set KEY=VALUE`` does with VALUE: text that is not TOML stays
+    text, so names need no quotes (``model.model_name=smollm2-135m``).
+    """
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+YAML_SUFFIXES = (".yaml", ".yml")
+"""File name endings that :meth:`FineTuneConfig.from_file` reads as YAML."""
+
+
+def _read_config(path: Path) -> str:
+    """A config file's text; every way reading it fails is one line naming the file."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _yaml_loader() -> type:
+    """PyYAML's safe loader with YAML 1.2's booleans (1.1 reads ``off`` and ``no`` as false)."""
+    import yaml
+
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    class Loader(yaml.SafeLoader):
+        yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+
+    Loader.add_implicit_resolver(
+        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+    )
+    return Loader
+
+
+def _yaml_error(exc: Exception) -> str:
+    """PyYAML's error (several lines, with a snippet) as one line with the position."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -563,7 +665,7 @@ def _field_error(exc: Exception) -> str:
 
 def _reject_unknown(cls: type, data: dict[str, Any], section: str) -> None:
     known = set(attrs.fields_dict(cls))
-    unknown = sorted(set(data) - known)
+    unknown = sorted(map(str, set(data) - known))  # str: YAML keys can be numbers
     if unknown:
         where = f"[{section}]" if section else "top level"
         raise UserError(

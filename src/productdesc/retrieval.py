@@ -87,7 +87,21 @@ def _stem_word() -> Callable[[str], str]:
     return functools.lru_cache(maxsize=1 << 20)(snowballstemmer.stemmer("english").stemWord)
 
 
+@functools.cache
+def _bm25s() -> Any:
+    """The ``bm25s`` module, its logger made to follow the application's logging level.
+
+    bm25s sets its own logger to DEBUG on import, so its debug lines reached the handlers
+    whatever level the application chose; NOTSET defers to the application, as a library should.
+    """
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
+
+
 def _stopwords() -> frozenset[str]:
+    _bm25s()
     from bm25s.stopwords import STOPWORDS_EN
 
     return frozenset(STOPWORDS_EN)
@@ -244,13 +258,13 @@ class RetrievalIndex:
             analyzer: Tokenization (default: stemmed words).
             k1: BM25 term-frequency saturation.
             b: BM25 length normalisation (0: none; titles differ little in length).
-            show_progress: Show tqdm bars while tokenizing and indexing.
+            show_progress: Show a tqdm bar while tokenizing, and bm25s's own bars while
+                indexing where the ``bm25s`` logger is enabled for INFO (``productdesc -v``).
 
         Raises:
             UserError: ``records`` holds no usable record.
         """
-        import bm25s
-
+        bm25s = _bm25s()
         analyzer = analyzer or Analyzer()
         kept: list[tuple[str | None, str, str]] = []
         tokens: list[list[str]] = []
@@ -270,7 +284,9 @@ class RetrievalIndex:
         if not kept:
             raise UserError("retrieval index: no record with a title and a description to index")
         bm25 = bm25s.BM25(k1=k1, b=b)
-        bm25.index(tokens, show_progress=show_progress)
+        # bm25s's four bars blink at 0% on a sample and are steps of one wait on the full data.
+        bm25s_bars = show_progress and logging.getLogger("bm25s").isEnabledFor(logging.INFO)
+        bm25.index(tokens, show_progress=bm25s_bars)
         logger.info("retrieval index: %d titles, %d terms", len(kept), len(bm25.vocab_dict))
         return cls(bm25, _Records.from_records(kept), analyzer)
 
@@ -329,8 +345,7 @@ class RetrievalIndex:
         Raises:
             UserError: ``directory`` holds no index, or one of another format.
         """
-        import bm25s
-
+        bm25s = _bm25s()
         directory = Path(directory)
         try:
             meta = orjson.loads((directory / _META).read_bytes())

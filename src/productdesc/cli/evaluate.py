@@ -8,6 +8,7 @@ productdesc evaluate --model runs/plain --context runs/with-context --data data/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,24 +110,27 @@ def run(args: argparse.Namespace) -> int:
         if not skip
     ]
     out = args.out if args.out is not None else args.model / f"evaluation-{args.split}"
-    result = evaluate(
-        args.model,
-        args.data,
-        split=args.split,
-        limit=args.limit,
-        out_dir=out,
-        baselines=baselines,
-        compare=args.compare,
-        context_model=args.context,
-        index=args.index,
-        generation=generation,
-        seed=args.seed,
-        samples=args.samples,
-        backend=args.backend,
-        questions=args.questions,
-        hybrid_threshold=args.hybrid,
-        fast=args.fast,
-    )
+    # What libraries print while the models load (Unsloth's banners) goes to stderr: stdout
+    # holds the results table alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = evaluate(
+            args.model,
+            args.data,
+            split=args.split,
+            limit=args.limit,
+            out_dir=out,
+            baselines=baselines,
+            compare=args.compare,
+            context_model=args.context,
+            index=args.index,
+            generation=generation,
+            seed=args.seed,
+            samples=args.samples,
+            backend=args.backend,
+            questions=args.questions,
+            hybrid_threshold=args.hybrid,
+            fast=args.fast,
+        )
     shown = [m for m in METRICS if m.name in ("rougeL", "bleu", "chrf", "words", "eos")]
     width = max(len(name) for name in result.runs)
     print(f"{len(result.records)} {args.split} records; 95% bootstrap intervals in brackets")

@@ -2,6 +2,7 @@
 
 productdesc train --data prepared/ --out runs/first --model smollm2-135m --max-steps 60
 productdesc train --data prepared/ --out runs/first --config run.toml
+productdesc train --data prepared/ --out runs/first --config run.yaml --set training.learning_rate=1e-4
 productdesc train --print-config > run.toml
 productdesc train --data prepared/ --out runs/first --nproc 2   # 2 GPUs, data parallel
 """
@@ -32,7 +33,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--data", type=Path, metavar="DIR", help="prepared data directory")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output directory (new or empty)")
     parser.add_argument(
-        "--config", type=Path, metavar="TOML", help="a FineTuneConfig TOML (see --print-config)"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a FineTuneConfig as TOML, or YAML when it ends .yaml or .yml (see --print-config)",
     )
     parser.add_argument(
         "--seed-recipe",
@@ -68,6 +72,15 @@ def add_parser(subparsers: Any) -> None:
         "(tensorboard, wandb, mlflow, trackio, ...; all; none); TensorBoard logs to OUT/logs",
     )
     parser.add_argument(
+        "--set",
+        action="append",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="set any config field by its dotted name, e.g. training.learning_rate=2e-4 or "
+        'lora.target_modules=\'["q_proj", "v_proj"]\' (repeatable; VALUE is read as TOML, '
+        "else taken as text; applied after the options above)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     parser.add_argument(
@@ -97,8 +110,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import attrs
-
     from productdesc.config import FineTuneConfig
 
     starts = [
@@ -113,26 +124,16 @@ def run(args: argparse.Namespace) -> int:
     if len(starts) > 1:
         raise UserError(f"{' and '.join(starts)} all choose the starting config: pick one")
     if args.config:
-        config = FineTuneConfig.from_toml(args.config)
+        config = FineTuneConfig.from_file(args.config)
     elif args.preset:
         config = FineTuneConfig.preset(args.preset)
     else:
         config = FineTuneConfig.seed_recipe() if args.seed_recipe else FineTuneConfig()
-    try:
-        if args.model:
-            config = attrs.evolve(config, model=attrs.evolve(config.model, model_name=args.model))
-        if args.max_steps is not None:
-            training = attrs.evolve(config.training, max_steps=args.max_steps)
-            config = attrs.evolve(config, training=training)
-        if args.backend:
-            config = attrs.evolve(config, backend=args.backend)
-        if args.report_to is not None:
-            training = attrs.evolve(config.training, report_to=args.report_to)
-            config = attrs.evolve(config, training=training)
-        if args.context is not None:
-            config = attrs.evolve(config, template="context")
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"config: {exc}") from None
+    for flag, overrides in _overrides(args):
+        try:
+            config = config.with_overrides(overrides)
+        except UserError as exc:
+            raise UserError(f"{flag}: {exc}") from None
     if args.print_config:
         sys.stdout.write(config.to_toml())
         return 0
@@ -176,6 +177,35 @@ def run(args: argparse.Namespace) -> int:
             print(f"merged model: {result.merged_dir}")
         print(f'try: productdesc describe --model {result.output_dir} "Nice for Mice"')
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """Each option that changes the starting config, as it was given, with the fields it sets.
+
+    One at a time, so that a rejected value's error names the option that gave it.
+    """
+    named = [
+        ("--model", "model.model_name", args.model),
+        ("--max-steps", "training.max_steps", args.max_steps),
+        ("--backend", "backend", args.backend),
+        ("--report-to", "training.report_to", args.report_to),
+        ("--context", "template", None if args.context is None else "context"),
+    ]
+    changes = [(f"{flag} {value}", {key: value}) for flag, key, value in named if value is not None]
+    for assignment in args.overrides or ():
+        key, value = _assignment(assignment)
+        changes.append((f"--set {assignment}", {key: value}))
+    return changes
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as the key and VALUE read by :func:`~productdesc.config.toml_value`."""
+    from productdesc.config import toml_value
+
+    key, equals, value = text.partition("=")
+    if not equals or not key.strip():
+        raise UserError(f"--set {text}: expected KEY=VALUE, e.g. training.learning_rate=2e-4")
+    return key.strip(), toml_value(value)
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -224,5 +254,9 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         if not action.option_strings or action.dest in ("help", "nproc") or value in (None, False):
             continue
         option = max(action.option_strings, key=len)
-        argv += [option] if value is True else [option, str(value)]
+        if value is True:
+            argv.append(option)
+        else:  # --set gives a list, one item an occurrence
+            for item in value if isinstance(value, list) else [value]:
+                argv += [option, str(item)]
     return argv
