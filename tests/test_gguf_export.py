@@ -102,7 +102,8 @@ def test_an_adapter_is_merged_into_its_base_first(tiny_llama, source, tmp_path):
     got = _logits(loaded, tokenizer)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(got, _logits(base, tokenizer), atol=1e-3)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tuned.gguf"]  # merge removed
+    # the merge is removed; the Modelfile is export's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "run", "tuned.gguf"]
 
 
 def test_other_architectures_and_types_are_refused_clearly(tiny_llama, tmp_path):

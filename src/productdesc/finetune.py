@@ -69,7 +69,6 @@ PLOT_FILE = "loss.png"
 CARD_FILE = "README.md"
 CHECKPOINTS = "checkpoints"
 MERGED = "merged"
-_TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence = complete
 
 
 @attrs.frozen(kw_only=True)
@@ -460,6 +459,12 @@ class LoraFineTuner:
         tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
         try:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
+            # The prompt trained on becomes the tokenizer's chat template (None: the template
+            # is the tokenizer's own), so chat endpoints serving run/, merged/ (its tokenizer
+            # is this one) and the GGUF (written from merged/) prompt as training did.
+            chat_template = self.template.chat_template()
+            if chat_template is not None:
+                self.tokenizer.chat_template = chat_template
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / CARD_FILE).unlink(missing_ok=True)  # PEFT's placeholder card; ours follows
             # The base as the user named it ("smollm2-135m", a Hub id, an absolute path), not
@@ -641,19 +646,23 @@ def _locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:
+    # A checkpoint a kill cut short (trainer_state.json empty or partial) is passed over.
+    from productdesc.backends._sft import TRAINER_STATE, is_complete_checkpoint
+
     if resume is True:
         complete = [
-            p for p in (out / CHECKPOINTS).glob("checkpoint-*") if (p / _TRAINER_STATE).is_file()
+            p for p in (out / CHECKPOINTS).glob("checkpoint-*") if is_complete_checkpoint(p)
         ]
         if not complete:
             raise UserError(
-                f"no complete checkpoint in {out / CHECKPOINTS} to resume from "
-                f"(checkpoints are written every training.save_steps steps)"
+                f"no complete checkpoint in {out / CHECKPOINTS} to resume from (checkpoints are "
+                f"written every training.save_steps steps): start the run again with "
+                f"overwrite=True (CLI --overwrite)"
             )
         return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))
     path = Path(resume)
-    if not (path / _TRAINER_STATE).is_file():
-        raise UserError(f"{path} is not a complete checkpoint (no {_TRAINER_STATE})")
+    if not is_complete_checkpoint(path):
+        raise UserError(f"{path} is not a complete checkpoint (no whole {TRAINER_STATE})")
     return path
 
 

@@ -14,6 +14,10 @@ readers), for the Llama architecture that TinyLlama, SmolLM2 and Llama 2/3 share
 A training output with only an adapter is merged into its base first. Any other architecture
 gets a clear error that points to llama.cpp's converter, run from a local checkout.
 
+Beside the file goes an Ollama ``Modelfile`` (:data:`MODELFILE`): ``FROM`` the file, the run's
+prompt as ``TEMPLATE`` (:meth:`~productdesc.prompts.BaseTemplate.ollama_template`), a ``stop``
+for each end token, and the describer's decoding defaults that Ollama has settings for.
+
 >>> from productdesc.gguf_export import export_gguf  # doctest: +SKIP
 >>> export_gguf("run/", "run/model-f16.gguf")         # doctest: +SKIP
 """
@@ -24,16 +28,20 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from productdesc._io import write_text_atomic
+from productdesc._version import __version__
 from productdesc.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["OUTTYPES", "export_gguf"]
+    from productdesc.config import GenerationConfig
+
+__all__ = ["MODELFILE", "OUTTYPES", "export_gguf", "modelfile"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,9 @@ _TYPES = {
 #: llama.cpp's converter keeps them.
 OUTTYPES = tuple(_TYPES)
 
+#: The Ollama Modelfile written beside the GGUF file (``ollama create NAME -f Modelfile``).
+MODELFILE = "Modelfile"
+
 _UNSUPPORTED = (
     "{what}. productdesc writes GGUF for the Llama architecture only; for others, convert "
     "the merged model (`productdesc train --merge` writes OUT/merged) with "
@@ -63,7 +74,8 @@ def export_gguf(
     *,
     outtype: str = "f16",
 ) -> Path:
-    """Write ``source`` as the GGUF file ``out`` (atomically); returns its path.
+    """Write ``source`` as the GGUF file ``out`` (atomically), and a :data:`MODELFILE` beside
+    it (replacing one there); returns the GGUF file's path.
 
     Args:
         source: A training output directory (its ``merged/`` when present, else the adapter
@@ -84,10 +96,11 @@ def export_gguf(
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give the .gguf file to write")
     name = source.name  # the run's name, not "merged"
+    run = _run_dir(source)
     if (source / "merged" / "config.json").is_file():
         source = source / "merged"
     if (source / "config.json").is_file():
-        return _write(source, out, outtype, name)
+        return _export(source, out, outtype, name, run)
     if not (source / "adapter_config.json").is_file():
         raise UserError(f"{source} holds neither a model (config.json) nor a LoRA adapter")
     from productdesc.backends import get_backend
@@ -100,10 +113,123 @@ def export_gguf(
         merged = get_backend("transformers").save_merged(
             source, Path(tmp) / "merged", dtype="float32"
         )
-        return _write(merged, out, outtype, name)
+        return _export(merged, out, outtype, name, run)
 
 
-def _write(model_dir: Path, out: Path, outtype: str, name: str) -> Path:
+def modelfile(
+    gguf_file: str | os.PathLike[str],
+    *,
+    template: str | None,
+    stops: Sequence[str],
+    generation: GenerationConfig | None = None,
+) -> str:
+    """An Ollama Modelfile's text for ``gguf_file``, to be written in the file's directory.
+
+    Args:
+        gguf_file: The GGUF file; ``FROM`` names it relative to its directory.
+        template: The ``TEMPLATE`` (a Go template); ``None`` writes none, so Ollama takes the
+            chat template in the GGUF file.
+        stops: The end tokens' texts, one ``PARAMETER stop`` each.
+        generation: The decoding settings (``None``: the describer's defaults). Ollama has no
+            ``no_repeat_ngram_size``, ``min_new_tokens`` or length penalty: a comment says so.
+    """
+    from productdesc.config import GenerationConfig
+
+    gen = generation if generation is not None else GenerationConfig()
+    lines = [
+        f"# Written by productdesc {__version__} export: ollama create NAME -f {MODELFILE}",
+        f"FROM ./{Path(gguf_file).name}",
+    ]
+    if template is None:
+        lines.append("# no TEMPLATE: Ollama uses the chat template in the GGUF file")
+    else:
+        lines.append(f'TEMPLATE """{template}"""')
+    lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops]
+    lines.append(f"PARAMETER num_predict {gen.max_new_tokens}")
+    if gen.do_sample:
+        lines += [
+            f"PARAMETER temperature {gen.temperature:g}",
+            f"PARAMETER top_k {gen.top_k}",
+            f"PARAMETER top_p {gen.top_p:g}",
+        ]
+    else:
+        lines.append("PARAMETER temperature 0")  # greedy, as the describer decodes
+    # Ollama's default penalty is 1.1; the describer's is written even when it is none (1).
+    lines.append(f"PARAMETER repeat_penalty {gen.repetition_penalty:g}")
+    if gen.repetition_penalty != 1.0:
+        lines.append("PARAMETER repeat_last_n -1")  # transformers penalises the whole sequence
+    unsupported = [
+        f"{name} {value}"
+        for name, value in (
+            ("no_repeat_ngram_size", gen.no_repeat_ngram_size or None),
+            ("min_new_tokens", gen.min_new_tokens or None),
+            ("exponential_decay_length_penalty", gen.exponential_decay_length_penalty),
+        )
+        if value is not None
+    ]
+    if unsupported:
+        lines.append(
+            f"# productdesc also decodes with {', '.join(unsupported)}, which Ollama has no "
+            f"setting for"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _run_dir(source: Path) -> Path | None:
+    """The training run ``source`` is or is the ``merged/`` model of, or ``None``."""
+    from productdesc.finetune import CONFIG_FILE, MERGED
+
+    for directory in (source, source.parent) if source.name == MERGED else (source,):
+        if (directory / CONFIG_FILE).is_file():
+            return directory
+    return None
+
+
+def _export(model_dir: Path, out: Path, outtype: str, name: str, run: Path | None) -> Path:
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    _check_architecture(config)  # before the tokenizer loads it (it refuses some configs)
+    # The Modelfile's text before the long write: a template that cannot load fails first.
+    text = _modelfile_for(model_dir, out, run)
+    _write(model_dir, config, out, outtype, name)
+    write_text_atomic(out.parent / MODELFILE, text)
+    logger.info("wrote %s for Ollama", out.parent / MODELFILE)
+    return out
+
+
+def _modelfile_for(model_dir: Path, out: Path, run: Path | None) -> str:
+    """The Modelfile for ``model_dir`` written as ``out``: the run's template, if a run."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template = None
+    if run is not None:
+        from productdesc.config import FineTuneConfig
+        from productdesc.finetune import CONFIG_FILE
+        from productdesc.prompts import get_template
+
+        config = FineTuneConfig.from_toml(run / CONFIG_FILE)
+        prompt = get_template(config.template, tokenizer=tokenizer, **config.template_options)
+        template = prompt.ollama_template()
+    return modelfile(out, template=template, stops=_stops(model_dir, tokenizer))
+
+
+def _stops(model_dir: Path, tokenizer: Any) -> list[str]:
+    """The texts of the tokens generation ends at: the tokenizer's EOS, then the end tokens the
+    model's ``generation_config.json`` declares (as the describer stops), pad left out."""
+    ids = [tokenizer.eos_token_id]
+    config = model_dir / "generation_config.json"
+    declared = (
+        json.loads(config.read_text(encoding="utf-8")).get("eos_token_id")
+        if config.is_file()
+        else None
+    )
+    for token in declared if isinstance(declared, list) else [declared]:
+        if isinstance(token, int) and token not in ids and token != tokenizer.pad_token_id:
+            ids.append(token)
+    return [tokenizer.convert_ids_to_tokens(i) for i in ids if i is not None]
+
+
+def _write(model_dir: Path, config: dict[str, Any], out: Path, outtype: str, name: str) -> Path:
     try:
         import gguf
     except ImportError:
@@ -111,8 +237,6 @@ def _write(model_dir: Path, out: Path, outtype: str, name: str) -> Path:
             "GGUF export needs the gguf package: pip install 'productdesc[gguf]'"
         ) from None
 
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    _check_architecture(config)
     try:
         n_layers = config["num_hidden_layers"]
         n_head = config["num_attention_heads"]

@@ -10,6 +10,9 @@ inference, and the answer it gives back:
 * :meth:`~BaseTemplate.training_pairs`: records to pairs, phrasing a seeded share of them as a
   user's question (:data:`QUESTIONS`) so the tuned model answers questions, not one instruction.
 * :meth:`~BaseTemplate.parse`: generated text to the answer alone.
+* :meth:`~BaseTemplate.chat_template` and :meth:`~BaseTemplate.ollama_template`: the same
+  prompt as a Jinja chat template (saved with the tokenizer, so chat endpoints prompt as
+  training did) and as an Ollama ``TEMPLATE``.
 
 Three templates are built in, registered in :data:`productdesc.plugins.templates`:
 ``"alpaca"`` (:class:`PromptTemplate`, the seed notebook's), ``"chat"`` (:class:`ChatTemplate`,
@@ -38,9 +41,10 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import attrs
 from attrs import field, frozen
@@ -172,6 +176,103 @@ def _cut(text: str, *stops: str | None) -> str:
     for stop in filter(None, stops):
         text = text.split(stop, 1)[0]
     return text
+
+
+# Stand-ins rendered in place of the user's text and the answer, then found again in the
+# rendered prompt: what is left between them is the template's fixed text. Mixed case, so that
+# a template that changes the case of the title (upper, lower, title) loses them.
+_TITLE, _QUESTION, _ANSWER = (
+    f"\x1fProductDesc-{slot}\x1f" for slot in ("Title", "Question", "Answer")
+)
+_SLOTS = re.compile(f"({_TITLE}|{_QUESTION}|{_ANSWER})")
+
+# The user's text as productdesc.serve.split_user_text reads it: the last user message, its
+# first line the title (a "Product:" label dropped), further lines a question; an assistant
+# message after it is the answer (training text). Only expressions write output, so the result
+# is the same with and without trim_blocks / lstrip_blocks (transformers and llama.cpp set them).
+_JINJA_HEAD = """\
+{#- productdesc: the last user message is a product title; lines after the first are a question -#}
+{%- set ns = namespace(user=none, answer=none) -%}
+{%- for message in messages -%}
+    {%- if message['role'] == 'user' -%}
+        {%- set ns.user = message['content'] -%}
+        {%- set ns.answer = none -%}
+    {%- elif message['role'] == 'assistant' -%}
+        {%- set ns.answer = message['content'] -%}
+    {%- endif -%}
+{%- endfor -%}
+{%- if ns.user is none -%}
+    {{- raise_exception('productdesc: a user message with the product title is needed') -}}
+{%- endif -%}
+{%- set lines = ns.user.strip().split('\\n') -%}
+{%- set title = lines[0].strip() -%}
+{%- if title.lower().startswith('product:') -%}
+    {%- set title = title[8:].strip() -%}
+{%- endif -%}
+{%- set question = (lines[1:] | join('\\n')).strip() -%}
+"""
+_JINJA_NAMES = {_TITLE: "title", _QUESTION: "question", _ANSWER: "ns.answer"}
+# Ollama's TEMPLATE (Go text/template) cannot split a message into lines: the title is the
+# prompt and a question is the system message.
+_GO_NAMES = {_TITLE: "{{ .Prompt }}", _QUESTION: "{{ .System }}", _ANSWER: "{{ .Response }}"}
+
+
+class _Shape(NamedTuple):
+    """A template's prompt without and with a question, and its completion, as pieces: fixed
+    text, and the stand-ins for the title, the question and the answer."""
+
+    plain: list[str]
+    asked: list[str]
+    completion: list[str]
+
+
+def _shape(template: BaseTemplate) -> _Shape | None:
+    """The template's pieces, or ``None`` when it does not write the user's text as given."""
+    plain = template._serving_pair(_TITLE, _ANSWER, None)
+    asked = template._serving_pair(_TITLE, _ANSWER, _QUESTION)
+    shape = _Shape(
+        *(_SLOTS.split(text) for text in (plain["prompt"], asked["prompt"], plain["completion"]))
+    )
+
+    def counts(pieces: list[str]) -> tuple[int, ...]:
+        return tuple(pieces.count(slot) for slot in (_TITLE, _QUESTION, _ANSWER))
+
+    # A question may leave the title out (the chat template's question_message may not name it).
+    if (
+        counts(shape.plain) != (1, 0, 0)
+        or counts(shape.asked) not in ((1, 1, 0), (0, 1, 0))
+        or counts(shape.completion) != (0, 0, 1)
+    ):
+        return None
+    return shape
+
+
+def _jinja_expression(pieces: list[str]) -> str:
+    # Fixed text as string literals (json.dumps writes Jinja's escapes), joined with ~.
+    return " ~ ".join(
+        _JINJA_NAMES.get(piece) or json.dumps(piece, ensure_ascii=False)
+        for piece in pieces
+        if piece
+    )
+
+
+def _jinja(shape: _Shape) -> str:
+    return (
+        _JINJA_HEAD
+        + f"{{%- if question -%}}\n    {{{{- {_jinja_expression(shape.asked)} -}}}}\n"
+        + f"{{%- else -%}}\n    {{{{- {_jinja_expression(shape.plain)} -}}}}\n{{%- endif -%}}\n"
+        + "{%- if ns.answer is not none -%}\n"
+        + f"    {{{{- {_jinja_expression(shape.completion)} -}}}}\n{{%- endif -%}}\n"
+    )
+
+
+def _go(pieces: list[str]) -> str:
+    # In Go's text/template only "{{" starts an action; the Modelfile quotes TEMPLATE in """.
+    escaped = {"{{": '{{ "{{" }}', '"""': '{{ "\\"\\"\\"" }}'}
+    return "".join(
+        _GO_NAMES.get(piece) or re.sub('{{|"""', lambda match: escaped[match.group()], piece)
+        for piece in pieces
+    )
 
 
 @frozen(kw_only=True)
@@ -310,6 +411,46 @@ class BaseTemplate(abc.ABC):
     def _question_for(self, title: str, content: str, share: float, seed: int) -> str | None:
         return seeded_question(title, content, share=share, seed=seed, phrasings=self.questions)
 
+    def chat_template(self) -> str | None:
+        """This template's prompt as a Jinja chat template, or ``None`` to keep the tokenizer's.
+
+        Training saves it with the tokenizer (``chat_template.jinja``), so ``run/``,
+        ``run/merged/`` and the exported GGUF carry the prompt they were trained on: the chat
+        endpoints of llama.cpp, vLLM and transformers' pipelines then prompt as training did.
+        Rendering the messages ``[{"role": "user", "content": title}]`` (a question on the lines
+        after the title) with ``add_generation_prompt=True`` gives exactly
+        ``render(title, question)``; an assistant message after it gives the training text.
+
+        It is derived from :meth:`render_pair` with stand-ins for the title, the question and
+        the answer; a template that changes the user's text (not writing it as given) gets
+        ``None`` and should override this.
+
+        Raises:
+            TemplateError: The template has no ``eos_token`` (the training text ends with it).
+        """
+        shape = _shape(self)
+        return None if shape is None else _jinja(shape)
+
+    def ollama_template(self) -> str | None:
+        """This template's prompt as an Ollama ``TEMPLATE`` (Go template), or ``None``.
+
+        ``.Prompt`` (the user's message) is the title and ``.System`` (the system message) a
+        question, since a Go template cannot split a message into lines; with no system
+        message it renders exactly ``render(title)``, and ``render(title, question)`` with one.
+        ``None`` as for :meth:`chat_template`.
+        """
+        shape = _shape(self)
+        if shape is None:
+            return None
+        return (
+            f"{{{{ if .System }}}}{_go(shape.asked)}{{{{ else }}}}{_go(shape.plain)}{{{{ end }}}}"
+            + _go(shape.completion)
+        )
+
+    def _serving_pair(self, title: str, description: str, question: str | None) -> dict[str, str]:
+        """The pair a served prompt renders: :meth:`render_pair`, unless the template needs more."""
+        return self.render_pair(title, description, question)
+
     def _eos(self) -> str:
         if self.eos_token is None:
             raise TemplateError(
@@ -438,6 +579,15 @@ class ChatTemplate(BaseTemplate):
         eos = self._eos()
         ended = text.rstrip()
         return ended if ended.endswith(eos) else text + eos
+
+    def chat_template(self) -> None:
+        """``None``: the tokenizer's own chat template is the one this template trained with.
+
+        A chat client then sends the user's message as training wrote it (:attr:`instruction`
+        or :attr:`question_message` filled in) and :attr:`system`, if set. Ollama's
+        :meth:`~BaseTemplate.ollama_template` takes the title alone, as for the other templates.
+        """
+        return None
 
     def parse(self, generated_text: str) -> str:
         """See :meth:`BaseTemplate.parse`; also cuts at the template's end-of-turn marker.
@@ -576,6 +726,10 @@ class ContextTemplate(PromptTemplate):
         prompt = self.render(title, question, context=hits)
         # The answer is the pattern's last field, so prompt + completion == render(..., description).
         return {"prompt": prompt, "completion": _text(description, "description") + self._eos()}
+
+    def _serving_pair(self, title: str, description: str, question: str | None) -> dict[str, str]:
+        # A chat client sends no retrieval context: served prompts say no product is known.
+        return self.render_pair(title, description, question, context=())
 
     def training_pairs(
         self,

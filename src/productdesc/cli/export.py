@@ -1,4 +1,4 @@
-"""``productdesc export``: write a trained model as one GGUF file (llama.cpp, Ollama).
+"""``productdesc export``: write a trained model as one GGUF file (llama.cpp) and a Modelfile (Ollama).
 
 productdesc export runs/smollm2-lora --out smollm2-products.gguf
 productdesc export runs/smollm2-lora --out model-q8.gguf --outtype q8_0
@@ -21,8 +21,10 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Write MODEL as a GGUF file for llama.cpp and the tools built on it. MODEL is a "
             "training output (its merged/ model, else the adapter merged into its base, loaded "
-            "as the run loaded it) or a model directory. Nothing is built or installed, and "
-            "no converter is fetched."
+            "as the run loaded it) or a model directory. An Ollama Modelfile goes beside the "
+            "file (replacing one there): FROM the file, the run's prompt as TEMPLATE, its end "
+            "tokens as stops and the describer's decoding defaults. Nothing is built or "
+            "installed, and no converter is fetched."
         ),
     )
     parser.add_argument("model", type=Path, metavar="MODEL", help="training output or model dir")
@@ -37,10 +39,11 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.gguf_export import export_gguf
+    from productdesc.gguf_export import MODELFILE, export_gguf
 
     started = time.perf_counter()
     out = export_gguf(args.model, args.out, outtype=args.outtype)
     seconds = time.perf_counter() - started
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.outtype}) in {seconds:.1f} s")
+    print(f"wrote {out.parent / MODELFILE} (ollama create NAME -f {out.parent / MODELFILE})")
     return 0
