@@ -272,9 +272,14 @@ def test_chat_template_run_keeps_the_tokenizers_own(tiny_llama: Path, tmp_path: 
     # what training sent through it: the user's message as the template wrote it
     pair = tuner.template.render_pair(RECORDS[0]["title"], RECORDS[0]["content"])
     turns = [{"role": "user", "content": f"Describe the product: {RECORDS[0]['title']}"}]
-    assert (
-        tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-        == (pair["prompt"])
+    rendered = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+    assert rendered == pair["prompt"]
+    # Ollama's TEMPLATE is that chat template around the title alone
+    go = tuner.template.ollama_template()
+    assert render_go(go, Prompt=RECORDS[0]["title"]) == pair["prompt"]
+    question = "Is it good for toddlers?"
+    assert render_go(go, Prompt=RECORDS[0]["title"], System=question) == (
+        tuner.template.render(RECORDS[0]["title"], question)
     )
 
 
