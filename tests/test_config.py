@@ -1,6 +1,8 @@
-"""Frozen configs: documented defaults, errors that name the field, TOML round trips."""
+"""Frozen configs: documented defaults, errors that name the field, TOML and YAML files."""
 
 from __future__ import annotations
+
+import re
 
 import attrs
 import pytest
@@ -11,6 +13,7 @@ from productdesc.config import (
     LoraSettings,
     ModelConfig,
     TrainingConfig,
+    toml_value,
 )
 from productdesc.errors import UserError
 
@@ -114,3 +117,87 @@ def test_cli_context_flag_selects_the_context_template(capsys):
 
     assert main(["train", "--print-config", "--context"]) == 0
     assert 'template = "context"' in capsys.readouterr().out
+
+
+def test_with_overrides_sets_fields_by_dotted_name_and_validates_them():
+    config = FineTuneConfig().with_overrides(
+        {
+            "training.learning_rate": "1e-3",
+            "training.save_steps": "off",
+            "lora.target_modules": ["q_proj", "v_proj"],
+            "template_options.k": 3,
+            "backend": "transformers",
+        }
+    )
+    assert config.training.learning_rate == 1e-3 and config.training.save_steps is None
+    assert config.lora.target_modules == ("q_proj", "v_proj")
+    assert (config.template_options, config.backend) == ({"k": 3}, "transformers")
+    refused = {
+        "training.lerning_rate": "unknown key(s) lerning_rate in [training]",
+        "training.max_steps": "[training] 'max_steps' must be an integer, got True",
+        "backend.name": "backend.name: backend is a value, not a section",
+    }
+    for key, message in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            FineTuneConfig().with_overrides({key: True})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2e-4", 2e-4),
+        ("true", True),
+        ("12", 12),
+        ('"a b"', "a b"),
+        ('["q", "v"]', ["q", "v"]),
+        ("smollm2-135m", "smollm2-135m"),  # not TOML: the text itself
+        ("org/model", "org/model"),
+        ("", ""),
+    ],
+)
+def test_toml_value_reads_toml_and_keeps_other_text(text, value):
+    assert toml_value(text) == value
+
+
+def test_yaml_config_reads_like_the_toml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "backend: transformers\n"
+        "model:\n  model_name: smollm2-135m\n"
+        "lora:\n  target_modules: [q_proj, v_proj]\n"
+        "training:\n  learning_rate: 2e-4\n  save_steps: off\n  max_steps: null\n  packing: false\n"
+    )
+    config = FineTuneConfig.from_file(path)
+    assert config == FineTuneConfig.from_yaml(path)
+    assert config.to_dict() == {
+        **FineTuneConfig().to_dict(),
+        "backend": "transformers",
+        "model": {**FineTuneConfig().to_dict()["model"], "model_name": "smollm2-135m"},
+        "lora": {**FineTuneConfig().to_dict()["lora"], "target_modules": ["q_proj", "v_proj"]},
+        "training": {
+            **FineTuneConfig().to_dict()["training"],
+            "save_steps": "off",
+            "packing": False,
+        },
+    }
+    (tmp_path / "empty.yml").write_text("")
+    assert FineTuneConfig.from_file(tmp_path / "empty.yml") == FineTuneConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("training: [1\n", r"is not valid YAML: expected ',' or '\]'.* at line 2, column 1$"),
+        ("model:\n  model_name: x\n\tr: 2\n", r"is not valid YAML: found character '\\t'"),
+        ("- model\n", r": expected a mapping \(model:, lora:, training:, \.\.\.\), got list$"),
+        # YAML 1.1 would read `no` as false; here it is text, and packing wants a boolean
+        ("training:\n  packing: no\n", r"\[training\] 'packing' must be true or false, got 'no'"),
+        ("training:\n  lerning_rate: 1\n", r"unknown key\(s\) lerning_rate in \[training\]"),
+    ],
+)
+def test_yaml_errors_are_one_line(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as refused:
+        FineTuneConfig.from_yaml(path)
+    assert "\n" not in str(refused.value)
