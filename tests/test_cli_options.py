@@ -247,3 +247,21 @@ def test_describe_into_head_prints_its_first_line(tiny_llama: Path) -> None:
     )
     assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
     assert len(done.stdout) == 1 and done.returncode in (0, 141)
+
+
+def test_launched_processes_get_every_set_and_v(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train --nproc N`` starts N copies of the command: each gets the same config."""
+    import productdesc.cli.train as train
+
+    launched: list[list[str]] = []
+
+    def launch(args) -> int:  # what torchrun would start, without starting it
+        launched.append(train._child_argv(args))
+        return 0
+
+    monkeypatch.setattr(train, "_launch", launch)
+    argv = ["train", "-v", "--data", ".", "--out", "o", "--nproc", "2"]
+    assert main([*argv, "--set", "lora.r=8", "--set", "training.seed=1"]) == 0
+    [child] = launched
+    assert child[:2] == ["-v", "train"] and "--nproc" not in child
+    assert child[child.index("--set") :][:4] == ["--set", "lora.r=8", "--set", "training.seed=1"]
