@@ -2,7 +2,7 @@
 
 Run on a CUDA machine::
 
-    python benchmarks/cold_start.py --model smol.gguf --data amazontitles-sample.jsonl \
+    python benchmarks/cold_start.py --model run/ --data amazontitles-sample.jsonl \
         --out benchmarks/results/cold_start.json
 
 Each variant is its own process, run one after another with one fresh torch compile cache
@@ -91,7 +91,7 @@ def worker(spec: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a model directory or .gguf file")
+    parser.add_argument("--model", required=True, help="a model or training run directory (what Describer.from_pretrained loads)")
     parser.add_argument("--data", help="a .jsonl of records whose titles are asked")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--variants", default=",".join(VARIANTS))
