@@ -92,6 +92,53 @@ def test_run_writes_adapter_tokenizer_config_history_plot_and_card(run, prepared
     assert 'model_name = "' in card  # the config itself
 
 
+def test_the_card_is_one_the_hub_reads_and_names_what_trained(run, prepared) -> None:
+    from huggingface_hub import ModelCard
+
+    _, _, result = run
+    card = ModelCard.load(result.output_dir / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert "base_model" not in meta  # a local directory is no Hub id
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert manifest["input"]["sha256"] in card.text
+    assert "| backend | transformers |" in card.text
+    assert "transformers 5." in card.text and "peft 0." in card.text
+
+
+def test_the_embedded_model_is_named_on_the_card_by_its_hub_id() -> None:
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard import ModelCard
+
+    from productdesc.finetune import _card_metadata
+
+    def parsed(name):
+        return ModelCard(f"---\n{_card_metadata(name)}\n---\n").data
+
+    meta = parsed("smollm2-135m")
+    assert isinstance(meta, ModelCardData)
+    assert meta.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert meta.license == "apache-2.0"
+    assert "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in meta.tags
+    assert parsed("org/model").base_model == "org/model"
+
+
+def test_the_adapter_loads_with_autopeft_in_a_process_without_productdesc(run) -> None:
+    import subprocess
+    import sys
+
+    _, _, result = run
+    code = (
+        "import sys\n"
+        "from peft import AutoPeftModelForCausalLM\n"
+        f"m = AutoPeftModelForCausalLM.from_pretrained({str(result.output_dir)!r})\n"
+        "assert 'productdesc' not in sys.modules\n"
+        "print(type(m).__name__, m.peft_config['default'].r)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["PeftModelForCausalLM", "16"]
+
+
 def test_loss_history_has_training_and_validation_losses(run) -> None:
     _, _, result = run
     history = json.loads((result.output_dir / HISTORY_FILE).read_text())

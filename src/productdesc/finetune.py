@@ -48,7 +48,13 @@ from typing import Any
 
 import attrs
 
-from productdesc._io import atomic_write, output_lock, write_text_atomic
+from productdesc._io import (
+    atomic_write,
+    leftovers,
+    output_lock,
+    remove_leftovers,
+    write_text_atomic,
+)
 from productdesc._version import __version__
 from productdesc.backends import checkpointing, distributed
 from productdesc.config import FineTuneConfig, TrainingConfig
@@ -271,7 +277,7 @@ class LoraFineTuner:
             self.load()  # a second run starts from a fresh adapter, not the last one's
         train_ds, eval_ds, manifest = self._datasets(train_data, eval_data)
         if main:
-            self.config.to_toml(out / CONFIG_FILE)
+            self._run_config().to_toml(out / CONFIG_FILE)
             logger.info(
                 "training %s on %d examples (%d for validation) with the %s backend; %s",
                 self.config.model.model_name,
@@ -410,6 +416,8 @@ class LoraFineTuner:
         checkpoint, clear = self._check_output_dir(out, resume, overwrite)
         # Every rank checks the directory as it was, before rank 0 changes it.
         distributed.barrier()
+        if main:  # under the lock: what a killed run left, no writer's at work
+            remove_leftovers(_leftovers(out))
         if clear and main:
             from productdesc.backends._sft import LOGS
 
@@ -424,7 +432,7 @@ class LoraFineTuner:
             if not config_file.is_file():
                 raise OutputDirError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
             previous = tomllib.loads(config_file.read_text(encoding="utf-8"))
-            differ = _differences(previous, self.config.to_dict())
+            differ = _differences(previous, self._run_config().to_dict())
             if differ:
                 raise OutputDirError(
                     f"{out} holds a run with another config ({', '.join(differ)} differ); "
@@ -433,7 +441,7 @@ class LoraFineTuner:
             return str(_checkpoint(out, resume)), False
         if out.is_file():
             raise OutputDirError(f"output directory {out} is a file")
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and set(out.iterdir()) - set(_leftovers(out)):
             if not overwrite:
                 raise OutputDirError(
                     f"output directory {out} is not empty; choose a new one, continue the run "
@@ -451,6 +459,11 @@ class LoraFineTuner:
             return None, True
         return None, False
 
+    def _run_config(self) -> FineTuneConfig:
+        """The config as the run directory records it: the backend that trained, not
+        ``"auto"``, so that loading the run later picks the same one."""
+        return attrs.evolve(self.config, backend=self.backend.name)
+
     def _save_adapter(self, out: Path) -> None:
         from productdesc.models import resolve_model
 
@@ -467,11 +480,14 @@ class LoraFineTuner:
                 self.tokenizer.chat_template = chat_template
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / CARD_FILE).unlink(missing_ok=True)  # PEFT's placeholder card; ours follows
-            # The base as the user named it ("smollm2-135m", a Hub id, an absolute path), not
-            # a cache path: the adapter then resolves its base on another machine too.
+            # A base that PEFT's AutoPeftModel loads: a Hub id, or a model directory (for a
+            # GGUF or embedded base, its converted safetensors copy). The run's config keeps
+            # the name as given, which productdesc falls back to where that path is missing.
             adapter_config = tmp / "adapter_config.json"
             settings = json.loads(adapter_config.read_text(encoding="utf-8"))
-            settings["base_model_name_or_path"] = resolve_model(self.config.model.model_name).source
+            base = resolve_model(self.config.model.model_name)
+            kept = base.path if base.kind in ("gguf", "embedded") else base.source
+            settings["base_model_name_or_path"] = kept
             adapter_config.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
             for path in tmp.iterdir():
                 os.replace(path, out / path.name)
@@ -481,10 +497,7 @@ class LoraFineTuner:
     def _card(self, result: TrainResult, data_note: str, manifest: Any) -> str:
         config = self.config
         name = config.model.model_name
-        head = ["---", "library_name: peft", "tags: [productdesc, lora, sft, trl]"]
-        if "/" in name and not Path(name).exists():
-            head.append(f"base_model: {name}")
-        head.append("---")
+        head = ["---", _card_metadata(name).rstrip(), "---"]
         rows = [
             ("optimizer steps", f"{result.global_step}"),
             ("training examples", f"{result.train_examples}"),
@@ -497,6 +510,8 @@ class LoraFineTuner:
             ("throughput", f"{_fmt(result.tokens_per_second, '.0f')} tokens/s"),
             ("processes (data parallel)", f"{result.world_size}"),
             ("rows per optimizer step", _batch_note(config.training, result.world_size)),
+            ("backend", result.backend),
+            ("library versions", _versions()),
         ]
         lines = [
             *head,
@@ -526,8 +541,8 @@ class LoraFineTuner:
             dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest.dropped.items())) or "none"
             splits = ", ".join(f"{k} {v.rows}" for k, v in manifest.splits.items())
             lines += [
-                f"- input: `{manifest.input.name}`, {manifest.lines} lines read, "
-                f"{manifest.kept} kept; dropped: {dropped}",
+                f"- input: `{manifest.input.name}` (sha256 `{manifest.input.sha256}`), "
+                f"{manifest.lines} lines read, {manifest.kept} kept; dropped: {dropped}",
                 f"- splits: {splits}",
             ]
         lines += ["", "## Results", "", "| | |", "|---|---|"]
@@ -541,7 +556,7 @@ class LoraFineTuner:
             f"The exact config, also in `{CONFIG_FILE}`:",
             "",
             "```toml",
-            config.to_toml().rstrip(),
+            self._run_config().to_toml().rstrip(),
             "```",
             "",
         ]
@@ -643,6 +658,45 @@ def _locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
         return
     with output_lock(out, "train"):
         yield
+
+
+def _card_metadata(model_name: str) -> str:
+    """The card's YAML metadata, as the Hub reads it: the base model's Hub id (the embedded
+    model's own, none for a local path), and its license where it is known."""
+    from huggingface_hub import ModelCardData
+
+    from productdesc.models import EMBEDDED
+
+    embedded = EMBEDDED.get(model_name)
+    base = embedded.hub_id if embedded else None
+    if embedded is None and "/" in model_name and not Path(model_name).exists():
+        base = model_name
+    tags = ["productdesc", "lora", "sft", "trl"]
+    if base:
+        tags.append(f"base_model:adapter:{base}")
+    return ModelCardData(
+        base_model=base,
+        library_name="peft",
+        pipeline_tag="text-generation",
+        license=embedded.license if embedded else None,
+        tags=tags,
+    ).to_yaml()
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "transformers", "peft", "trl", "unsloth"):
+        with contextlib.suppress(PackageNotFoundError):
+            found.append(f"{name} {version(name)}")
+    return ", ".join([f"productdesc {__version__}", *found])
+
+
+def _leftovers(out: Path) -> list[Path]:
+    """The temporary files and scratch folder (``_save_adapter``'s) a killed run left in
+    ``out``: a run removes them first, and a folder holding only them counts as empty."""
+    return leftovers(out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), ("adapter",))
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:

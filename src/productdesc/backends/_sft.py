@@ -5,6 +5,7 @@ Both built-in backends train through :func:`build_trainer`. Imported only when t
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -157,6 +158,9 @@ def trainer_class() -> type:
     the subclass computes it as ``transformers.Trainer`` does, from the full logits: the same
     token-averaged cross-entropy. Unsloth's patched trainer has its own CPU loss and is kept.
 
+    A run resumed from the checkpoint of its last step trains no further step (transformers
+    would train one more before it checks ``max_steps``).
+
     Its length-grouped sampler (``group_by_length``) draws each epoch's order from the data
     seed and the epoch (:func:`epoch_seeded_length_sampler`), so that a resumed run sees the
     batches the uninterrupted one saw.
@@ -170,6 +174,15 @@ def trainer_class() -> type:
     plain_loss = not torch.cuda.is_available() and base.compute_loss.__module__.startswith("trl.")
 
     class SFTTrainer(base):
+        def _run_epoch(self, *args, **kwargs):
+            # Resumed from the checkpoint of the last step (a run killed while writing its
+            # adapter), transformers would still train the step after it before its stop
+            # check: the adapter would differ from the uninterrupted run's. Nothing is left.
+            if self.state.global_step >= self.state.max_steps:
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
+
         def _get_train_sampler(self, train_dataset=None):
             sampler = super()._get_train_sampler(train_dataset)
             if type(sampler) is LengthGroupedSampler:
@@ -194,6 +207,25 @@ def trainer_class() -> type:
 
     SFTTrainer.__qualname__ = f"productdesc.{base.__qualname__}"
     return SFTTrainer
+
+
+TRAINER_STATE = "trainer_state.json"  # the last file transformers writes into a checkpoint
+
+
+def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether the Trainer finished writing checkpoint ``path``: its ``trainer_state.json``,
+    the last file it writes there, is whole JSON.
+
+    The file's presence is not enough: transformers writes it in place, not atomically, so a
+    run killed while writing it leaves it empty or cut short, and a resume from there would
+    fail in ``json.loads``. The files written before it are whole once it exists (a kill
+    loses no data the process wrote; a power cut could, as nothing is fsynced).
+    """
+    try:
+        state = json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state
 
 
 def epoch_seeded_length_sampler(sampler: Any, seed: int) -> Any:

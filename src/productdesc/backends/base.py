@@ -339,6 +339,19 @@ def _adapter_base(adapter_config: Path) -> str:
             f"{adapter_config} names no base model (base_model_name_or_path); set it to the "
             f"model the adapter was trained on"
         )
+    if Path(base).is_absolute() and not Path(base).exists():
+        # A run copied to another machine: its base was a converted GGUF or embedded model
+        # there; the run's config names it as the user did ("smollm2-135m", a .gguf path).
+        from productdesc.config import FineTuneConfig
+        from productdesc.finetune import CONFIG_FILE
+
+        run_config = adapter_config.parent / CONFIG_FILE
+        if run_config.is_file():
+            name = FineTuneConfig.from_toml(run_config).model.model_name
+            logger.info(
+                "base model %s is not here; loading %s as the run's config names it", base, name
+            )
+            return name
     return base
 
 
