@@ -29,6 +29,12 @@ def _logits(model, tokenizer, text=TEXTS[1]):
         return model(tokenizer(text, return_tensors="pt").input_ids).logits
 
 
+def _field(path: Path, key: str) -> tuple[object, gguf.GGUFValueType] | None:
+    """``(value, type)`` of a metadata key as llama.cpp reads it, or ``None`` when absent."""
+    field = gguf.GGUFReader(path).fields.get(key)
+    return None if field is None else (field.contents(), field.types[0])
+
+
 def _special_ids(path: Path) -> dict[str, int]:
     reader = gguf.GGUFReader(path)
     keys = ("bos_token_id", "eos_token_id", "padding_token_id")
@@ -127,6 +133,7 @@ def test_other_architectures_and_types_are_refused_clearly(tiny_llama, tmp_path)
 def test_smollm2_round_trips(smollm2_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from productdesc import models
     from productdesc.gguf_export import export_gguf
 
     source = smollm2_dir
@@ -140,6 +147,17 @@ def test_smollm2_round_trips(smollm2_dir, tmp_path):
         _logits(loaded, tokenizer), _logits(model, tokenizer), rtol=1e-4, atol=1e-4
     )
     assert _special_ids(out)["eos_token_id"] == tokenizer.eos_token_id
+    # what llama.cpp reads to tokenize and to stop, as the GGUF SmolLM2 ships in says it
+    shipped = Path(json.loads((source / models._MARKER).read_text())["gguf"])
+    assert _field(shipped, "tokenizer.ggml.pre") == ("smollm", gguf.GGUFValueType.STRING)
+    for key in (
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.add_bos_token",
+        "tokenizer.ggml.add_eos_token",
+        "general.quantization_version",
+        "llama.vocab_size",
+    ):
+        assert _field(out, key) == _field(shipped, key), key
 
 
 def test_a_sentencepiece_model_comes_back_through_resolve_model(
@@ -159,6 +177,7 @@ def test_a_sentencepiece_model_comes_back_through_resolve_model(
     model = AutoModelForCausalLM.from_pretrained(sentencepiece_llama, dtype=torch.float32)
     out = export_gguf(sentencepiece_llama, tmp_path / "sp.gguf", outtype="f32")
     assert gguf.GGUFReader(out).fields["tokenizer.ggml.model"].contents() == "llama"
+    assert _field(out, "tokenizer.ggml.add_bos_token") == (True, gguf.GGUFValueType.BOOL)
 
     def check(converted: Path) -> None:
         loaded_tokenizer = AutoTokenizer.from_pretrained(converted)
@@ -243,6 +262,53 @@ def test_the_pre_tokenizer_is_named_for_llama_cpp_or_refused(tiny_llama, tmp_pat
     (other / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="pre-tokenizer"):
         export_gguf(other, tmp_path / "other.gguf")
+
+
+def test_the_metadata_llama_cpp_writes_is_there(tiny_llama, source, tmp_path):
+    from productdesc.gguf_export import export_gguf
+
+    out = export_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    _, tokenizer = source
+    T = gguf.GGUFValueType
+    assert _field(out, "general.quantization_version") == (gguf.GGML_QUANT_VERSION, T.UINT32)
+    rows = json.loads((tiny_llama / "config.json").read_text())["vocab_size"]
+    assert rows > len(tokenizer)  # the embedding's rows, not the tokenizer's size
+    assert _field(out, "llama.vocab_size") == (rows, T.UINT32)
+    assert tokenizer("a").input_ids[0] != tokenizer.bos_token_id
+    assert _field(out, "tokenizer.ggml.add_bos_token") == (False, T.BOOL)
+    # nothing tells llama.cpp's converter about EOS here, so it writes no key for it either
+    assert _field(out, "tokenizer.ggml.add_eos_token") is None
+
+
+def test_bos_and_eos_flags_are_what_the_tokenizer_does(tiny_llama, tmp_path):
+    """tokenizer_config.json's flags, which the tokenizer ignores, do not reach the file."""
+    from transformers import AutoTokenizer
+
+    from productdesc.gguf_export import export_gguf
+
+    flagged = tmp_path / "flagged"
+    shutil.copytree(tiny_llama, flagged)
+    config = json.loads((flagged / "tokenizer_config.json").read_text())
+    config.update(add_bos_token=True, add_eos_token=True)
+    (flagged / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(flagged)
+    ids = tokenizer(TEXTS[0]).input_ids
+    assert ids == tokenizer(TEXTS[0], add_special_tokens=False).input_ids  # adds neither
+    out = export_gguf(flagged, tmp_path / "flagged.gguf")
+    assert _field(out, "tokenizer.ggml.add_bos_token") == (False, gguf.GGUFValueType.BOOL)
+    assert _field(out, "tokenizer.ggml.add_eos_token") == (False, gguf.GGUFValueType.BOOL)
+
+
+@pytest.mark.parametrize(("outtype", "name"), [("q4_k_m", "Q4_K_M"), ("q5_k_m", "Q5_K_M")])
+def test_k_quants_point_to_llama_quantize(tiny_llama, tmp_path, capsys, outtype, name):
+    from productdesc.cli import main
+
+    out = tmp_path / "model.gguf"
+    assert main(["export", str(tiny_llama), "--out", str(out), "--outtype", outtype]) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"llama-quantize model-f16.gguf {out} {name}" in err
+    assert "\n" not in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_scaled_rope_and_a_directory_as_output_are_refused(tiny_llama, tmp_path):

@@ -9,7 +9,11 @@ readers), for the Llama architecture that TinyLlama, SmolLM2 and Llama 2/3 share
   for llama.cpp's rotary layout, as llama.cpp's ``convert_hf_to_gguf.py`` does;
 * the hyperparameters from ``config.json``;
 * the tokenizer (GPT-2-style BPE, Llama's byte-fallback BPE, or SentencePiece), its special
-  tokens, merges and chat template.
+  tokens, merges and chat template, and the pre-tokenizer's name, found as llama.cpp's
+  converter finds it.
+
+K-quants (``q4_k_m``, ``q5_k_m``) are made from an ``f16`` file with llama.cpp's
+``llama-quantize``: the ``gguf`` package has no quantizer for them.
 
 A training output with only an adapter is merged into its base first. Any other architecture
 gets a clear error that points to llama.cpp's converter, run from a local checkout.
@@ -24,6 +28,7 @@ for each end token, and the describer's decoding defaults that Ollama has settin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,9 +59,14 @@ _TYPES = {
     "q8_0": ("MOSTLY_Q8_0", "Q8_0"),
 }
 
-#: Weight types a file can be written in. Norms and other 1-D tensors stay float32, as
-#: llama.cpp's converter keeps them.
-OUTTYPES = tuple(_TYPES)
+# llama-quantize's names for the K-quant mixes asked for most; gguf.quants has no Q4_K or
+# Q5_K quantizer, so these are accepted only to answer with the command that makes them
+_LLAMA_QUANTIZE = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M"}
+
+#: Weight types :func:`export_gguf` accepts. Norms and other 1-D tensors stay float32, as
+#: llama.cpp's converter keeps them. ``q4_k_m`` and ``q5_k_m`` are refused with the
+#: ``llama-quantize`` step that makes them from an ``f16`` file.
+OUTTYPES = (*_TYPES, *_LLAMA_QUANTIZE)
 
 #: The Ollama Modelfile written beside the GGUF file (``ollama create NAME -f Modelfile``).
 MODELFILE = "Modelfile"
@@ -84,9 +94,16 @@ def export_gguf(
         outtype: One of :data:`OUTTYPES` for the 2-D weights.
 
     Raises:
-        UserError: An unknown ``outtype``, a missing directory, or a model or tokenizer this
+        UserError: An unknown ``outtype`` or a K-quant (the message gives the
+            ``llama-quantize`` command), a missing directory, or a model or tokenizer this
             writer does not handle (the message says what to use instead).
     """
+    if outtype in _LLAMA_QUANTIZE:
+        raise UserError(
+            f"outtype {outtype}: the gguf package cannot write K-quants; export with --outtype "
+            f"f16, then run llama.cpp's `llama-quantize model-f16.gguf {out} "
+            f"{_LLAMA_QUANTIZE[outtype]}`"
+        )
     if outtype not in OUTTYPES:
         raise UserError(f"outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
     source = Path(source)
@@ -272,6 +289,9 @@ def _write(model_dir: Path, config: dict[str, Any], out: Path, outtype: str, nam
         writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
         writer.add_rope_freq_base(_rope_theta(config))
         writer.add_file_type(getattr(gguf.LlamaFileType, _TYPES[outtype][0]))
+        # llama.cpp's converter writes both for every file, whatever its type
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.add_vocab_size(n_vocab)
         _add_vocab(writer, model_dir, n_vocab)
 
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
@@ -323,15 +343,19 @@ def _rope_theta(config: dict[str, Any]) -> float:
     return float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
-def _vocab(model_dir: Path, n_vocab: int) -> tuple[str, str | None, list, list, list]:
-    """``(tokenizer model, pre-tokenizer, tokens, scores, token types)``, one per embedding row."""
+def _vocab(
+    model_dir: Path, n_vocab: int, tokenizer: Any
+) -> tuple[str, str | None, list, list, list]:
+    """``(tokenizer model, pre-tokenizer, tokens, scores, token types)``, one per embedding row,
+    for ``model_dir``, whose transformers tokenizer is ``tokenizer``."""
     import gguf
 
     tokenizer_json = model_dir / "tokenizer.json"
     if tokenizer_json.is_file():
         spec = json.loads(tokenizer_json.read_bytes())
         if _byte_level(spec):
-            return ("gpt2", _bpe_pre(spec, model_dir), *_byte_level_vocab(model_dir, n_vocab))
+            pre = _bpe_pre(spec, model_dir, tokenizer)
+            return ("gpt2", pre, *_byte_level_vocab(tokenizer, n_vocab))
     from gguf.vocab import LlamaHfVocab, SentencePieceVocab
 
     # tokenizer.model first: its scores are SentencePiece's merge priorities, which llama.cpp
@@ -386,12 +410,40 @@ _LLAMA3_SPLIT = (
 )
 
 
-def _bpe_pre(tokenizer_json: dict[str, Any], model_dir: Path) -> str:
+# The text llama.cpp's convert_hf_to_gguf.py (get_vocab_base_pre) encodes to tell
+# pre-tokenizers apart, and the sha256 of str(token ids) it names for the vocabularies of
+# Llama-architecture models, with the model each hash was taken from.
+_CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis "
+    "concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български "
+    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not "
+    "sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+_PRE_BY_HASH = {
+    # meta-llama/Meta-Llama-3-8B
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    # HuggingFaceTB/SmolLM-135M (SmolLM2's vocabulary too)
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    # openai-community/gpt2
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+}
+
+
+def _bpe_pre(tokenizer_json: dict[str, Any], model_dir: Path, tokenizer: Any) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer (how text is split before BPE).
 
-    llama.cpp applies the split the name says, not the one in tokenizer.json, so a wrong name
-    would tokenize prompts differently from training: an unknown split is refused.
+    A known vocabulary gets the name llama.cpp's converter gives it, from the hash of
+    :data:`_CHKTXT`'s token ids: SmolLM2 read from its GGUF file has only the byte-level split
+    in its ``tokenizer.json`` (transformers' GGUF reader drops the digit split) yet tokenizes
+    as ``smollm``. Another is named by its ``tokenizer.json`` split. llama.cpp applies the split
+    the name says, not the one in tokenizer.json, so a wrong name would tokenize prompts
+    differently from training: an unknown split is refused.
     """
+    ids = tokenizer.encode(_CHKTXT)  # with the special tokens it adds, as llama.cpp hashes
+    known = _PRE_BY_HASH.get(hashlib.sha256(str(ids).encode()).hexdigest())
+    if known is not None:
+        return known
     node = tokenizer_json.get("pre_tokenizer") or {}
     parts = node.get("pretokenizers", []) if node.get("type") == "Sequence" else [node]
     kinds = [part.get("type") for part in parts]
@@ -414,13 +466,11 @@ def _bpe_pre(tokenizer_json: dict[str, Any], model_dir: Path) -> str:
     )
 
 
-def _byte_level_vocab(model_dir: Path, n_vocab: int) -> tuple[list[bytes], list[float], list[Any]]:
+def _byte_level_vocab(tokenizer: Any, n_vocab: int) -> tuple[list[bytes], list[float], list[Any]]:
     """Tokens in id order, as llama.cpp's converter reads them from the transformers tokenizer:
     special added tokens are control tokens, other added ones user-defined."""
     import gguf
-    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     by_id = {i: text for text, i in tokenizer.get_vocab().items()}
     added = tokenizer.added_tokens_decoder
     dropped = sorted(i for i in by_id if i >= n_vocab)
@@ -446,8 +496,12 @@ def _byte_level_vocab(model_dir: Path, n_vocab: int) -> tuple[list[bytes], list[
 
 def _add_vocab(writer: Any, model_dir: Path, n_vocab: int) -> None:
     import gguf
+    from transformers import AutoTokenizer
 
-    model, pre, tokens, scores, types = _vocab(model_dir, n_vocab)
+    from productdesc.models import tokenizer_adds_bos
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model, pre, tokens, scores, types = _vocab(model_dir, n_vocab, tokenizer)
     writer.add_tokenizer_model(model)
     if pre is not None:
         writer.add_tokenizer_pre(pre)
@@ -455,6 +509,15 @@ def _add_vocab(writer: Any, model_dir: Path, n_vocab: int) -> None:
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=model == "gpt2", n_vocab=len(tokens))
+    # SpecialVocab, as llama.cpp's converter runs it, takes add_bos/add_eos from
+    # tokenizer_config.json or a simple post-processor, and the converter then turns BOS off
+    # for a 49152-token vocabulary (SmolLM's). transformers 5's generic tokenizer ignores
+    # tokenizer_config's flags, so they can claim what training never saw (an EOS after every
+    # prompt); the values are what the tokenizer does. add_bos is always written: unset,
+    # llama.cpp would go by the pre-tokenizer's default (on for llama-bpe).
+    special.add_special_token["bos"] = tokenizer_adds_bos(tokenizer)
+    if "eos" in special.add_special_token:
+        special.add_special_token["eos"] = tokenizer("a").input_ids[-1:] == [tokenizer.eos_token_id]
     special.add_to_gguf(writer, quiet=True)
 
 
