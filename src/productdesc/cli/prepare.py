@@ -4,6 +4,8 @@
 
     productdesc prepare trn.json --out data/prepared --keep-chars "'&%/-"
     productdesc prepare --sample --out data/sample      # the sample shipped in the package
+    productdesc prepare items.csv --columns title=name,content=description --out data/items
+    productdesc prepare data/hf-dir --dataset-split train --out data/hf   # datasets reads it
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 # PrepareConfig fields settable here. An option not given is not passed, so the defaults are
 # PrepareConfig's; the help texts repeat them (a test checks that they agree).
 _OPTIONS = (
+    "columns",
     "shard_size",
     "keep_chars",
     "min_length",
@@ -30,7 +33,8 @@ _OPTIONS = (
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "prepare",
-        help="clean, split and shard trn.json (JSON Lines, plain or .gz)",
+        help="clean, split and shard trn.json (JSON Lines, plain or .gz; CSV, parquet, or a "
+        "datasets directory or Hub id)",
         description=(
             "Clean trn.json (HTML entities, Unicode, unwanted characters, empty records, "
             "duplicates), split it train/validation/test by title and write JSON Lines shards, "
@@ -40,14 +44,28 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "input",
         nargs="?",
-        help="trn.json or trn.json.gz, a file or a stream (/dev/stdin, <(...), a FIFO); "
-        "omitted: the bundled sample",
+        help="trn.json or trn.json.gz, a file or a stream (/dev/stdin, <(...), a FIFO); a "
+        ".csv/.tsv (plain or .gz) or parquet file; a directory or Hub id that "
+        "datasets.load_dataset reads; omitted: the bundled sample",
     )
     parser.add_argument(
         "--sample", action="store_true", help="prepare the sample trn.json shipped in the package"
     )
     parser.add_argument("--out", "-o", required=True, help="output directory (new or empty)")
     s = argparse.SUPPRESS
+    parser.add_argument(
+        "--columns",
+        default=s,
+        metavar="FIELD=COLUMN,...",
+        help="the input's column (or JSON key) for title, content or uid, e.g. "
+        "title=name,content=description (each field from the column of its name)",
+    )
+    parser.add_argument(
+        "--dataset-split",
+        default=None,
+        metavar="NAME",
+        help="the split of a datasets input to read (its only one)",
+    )
     parser.add_argument("--shard-size", type=int, default=s, help="records a shard (100000)")
     parser.add_argument(
         "--keep-chars",
@@ -107,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         path = sample_path()
         if not args.sample:
             print(f"no INPUT given: preparing the bundled sample ({path.name})", file=sys.stderr)
-    dataset = AmazonTitlesDataset(path, config)
+    dataset = AmazonTitlesDataset(path, config, split=args.dataset_split)
     start = time.perf_counter()
     manifest = dataset.prepare(args.out, progress=not args.no_progress)
     print(summary(manifest, time.perf_counter() - start, args.out))

@@ -18,7 +18,50 @@ from productdesc.data.cleaning import (
 )
 from productdesc.data.split import SPLIT_NAMES, parse_split
 
-__all__ = ["PrepareConfig"]
+__all__ = ["RECORD_FIELDS", "PrepareConfig", "parse_columns"]
+
+#: The fields of a record, in the order an input's columns are mapped to them.
+RECORD_FIELDS = ("uid", "title", "content")
+
+
+def parse_columns(value: Any) -> Any:
+    """``"title=name,content=description"``, a mapping or ``(field, column)`` pairs as sorted
+    ``(field, column)`` pairs of the fields whose column has another name."""
+    if isinstance(value, str):
+        pairs = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            record_field, sep, column = item.partition("=")
+            if not sep or not column.strip():
+                raise ValueError(
+                    f"'columns' item {item!r} is not FIELD=COLUMN (e.g. title=name,content=text)"
+                )
+            pairs.append((record_field.strip(), column.strip()))
+        value = pairs
+    elif isinstance(value, dict):
+        value = list(value.items())
+    if not isinstance(value, (list, tuple)):
+        return value  # the validator names the type
+    fields = [
+        pair[0] if isinstance(pair, (list, tuple)) and len(pair) == 2 else None for pair in value
+    ]
+    if None in fields:
+        raise ValueError("'columns' must be FIELD=COLUMN pairs, e.g. title=name,content=text")
+    if len(set(fields)) != len(fields):
+        raise ValueError(f"'columns' maps a field twice: {', '.join(map(str, fields))}")
+    # Identity pairs are dropped so that a spelled-out default is the same config.
+    return tuple(sorted((f, c) for f, c in value if f != c))
+
+
+def _check_columns(instance: PrepareConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"'columns' must be FIELD=COLUMN pairs, got {type(value).__name__}")
+    for record_field, column in value:
+        if record_field not in RECORD_FIELDS:
+            raise ValueError(
+                f"'columns' maps {record_field!r}, not a record field ({', '.join(RECORD_FIELDS)})"
+            )
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"'columns' maps {record_field!r} to {column!r}, not a column name")
 
 
 def _to_steps(value: Any) -> Any:
@@ -66,6 +109,14 @@ class PrepareConfig:
         steps: A full pipeline of step instances (or registered step names) replacing the
             default one; ``None`` for :func:`~productdesc.data.cleaning.default_steps`.
 
+    Input:
+
+    Attributes:
+        columns: The input's column (or JSON key) of each record field whose column has
+            another name, e.g. ``{"title": "name", "content": "description"}`` or
+            ``"title=name,content=description"``; kept as sorted pairs. Fields not named
+            are read from the column of their own name (``uid`` may be absent).
+
     Output:
 
     Attributes:
@@ -92,6 +143,9 @@ class PrepareConfig:
         default="text", validator=v.in_(DEDUPE_MODES)
     )
     steps: tuple[Any, ...] | None = field(default=None, converter=_to_steps, validator=_check_steps)
+    columns: tuple[tuple[str, str], ...] = field(
+        default=(), converter=parse_columns, validator=_check_columns
+    )
     shard_size: int = field(default=100_000, validator=[v.instance_of(int), v.gt(0)])
     split: tuple[float, float, float] = field(default=(98, 1, 1), converter=parse_split)
     rejects_per_reason: int = field(default=100, validator=[v.instance_of(int), v.ge(0)])
@@ -108,6 +162,12 @@ class PrepareConfig:
         if any(ch.isspace() for ch in value):
             raise ValueError("'keep_chars' must not contain whitespace (spaces are always kept)")
 
+    def column_names(self) -> tuple[str, str, str]:
+        """The input column read for each of :data:`RECORD_FIELDS`, in that order."""
+        mapped = dict(self.columns)
+        uid, title, content = (mapped.get(name, name) for name in RECORD_FIELDS)
+        return uid, title, content
+
     def pipeline_steps(self) -> tuple[Any, ...]:
         """The steps a run uses: ``steps``, or the default pipeline from the shorthand fields."""
         if self.steps is not None:
@@ -120,9 +180,13 @@ class PrepareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """What the output depends on, as JSON-ready data (the manifest's ``config``)."""
-        return {
+        data: dict[str, Any] = {
             "steps": [{"step": step_name(s), **step_options(s)} for s in self.pipeline_steps()],
             "split": dict(zip(SPLIT_NAMES, self.split, strict=True)),
             "shard_size": self.shard_size,
             "rejects_per_reason": self.rejects_per_reason,
         }
+        # Only when set: the manifests of inputs read by their own field names stay as before.
+        if self.columns:
+            data["columns"] = dict(self.columns)
+        return data

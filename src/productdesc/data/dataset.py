@@ -34,23 +34,33 @@ __all__ = ["AmazonTitlesDataset", "PrepareConfig", "PreparedDataset"]
 
 
 class AmazonTitlesDataset:
-    """A ``trn.json`` file (JSON Lines, plain or gzip) and how to clean it.
+    """A ``trn.json`` file (JSON Lines, plain or gzip), or a table of the same records, and
+    how to clean it.
 
     Args:
-        path: The input file.
+        path: The input: a JSON Lines file, a CSV (``.csv``, ``.tsv``, plain or ``.gz``) or
+            parquet file, or a directory or Hub id that ``datasets.load_dataset`` reads.
+            ``config.columns`` names the columns read as ``title``/``content``/``uid``.
         config: Cleaning, split and output options (:class:`PrepareConfig`).
+        split: The split of a dataset to read (its only one when ``None``).
 
     Raises:
-        UserError: The file is missing, a directory or unreadable.
+        UserError: The file is missing or unreadable, or ``datasets`` cannot load it.
         DataFormatError: The file is not JSON Lines (e.g. a JSON array: the message says how
-            to convert it).
+            to convert it), its format cannot be told, or a table lacks a column.
     """
 
-    def __init__(self, path: str | os.PathLike[str], config: PrepareConfig | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: PrepareConfig | None = None,
+        *,
+        split: str | None = None,
+    ) -> None:
         if config is not None and not isinstance(config, PrepareConfig):
             raise TypeError(f"config must be a PrepareConfig, got {type(config).__name__}")
         self.config = config if config is not None else PrepareConfig()
-        self.source: InputFile = open_input(path)
+        self.source: InputFile = open_input(path, self.config.column_names(), split)
 
     @property
     def path(self) -> Path:

@@ -49,12 +49,20 @@ class SplitInfo:
 
 @frozen
 class InputInfo:
-    """The input file: its name (not its path), size in bytes, SHA-256 and compression."""
+    """The input file: its name (not its path), size in bytes, SHA-256 and compression.
+
+    A table input has its ``format`` (``csv``, ``parquet``; ``None``, not written, for JSON
+    Lines). A ``dataset`` (a directory or Hub id ``datasets`` loads) has its id (or its
+    directory's name), the ``split`` read, and the size and SHA-256 of its rows as read:
+    JSON lines of the mapped columns, in order.
+    """
 
     name: str
     size: int
     sha256: str
     compression: str
+    format: str | None = None
+    split: str | None = None
 
 
 def _splits(value: dict[str, Any]) -> dict[str, SplitInfo]:
@@ -106,7 +114,12 @@ class Manifest:
             raise UserError(f"no split {split!r} in this prepared data; known: {known}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        # Left out when unset, so that a JSON Lines input's manifest is as it always was.
+        for key in ("format", "split"):
+            if data["input"][key] is None:
+                del data["input"][key]
+        return data
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"

@@ -1,5 +1,8 @@
 """Reading ``trn.json``: JSON Lines, plain or gzip, in chunks of whole lines.
 
+(CSV, parquet and ``datasets`` inputs are opened here too, and read by
+:mod:`~productdesc.data.formats` as JSON lines.)
+
 Memory does not grow with the file: a plain file is cut into byte ranges that end at a line
 end (each worker reads its own range); a gzip file or a stream (pipe, FIFO, ``/dev/stdin``)
 is read, and decompressed, block by block, through the one handle its checks read. A line is
@@ -16,12 +19,14 @@ import stat
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import orjson
 from attrs import field, frozen
 
+from productdesc.data import formats
 from productdesc.data.cleaning import Drop, Record
+from productdesc.data.config import RECORD_FIELDS
 from productdesc.errors import DataFormatError, UserError
 
 __all__ = [
@@ -115,19 +120,36 @@ class _Prefixed:
 
 @frozen
 class InputFile:
-    """An input file that passed the format checks.
+    """An input that passed the format checks.
 
     Attributes:
-        path: The file.
+        path: The file (for a ``datasets`` id, the id as a path).
         size: Its size in bytes (compressed size for gzip); ``None`` for a stream (a pipe,
-            FIFO or ``/dev/stdin``), whose size is known once it is read.
+            FIFO or ``/dev/stdin``), whose size is known once it is read, and a dataset.
         compression: ``"none"`` or ``"gzip"`` (from the magic bytes, not the extension).
+        format: ``"jsonl"``, or a table read by :mod:`~productdesc.data.formats`:
+            ``"csv"``, ``"parquet"`` or ``"dataset"`` (a directory or Hub id that
+            ``datasets.load_dataset`` reads).
+        split: The dataset's split read; ``None`` for a file.
+        spec: What was given for a dataset (its id or directory); ``None`` for a file.
     """
 
     path: Path
     size: int | None
     compression: Literal["none", "gzip"]
+    format: Literal["jsonl", "csv", "parquet", "dataset"] = "jsonl"
+    split: str | None = None
+    spec: str | None = None
     _stream: _Once | None = field(default=None, eq=False, repr=False)
+    dataset: Any = field(default=None, eq=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """What the manifest records: the file's name (not its path), or a dataset's id (a
+        directory's name)."""
+        if self.spec is not None and not Path(self.spec).is_dir():
+            return self.spec
+        return self.path.name
 
     @property
     def is_stream(self) -> bool:
@@ -146,22 +168,39 @@ class InputFile:
         return self._stream.take(self.path)
 
 
-def open_input(path: str | os.PathLike[str]) -> InputFile:
-    """Check that ``path`` is a readable JSON Lines file, plain or gzip.
+def open_input(
+    path: str | os.PathLike[str],
+    fields: tuple[str, str, str] = RECORD_FIELDS,
+    split: str | None = None,
+) -> InputFile:
+    """Check that ``path`` is an input ``prepare`` reads: a JSON Lines file (plain or gzip,
+    a file or a stream), a CSV or parquet file, or a directory or Hub id that ``datasets``
+    loads (only those have a ``split``).
 
     The file is opened once: a stream (``zcat trn.json.gz | productdesc prepare /dev/stdin``,
-    ``<(...)``, a FIFO) keeps that handle, and its head is replayed to the run.
+    ``<(...)``, a FIFO) keeps that handle, and its head is replayed to the run. Parquet is
+    told by its magic bytes, CSV by its name (``.csv``, ``.tsv``, plain or ``.gz``).
+
+    Args:
+        path: The input.
+        fields: The columns read as uid, title and content
+            (:meth:`PrepareConfig.column_names <productdesc.PrepareConfig.column_names>`):
+            a table lacking one fails here.
+        split: The split of a dataset; its only one when ``None``.
 
     Raises:
-        UserError: Missing, a directory, or unreadable.
-        DataFormatError: Empty, binary, UTF-16/32, another compression, a JSON array, or
-            pretty-printed JSON.
+        UserError: Missing, unreadable, or a dataset ``datasets`` cannot load.
+        DataFormatError: Empty, binary, UTF-16/32, another compression, a JSON array,
+            pretty-printed JSON, a format that cannot be told, or a table without a column.
     """
+    spec = os.fspath(path)
     path = Path(path)
     if not path.exists():
-        raise UserError(f"input file not found: {path}")
+        if formats.looks_like_file(spec):
+            raise UserError(f"input file not found: {path}")
+        return _dataset(spec, fields, split)
     if path.is_dir():
-        raise UserError(f"input is a directory, not a file: {path}")
+        return _dataset(spec, fields, split)
     with contextlib.ExitStack() as stack:
         try:
             fh = stack.enter_context(path.open("rb"))
@@ -170,12 +209,28 @@ def open_input(path: str | os.PathLike[str]) -> InputFile:
         except OSError as exc:
             raise UserError(f"cannot read input file {path}: {exc.strerror or exc}") from None
         stream = not stat.S_ISREG(mode)
+        table = None if stream else formats.table_format(path, head)
+        if split is not None:
+            raise UserError(f"{path} is a file: a split is chosen only in a dataset")
+        if table is not None:
+            compression: Literal["none", "gzip"] = (
+                "gzip" if head.startswith(b"\x1f\x8b") else "none"
+            )
+            formats.open_table(path, table, compression, fields)
+            return InputFile(path, os.fstat(fh.fileno()).st_size, compression, table)
         compression = _check_head(path, head, stream)
         if stream:
             stack.pop_all()
             return InputFile(path, None, compression, stream=_Once(head, fh))
         size = os.fstat(fh.fileno()).st_size
     return InputFile(path, size, compression)
+
+
+def _dataset(spec: str, fields: tuple[str, str, str], split: str | None) -> InputFile:
+    from productdesc.data.formats import open_dataset
+
+    dataset, split = open_dataset(spec, split, fields)
+    return InputFile(Path(spec), None, "none", "dataset", split, spec, dataset=dataset)
 
 
 def _check_head(path: Path, head: bytes, stream: bool) -> Literal["none", "gzip"]:
@@ -244,6 +299,14 @@ def _sniff(path: Path, head: bytes, compression: str, stream: bool) -> None:
             f"{path} is pretty-printed JSON, not JSON Lines (one object a line); convert "
             f"it, e.g. {hint}"
         )
+    # A name that says JSON keeps today's line-by-line counting of a damaged file; any other
+    # name with no object first is a format we would only misread.
+    if not stream and not first_line.startswith(b"{") and not formats.has_json_suffix(path):
+        raise DataFormatError(
+            f"cannot tell the format of {path}: its first line is no JSON object "
+            f"({first_line[:40].decode('utf-8', 'replace')!r}...) and its name ends in none of "
+            f".jsonl, .json, .csv, .tsv, .parquet; rename it after its format"
+        )
 
 
 def _not_utf8(path: Path, encoding: str, compression: str, stream: bool) -> str:
@@ -280,39 +343,46 @@ def _type_name(value: object) -> str:
     }.get(type(value), type(value).__name__)
 
 
-def parse_line(raw: bytes) -> Record | Drop:
+def parse_line(raw: bytes, fields: tuple[str, str, str] = RECORD_FIELDS) -> Record | Drop:
     """One line (without its ``\\n``) as a record ``{uid, title, content}`` or a :class:`Drop`.
 
     ``title`` and ``content`` must be strings; ``uid`` may be a string, an integer (kept as
     text), ``null`` or absent. Other fields (``target_ind``, ``target_rel``) are not kept.
     A trailing ``\\r`` (CRLF files) and a leading UTF-8 byte order mark are ignored.
+
+    Args:
+        raw: The line.
+        fields: The keys read as ``uid``, ``title`` and ``content``
+            (:meth:`PrepareConfig.column_names <productdesc.PrepareConfig.column_names>`);
+            the messages of a drop name these keys.
     """
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return _parse_failure(raw, exc)
+        return _parse_failure(raw, exc, fields)
     if type(obj) is not dict:
         return Drop("not_an_object", f"a JSON {_type_name(obj)}")
+    uid_key, title_key, content_key = fields
     try:
-        title = obj["title"]
-        content = obj["content"]
+        title = obj[title_key]
+        content = obj[content_key]
     except KeyError as exc:
         return Drop("missing_field", f"no {exc.args[0]!r} field")
     if type(title) is not str or type(content) is not str:
-        bad = "title" if type(title) is not str else "content"
+        bad = title_key if type(title) is not str else content_key
         return Drop("wrong_type", f"{bad} is a {_type_name(obj[bad])}, not a string")
-    uid = obj.get("uid")
+    uid = obj.get(uid_key)
     if uid is not None and type(uid) is not str:
         if type(uid) is not int:
-            return Drop("wrong_type", f"uid is a {_type_name(uid)}, not a string")
+            return Drop("wrong_type", f"{uid_key} is a {_type_name(uid)}, not a string")
         uid = str(uid)
     return {"uid": uid, "title": title, "content": content}
 
 
-def _parse_failure(raw: bytes, exc: Exception) -> Record | Drop:
+def _parse_failure(raw: bytes, exc: Exception, fields: tuple[str, str, str]) -> Record | Drop:
     # Only bad lines come here, so the extra checks cost nothing on good input.
     if raw.startswith(BOM):  # first line of a file, or of a file concatenated to another one
-        return parse_line(raw[len(BOM) :])
+        return parse_line(raw[len(BOM) :], fields)
     if not raw.strip():
         return Drop("blank_line")
     try:

@@ -32,6 +32,7 @@ import orjson
 
 from productdesc.data.cleaning import CleaningStepError, Drop
 from productdesc.data.config import PrepareConfig
+from productdesc.data.formats import TableReader
 from productdesc.data.reader import (
     HashingReader,
     InputFile,
@@ -127,6 +128,7 @@ class _Worker:
         self.pipeline = config.pipeline()
         self.split_index = Splitter(config.split).index
         self.limit = config.rejects_per_reason
+        self.fields = config.column_names()
         self.fd = os.open(path, os.O_RDONLY) if path is not None else None
         self.spill_dir = spill_dir
 
@@ -161,6 +163,7 @@ class _Worker:
         bare = self.pipeline.single_keyed
         split_index = self.split_index
         dumps = orjson.dumps
+        fields = self.fields
 
         def failed(i: int, message: str) -> _Chunk:
             blobs = tuple(b"" for _ in SPLIT_NAMES)
@@ -179,7 +182,7 @@ class _Worker:
             )
 
         for i, raw in enumerate(lines):
-            record = parse_line(raw)
+            record = parse_line(raw, fields)
             if type(record) is not Drop:
                 try:
                     record_keys, record = process(record)
@@ -333,7 +336,7 @@ class Run:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(desc=f"prepare {self.source.path.name}", unit="rec", unit_scale=True)
+        return tqdm(desc=f"prepare {self.source.name}", unit="rec", unit_scale=True)
 
     def _absorb(self, chunk: _Chunk) -> Kept:
         base = self.lines + 1  # 1-based line numbers, as editors show them
@@ -383,10 +386,14 @@ class Run:
     def _results(self) -> Iterator[tuple[_Chunk, int]]:
         """Chunk results in input order, with the input position (bytes) each one ends at."""
         # Workers read their own byte ranges of a plain file; a stream or a gzip file is read
-        # (and decompressed) here, in blocks handed to them.
-        ranges = self.source.compression == "none" and not self.source.is_stream
+        # (and decompressed) here, in blocks handed to them, as is a table, as JSON lines.
+        jsonl = self.source.format == "jsonl"
+        ranges = jsonl and self.source.compression == "none" and not self.source.is_stream
         path = str(self.source.path) if ranges else None
-        tasks = self._plain_tasks() if ranges else self._stream_tasks()
+        if ranges:
+            tasks = self._plain_tasks()
+        else:
+            tasks = self._stream_tasks() if jsonl else self._table_tasks()
         workers = self.config.workers
         if workers == 1:
             worker = _Worker(self.config, path, None)
@@ -443,6 +450,15 @@ class Run:
         self.input_bytes = size
         if sha is not None:
             self.sha256 = sha.hexdigest()
+
+    def _table_tasks(self) -> Iterator[tuple[bytes, int]]:
+        reader = TableReader(
+            self.source, self.config.column_names(), self.config.chunk_bytes, self.hash_input
+        )
+        for block in reader.blocks():
+            yield block, 0  # no byte position: the bar shows no total
+        self.input_bytes = reader.input_bytes
+        self.sha256 = reader.sha256
 
     def _stream_tasks(self) -> Iterator[tuple[bytes, int]]:
         gz = self.source.compression == "gzip"

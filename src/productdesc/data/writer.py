@@ -127,7 +127,7 @@ def write_prepared(
                 with contextlib.suppress(OSError):
                     out.rmdir()
             raise
-    logger.info("prepared %s: %d records in %s", source.path.name, manifest.kept, out)
+    logger.info("prepared %s: %d records in %s", source.name, manifest.kept, out)
     return manifest
 
 
@@ -157,7 +157,14 @@ def _prepare_into(
                 raise OutputDirError(_other_input(out, previous.input, None, run.sha256))
             _check_yield(source, config, run)
             manifest = Manifest(
-                input=InputInfo(source.path.name, run.input_bytes, run.sha256, source.compression),
+                input=InputInfo(
+                    source.name,
+                    run.input_bytes,
+                    run.sha256,
+                    source.compression,
+                    None if source.format == "jsonl" else source.format,
+                    source.split,
+                ),
                 config=config_dict,
                 lines=run.lines,
                 kept=run.kept,
