@@ -221,6 +221,15 @@ def test_files_whose_format_cannot_be_told_or_read(tmp_path: Path) -> None:
         AmazonTitlesDataset(tmp_path / "empty")
 
 
+def test_a_bad_csv_row_past_the_first_block_fails_writing_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "big.csv"
+    rows = "".join(f"{i},title {i},content {i}\n" for i in range(120_000))  # > one block
+    src.write_text(f"uid,title,content\n{rows}1,2\n")
+    with pytest.raises(DataFormatError, match=r"failed after [\d,]+ rows .*Expected 3 columns"):
+        _prepare(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_prepares_a_csv_with_a_column_mapping(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
