@@ -522,6 +522,9 @@ class StaticGreedyDecoder:
         step = prefill = self._next_tokens
         key = (self._kind, ngram, penalize)
         if self._compile_mode is not None:
+            from productdesc.compile_cache import use_compile_cache
+
+            use_compile_cache()
             step = _own_code(self._next_tokens, ("step", *key))
             step = torch.compile(step, mode=self._compile_mode, fullgraph=True)
         if self._compiled_prefill:

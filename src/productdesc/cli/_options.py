@@ -96,6 +96,17 @@ def require_extra(extra: str, modules: tuple[str, ...]) -> None:
         )
 
 
+def add_fast_option(parser: argparse.ArgumentParser) -> None:
+    """``--fast/--no-fast`` for commands that generate (``Describer(fast=...)``)."""
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the CUDA fast path: --fast for every call (compiled on the first), --no-fast "
+        "never; default: from the first call big enough to repay compiling",
+    )
+
+
 def add_backend_option(parser: argparse.ArgumentParser) -> None:
     """``--backend`` for commands that load a trained model."""
     parser.add_argument(

@@ -19,6 +19,7 @@ from typing import Any
 from productdesc.cli._options import (
     EVAL_MODULES,
     add_backend_option,
+    add_fast_option,
     add_generation_options,
     generation_from_args,
     require_extra,
@@ -72,6 +73,7 @@ def add_parser(subparsers: Any) -> None:
         "(`productdesc index`) or a prepared data directory; for models trained with the "
         "'context' template",
     )
+    add_fast_option(parser)
     add_backend_option(parser)
     parser.set_defaults(func=run)
 
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             base_only=args.base_only,
             generation=generation,
             retriever=args.context,
+            fast=args.fast,
         )
     if args.file is None:
         for piece in describer.stream(args.title, args.question):

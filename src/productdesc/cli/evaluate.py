@@ -15,6 +15,7 @@ from typing import Any
 
 from productdesc.cli._options import (
     add_backend_option,
+    add_fast_option,
     add_generation_options,
     generation_from_args,
 )
@@ -72,12 +73,7 @@ def add_parser(subparsers: Any) -> None:
         help="also evaluate copying the nearest train title's description where its BM25 score "
         "is at least SCORE, and the context (else tuned) model's answer otherwise",
     )
-    parser.add_argument(
-        "--fast",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="the CUDA fast path (default: on where CUDA is)",
-    )
+    add_fast_option(parser)
     add_generation_options(
         parser,
         "batch_size",
