@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import attrs
@@ -121,6 +122,24 @@ def test_the_embedded_model_is_named_on_the_card_by_its_hub_id() -> None:
     assert meta.license == "apache-2.0"
     assert "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in meta.tags
     assert parsed("org/model").base_model == "org/model"
+
+
+def test_the_card_names_the_training_data_by_its_hub_id_where_it_had_one() -> None:
+    from huggingface_hub.repocard import ModelCard
+
+    from productdesc.data.manifest import InputInfo
+    from productdesc.finetune import _card_metadata
+
+    def datasets(**source):
+        info = InputInfo(size=1, sha256="0" * 64, compression="none", **source)
+        manifest = types.SimpleNamespace(input=info)
+        return ModelCard(f"---\n{_card_metadata('org/model', manifest)}\n---\n").data.datasets
+
+    assert datasets(name="org/amazon-titles", format="dataset", split="train") == [
+        "org/amazon-titles"
+    ]
+    assert datasets(name="my-titles", format="dataset", split="train") is None  # a local folder
+    assert datasets(name="trn.json.gz") is None
 
 
 def test_the_adapter_loads_with_autopeft_in_a_process_without_productdesc(run) -> None:

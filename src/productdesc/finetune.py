@@ -497,7 +497,7 @@ class LoraFineTuner:
     def _card(self, result: TrainResult, data_note: str, manifest: Any) -> str:
         config = self.config
         name = config.model.model_name
-        head = ["---", _card_metadata(name).rstrip(), "---"]
+        head = ["---", _card_metadata(name, manifest).rstrip(), "---"]
         rows = [
             ("optimizer steps", f"{result.global_step}"),
             ("training examples", f"{result.train_examples}"),
@@ -660,9 +660,10 @@ def _locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
         yield
 
 
-def _card_metadata(model_name: str) -> str:
+def _card_metadata(model_name: str, manifest: Any = None) -> str:
     """The card's YAML metadata, as the Hub reads it: the base model's Hub id (the embedded
-    model's own, none for a local path), and its license where it is known."""
+    model's own, none for a local path), its license where it is known, and the training
+    data's Hub id where it was one (a prepared file or local directory has none)."""
     from huggingface_hub import ModelCardData
 
     from productdesc.models import EMBEDDED
@@ -671,6 +672,9 @@ def _card_metadata(model_name: str) -> str:
     base = embedded.hub_id if embedded else None
     if embedded is None and "/" in model_name and not Path(model_name).exists():
         base = model_name
+    source = manifest.input if manifest is not None else None
+    if source is not None and not (source.format == "dataset" and "/" in source.name):
+        source = None  # a file, or a local dataset directory (its name only): no Hub id
     tags = ["productdesc", "lora", "sft", "trl"]
     if base:
         tags.append(f"base_model:adapter:{base}")
@@ -679,6 +683,7 @@ def _card_metadata(model_name: str) -> str:
         library_name="peft",
         pipeline_tag="text-generation",
         license=embedded.license if embedded else None,
+        datasets=[source.name] if source is not None else None,
         tags=tags,
     ).to_yaml()
 
