@@ -165,6 +165,7 @@ def test_rank_0_alone_writes_one_complete_set_of_outputs(torchrun_run) -> None:
         "adapter_config.json",
         "tokenizer.json",
         "tokenizer_config.json",
+        "chat_template.jinja",  # the training prompt as the model's chat template
         CONFIG_FILE,
         HISTORY_FILE,
         PLOT_FILE,
