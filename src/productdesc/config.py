@@ -487,8 +487,13 @@ class FineTuneConfig:
     def from_toml(cls, path: str | os.PathLike[str]) -> FineTuneConfig:
         """Load a config written by :meth:`to_toml` (or by hand; missing keys take defaults)."""
         path = Path(path)
+        return cls.from_toml_text(read_config_file(path), path)
+
+    @classmethod
+    def from_toml_text(cls, text: str, path: str | os.PathLike[str]) -> FineTuneConfig:
+        """:meth:`from_toml` of a file's ``text`` already read; ``path`` names it in errors."""
         try:
-            data = tomllib.loads(_read_config(path))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data)
@@ -505,7 +510,7 @@ class FineTuneConfig:
 
         path = Path(path)
         try:
-            data = yaml.load(_read_config(path), Loader=_yaml_loader())
+            data = yaml.load(read_config_file(path), Loader=_yaml_loader())
         except yaml.YAMLError as exc:
             raise UserError(f"config file {path} is not valid YAML: {_yaml_error(exc)}") from None
         if data is None:
@@ -561,7 +566,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 """File name endings that :meth:`FineTuneConfig.from_file` reads as YAML."""
 
 
-def _read_config(path: Path) -> str:
+def read_config_file(path: Path) -> str:
     """A config file's text; every way reading it fails is one line naming the file."""
     try:
         return path.read_text(encoding="utf-8")

@@ -32,6 +32,7 @@ import attrs
 
 from productdesc.config import GenerationConfig
 from productdesc.errors import UserError
+from productdesc.rundir import read_config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -258,7 +259,7 @@ class Describer:
             raise UserError(
                 "merge_lora needs a 16- or 32-bit base; drop load_in_4bit or merge_lora"
             )
-        run_config = _run_config(path)
+        run_config = read_config(path)
         template_options: dict[str, Any] = {}
         if run_config is not None:
             if backend == "auto":
@@ -647,14 +648,6 @@ def _resolve_template(template: Any, tokenizer: Any) -> Any:
     if isinstance(template, str):
         return get_template(template, tokenizer=tokenizer)
     return template
-
-
-def _run_config(path: Path) -> Any:
-    from productdesc.config import FineTuneConfig
-    from productdesc.finetune import CONFIG_FILE
-
-    config_path = path / CONFIG_FILE
-    return FineTuneConfig.from_toml(config_path) if config_path.is_file() else None
 
 
 def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:

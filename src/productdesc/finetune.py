@@ -60,6 +60,19 @@ from productdesc.backends import checkpointing, distributed
 from productdesc.config import FineTuneConfig, TrainingConfig
 from productdesc.errors import OutputDirError, UserError
 
+# The run directory's names, re-exported here where code and tests have long imported them.
+from productdesc.rundir import (
+    ADAPTER_CONFIG,
+    CARD_FILE,
+    CHECKPOINTS,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOGS,
+    MERGED,
+    PLOT_FILE,
+    is_run,
+)
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -68,13 +81,6 @@ else:  # pragma: no cover
 __all__ = ["LoraFineTuner", "TrainResult", "loss_history"]
 
 logger = logging.getLogger(__name__)
-
-CONFIG_FILE = "productdesc_config.toml"
-HISTORY_FILE = "loss_history.json"
-PLOT_FILE = "loss.png"
-CARD_FILE = "README.md"
-CHECKPOINTS = "checkpoints"
-MERGED = "merged"
 
 
 @attrs.frozen(kw_only=True)
@@ -419,8 +425,6 @@ class LoraFineTuner:
         if main:  # under the lock: what a killed run left, no writer's at work
             remove_leftovers(_leftovers(out))
         if clear and main:
-            from productdesc.backends._sft import LOGS
-
             for sub in (CHECKPOINTS, MERGED, LOGS):
                 shutil.rmtree(out / sub, ignore_errors=True)
         return checkpoint
@@ -429,7 +433,7 @@ class LoraFineTuner:
         """``(checkpoint to resume from, whether to clear old checkpoints)``; changes nothing."""
         config_file = out / CONFIG_FILE
         if resume:
-            if not config_file.is_file():
+            if not is_run(out):
                 raise OutputDirError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
             previous = tomllib.loads(config_file.read_text(encoding="utf-8"))
             differ = _differences(previous, self._run_config().to_dict())
@@ -450,7 +454,7 @@ class LoraFineTuner:
                 )
             # Overwriting deletes checkpoints/ and merged/: only where the run's config proves
             # a run made them, never in a folder that merely has directories of those names.
-            if not config_file.is_file():
+            if not is_run(out):
                 raise OutputDirError(
                     f"output directory {out} is not empty and holds no productdesc run (no "
                     f"{CONFIG_FILE}), so overwrite (CLI --overwrite) would delete what is not "
@@ -483,7 +487,7 @@ class LoraFineTuner:
             # A base that PEFT's AutoPeftModel loads: a Hub id, or a model directory (for a
             # GGUF or embedded base, its converted safetensors copy). The run's config keeps
             # the name as given, which productdesc falls back to where that path is missing.
-            adapter_config = tmp / "adapter_config.json"
+            adapter_config = tmp / ADAPTER_CONFIG
             settings = json.loads(adapter_config.read_text(encoding="utf-8"))
             base = resolve_model(self.config.model.model_name)
             kept = base.path if base.kind in ("gguf", "embedded") else base.source

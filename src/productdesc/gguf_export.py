@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from productdesc._io import write_text_atomic
 from productdesc._version import __version__
 from productdesc.errors import UserError
+from productdesc.rundir import MERGED, has_adapter, read_config, run_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -112,13 +113,13 @@ def export_gguf(
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give the .gguf file to write")
-    name = source.name  # the run's name, not "merged"
-    run = _run_dir(source)
-    if (source / "merged" / "config.json").is_file():
-        source = source / "merged"
+    name = source.name  # the run's name, not MERGED's
+    run = run_of(source)
+    if (source / MERGED / "config.json").is_file():
+        source = source / MERGED
     if (source / "config.json").is_file():
         return _export(source, out, outtype, name, run)
-    if not (source / "adapter_config.json").is_file():
+    if not has_adapter(source):
         raise UserError(f"{source} holds neither a model (config.json) nor a LoRA adapter")
     from productdesc.backends import get_backend
 
@@ -128,7 +129,7 @@ def export_gguf(
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         merged = get_backend("transformers").save_merged(
-            source, Path(tmp) / "merged", dtype="float32"
+            source, Path(tmp) / MERGED, dtype="float32"
         )
         return _export(merged, out, outtype, name, run)
 
@@ -192,16 +193,6 @@ def modelfile(
     return "\n".join(lines) + "\n"
 
 
-def _run_dir(source: Path) -> Path | None:
-    """The training run ``source`` is or is the ``merged/`` model of, or ``None``."""
-    from productdesc.finetune import CONFIG_FILE, MERGED
-
-    for directory in (source, source.parent) if source.name == MERGED else (source,):
-        if (directory / CONFIG_FILE).is_file():
-            return directory
-    return None
-
-
 def _export(model_dir: Path, out: Path, outtype: str, name: str, run: Path | None) -> Path:
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     _check_architecture(config)  # before the tokenizer loads it (it refuses some configs)
@@ -220,11 +211,9 @@ def _modelfile_for(model_dir: Path, out: Path, run: Path | None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = None
     if run is not None:
-        from productdesc.config import FineTuneConfig
-        from productdesc.finetune import CONFIG_FILE
         from productdesc.prompts import get_template
 
-        config = FineTuneConfig.from_toml(run / CONFIG_FILE)
+        config = read_config(run)
         prompt = get_template(config.template, tokenizer=tokenizer, **config.template_options)
         template = prompt.ollama_template()
     return modelfile(out, template=template, stops=_stops(model_dir, tokenizer))

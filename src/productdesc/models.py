@@ -39,6 +39,7 @@ from typing import Any, Literal
 import attrs
 
 from productdesc.errors import ModelNotAvailableError, UserError
+from productdesc.rundir import has_adapter
 
 __all__ = [
     "CACHE_ENV",
@@ -161,7 +162,7 @@ def _looks_like_path(text: str) -> bool:
 def _check_model_dir(path: Path) -> Path:
     if (path / "config.json").is_file():
         return path
-    if (path / "adapter_config.json").is_file():
+    if has_adapter(path):
         raise UserError(
             f"{path} is a LoRA adapter directory, not a base model; set model_name to its base "
             f"model, or load the adapter with Describer.from_pretrained({str(path)!r})"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from productdesc.backends.base import resolve_dtype
 from productdesc.errors import UserError
+from productdesc.rundir import LOGS
 
 if TYPE_CHECKING:  # pragma: no cover
     from productdesc.config import ModelConfig, TrainingConfig
@@ -115,8 +116,6 @@ _TRACKER_PACKAGES = {
     "codecarbon": "codecarbon",
     "dagshub": "dagshub",
 }
-
-LOGS = "logs"  # the run's folder for tracker files (TensorBoard's event files)
 
 
 def report_to_names(report_to: str | Sequence[str]) -> str | list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from productdesc.errors import UserError
 from productdesc.models import ResolvedModel, ensure_distinct_pad, loading_errors, resolve_model
+from productdesc.rundir import ADAPTER_CONFIG as ADAPTER_CONFIG  # its old home; still imported
+from productdesc.rundir import adapter_base, has_adapter
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,8 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Backend", "cuda_available", "get_backend", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def cuda_available() -> bool:
@@ -232,12 +231,10 @@ class Backend(abc.ABC):
             dtype=resolve_dtype(dtype),
             trust_remote_code=False,
         )
-        adapter_config = path / ADAPTER_CONFIG
-        if not adapter_config.is_file():
+        if not has_adapter(path):
             return self._eval(*self._load_resolved(resolve_model(path), **options))
 
-        base_name = _adapter_base(adapter_config)
-        model, tokenizer = self._load_resolved(resolve_model(base_name), **options)
+        model, tokenizer = self._load_resolved(resolve_model(adapter_base(path)), **options)
         if any(path.glob("tokenizer*.json")):
             from transformers import AutoTokenizer
 
@@ -327,32 +324,6 @@ def _unreadable_weights(directory: Path) -> Path | None:
         except SafetensorError:
             return path
     return None
-
-
-def _adapter_base(adapter_config: Path) -> str:
-    try:
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {adapter_config}: {exc}") from None
-    if not base:
-        raise UserError(
-            f"{adapter_config} names no base model (base_model_name_or_path); set it to the "
-            f"model the adapter was trained on"
-        )
-    if Path(base).is_absolute() and not Path(base).exists():
-        # A run copied to another machine: its base was a converted GGUF or embedded model
-        # there; the run's config names it as the user did ("smollm2-135m", a .gguf path).
-        from productdesc.config import FineTuneConfig
-        from productdesc.finetune import CONFIG_FILE
-
-        run_config = adapter_config.parent / CONFIG_FILE
-        if run_config.is_file():
-            name = FineTuneConfig.from_toml(run_config).model.model_name
-            logger.info(
-                "base model %s is not here; loading %s as the run's config names it", base, name
-            )
-            return name
-    return base
 
 
 def get_backend(name: str = "auto") -> Backend:

@@ -19,6 +19,7 @@ from productdesc.cli._options import (
     add_generation_options,
     generation_from_args,
 )
+from productdesc.rundir import PLOT_FILE
 
 
 def add_parser(subparsers: Any) -> None:
@@ -29,7 +30,7 @@ def add_parser(subparsers: Any) -> None:
             "Answer a prepared split with the tuned model, the base model (same prompt, no "
             "adapter) and the retrieval baseline (the nearest train title's description); score "
             "each against the real descriptions (ROUGE, BLEU, chrF, length, EOS, repetition) "
-            "with bootstrap intervals; write report.md, report.html, results.json, loss.png."
+            f"with bootstrap intervals; write report.md, report.html, results.json, {PLOT_FILE}."
         ),
     )
     parser.add_argument(

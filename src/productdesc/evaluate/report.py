@@ -26,6 +26,7 @@ from productdesc._io import atomic_write, write_text_atomic
 from productdesc.evaluate.metrics import METRICS, Interval
 from productdesc.evaluate.runner import EvalResult
 from productdesc.plotting import plot_loss
+from productdesc.rundir import HISTORY_FILE, PLOT_FILE
 
 __all__ = [
     "REPORT_FILES",
@@ -38,7 +39,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILES = ("results.json", "loss.png", "report.md", "report.html")
+# the training curve keeps the name the run gave it
+REPORT_FILES = ("results.json", PLOT_FILE, "report.md", "report.html")
 _SAMPLE_CHARS = 600  # a sample cell's longest text; results.json keeps the full answers
 
 # metric name -> how its values print (ROUGE, shares 0-1; BLEU and chrF 0-100)
@@ -72,9 +74,9 @@ def write_report(
     written["results.json"] = out / "results.json"
     png = plot_loss(result.loss_history) if result.loss_history else None
     if png is not None:
-        with atomic_write(out / "loss.png", "wb") as fh:
+        with atomic_write(out / PLOT_FILE, "wb") as fh:
             fh.write(png)
-        written["loss.png"] = out / "loss.png"
+        written[PLOT_FILE] = out / PLOT_FILE
     write_text_atomic(
         out / "report.md", render_markdown(result, has_plot=png is not None, title=title)
     )
@@ -160,8 +162,8 @@ def _loss_note(result: EvalResult, has_plot: bool) -> str:
         return ""
     where = result.meta.get("model_dir", "the model directory")
     if result.loss_history is None:
-        return f"No training curve: no readable loss_history.json in {where}."
-    return f"No training curve: loss_history.json in {where} holds no loss values."
+        return f"No training curve: no readable {HISTORY_FILE} in {where}."
+    return f"No training curve: {HISTORY_FILE} in {where} holds no loss values."
 
 
 # -- Markdown -----------------------------------------------------------------------------------
@@ -209,7 +211,9 @@ def render_markdown(
         lines += _md_table(["systems", *(labels[m] for m in diff_cols)], rows)
         lines += ["", "An interval that excludes 0 is a difference these records support."]
     lines += ["", "## Training loss", ""]
-    lines.append("![training loss](loss.png)" if has_plot else _md(_loss_note(result, has_plot)))
+    lines.append(
+        f"![training loss]({PLOT_FILE})" if has_plot else _md(_loss_note(result, has_plot))
+    )
     lines += ["", "## Sample of records", ""]
     for number, i in enumerate(_sample_indices(result), 1):
         record = result.records[i]

@@ -43,7 +43,7 @@ import orjson
 from attrs import frozen
 
 from productdesc._version import __version__
-from productdesc.config import GenerationConfig
+from productdesc.config import FineTuneConfig, GenerationConfig
 from productdesc.errors import UserError
 from productdesc.evaluate.metrics import (
     Interval,
@@ -53,6 +53,15 @@ from productdesc.evaluate.metrics import (
     score_system,
 )
 from productdesc.prompts import seeded_question
+from productdesc.rundir import (
+    ADAPTER_CONFIG,
+    CONFIG_FILE,
+    config_of,
+    has_adapter,
+    read_config,
+    read_config_text,
+    read_loss_history,
+)
 
 __all__ = ["BASELINES", "EvalResult", "SystemRun", "evaluate", "read_loss_history", "score_runs"]
 
@@ -86,7 +95,6 @@ DIFFERENCES = (
     ("hybrid", "tuned"),
     ("compare", "tuned"),
 )
-LOSS_HISTORY = "loss_history.json"
 
 
 @frozen
@@ -304,23 +312,29 @@ def evaluate(
     for what, path in paths:
         if path is not None and not Path(path).is_dir():
             raise UserError(f"{what} directory not found: {path}")
-    if context_model is not None and not _shows_context(Path(context_model)):
-        raise UserError(
-            f"context model {context_model} was not trained with a template that shows context "
-            f"(its productdesc_config.toml says template = "
-            f"{_template_name(Path(context_model))!r}); train it with template = 'context'"
-        )
-    if "base" in baselines:
-        from productdesc.backends.base import ADAPTER_CONFIG
+    from productdesc.context import uses_context
 
-        if not (model_dir / ADAPTER_CONFIG).is_file():
-            # A merged or plain model has no base to fall back to: "base" would be the tuned
-            # model again, and the comparison a silent tie.
+    # Each run's config is read once here: which template it shows decides the checks below
+    # and whether its describer gets the index; the tuned run's text goes into the results.
+    run_config_text = read_config_text(model_dir)
+    templates = {model_dir: _template_name(config_of(model_dir, run_config_text))}
+    context_dir = None if context_model is None else Path(context_model)
+    if context_dir is not None:
+        templates[context_dir] = _template_name(read_config(context_dir))
+        if not uses_context(templates[context_dir]):
             raise UserError(
-                f"{model_dir} holds no LoRA adapter ({ADAPTER_CONFIG}), so the base model cannot "
-                "be evaluated without it; point at the training output directory, or skip the "
-                "base baseline (--no-base)"
+                f"context model {context_model} was not trained with a template that shows "
+                f"context (its {CONFIG_FILE} says template = {templates[context_dir]!r}); "
+                f"train it with template = 'context'"
             )
+    if "base" in baselines and not has_adapter(model_dir):
+        # A merged or plain model has no base to fall back to: "base" would be the tuned
+        # model again, and the comparison a silent tie.
+        raise UserError(
+            f"{model_dir} holds no LoRA adapter ({ADAPTER_CONFIG}), so the base model cannot "
+            "be evaluated without it; point at the training output directory, or skip the "
+            "base baseline (--no-base)"
+        )
     generation = generation if generation is not None else GenerationConfig()
 
     records = _load_records(data_dir, split, limit)
@@ -340,7 +354,9 @@ def evaluate(
         return opened[0]
 
     def model(name: str, path: Path, base_only: bool = False, copy_at: Any = None) -> SystemRun:
-        shown = retriever()[0] if _shows_context(path) else None
+        if path not in templates:  # the compare model, read where it is first needed
+            templates[path] = _template_name(read_config(path))
+        shown = retriever()[0] if uses_context(templates[path]) else None
         return _run_model(
             name,
             path,
@@ -361,10 +377,10 @@ def evaluate(
     if "base" in baselines:
         runs.append(model("base", model_dir, base_only=True))
     runs.append(model("tuned", model_dir))
-    if context_model is not None:
-        runs.append(model("context", Path(context_model)))
+    if context_dir is not None:
+        runs.append(model("context", context_dir))
     if hybrid_threshold is not None:
-        writer = Path(context_model) if context_model is not None else model_dir
+        writer = context_dir if context_dir is not None else model_dir
         runs.append(model("hybrid", writer, copy_at=hybrid_threshold))
     if compare is not None:
         runs.append(model("compare", Path(compare)))
@@ -380,7 +396,7 @@ def evaluate(
         "questions": questions,
         "hybrid_threshold": hybrid_threshold,
         "generation": attrs.asdict(generation),
-        "run_config": _read_text(model_dir / "productdesc_config.toml"),
+        "run_config": run_config_text,
         "productdesc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "samples": samples,
@@ -432,18 +448,9 @@ def _open_index(data_dir: Path, index: Any, progress: bool) -> tuple[Any, str]:
     return opened, f"{data_dir} (train split, {len(opened)} titles)"
 
 
-def _template_name(model_dir: Path) -> str:
-    """The template a training run used (``"alpaca"`` when the directory does not say)."""
-    from productdesc.describe import _run_config
-
-    config = _run_config(model_dir)
+def _template_name(config: FineTuneConfig | None) -> str:
+    """The template a training run used (``"alpaca"`` for a directory that is no run)."""
     return config.template if config is not None else "alpaca"
-
-
-def _shows_context(model_dir: Path) -> bool:
-    from productdesc.context import uses_context
-
-    return uses_context(_template_name(model_dir))
 
 
 def _run_retrieval(index: Any, source: str, titles: list[str]) -> SystemRun:
@@ -522,30 +529,3 @@ def _free_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def read_loss_history(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
-    """The run's ``loss_history.json`` rows (``step``, ``loss``, optional ``eval_loss``, ``epoch``).
-
-    Returns ``None`` when the file is absent; a malformed file is logged and also gives ``None``
-    (the report then says why it has no curve), since a broken log must not sink an evaluation.
-    """
-    path = Path(model_dir) / LOSS_HISTORY
-    try:
-        rows = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except orjson.JSONDecodeError as exc:
-        logger.warning("%s is not valid JSON (%s); the report has no loss curve", path, exc)
-        return None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r for r in rows):
-        logger.warning("%s is not a list of {step, loss, ...}; the report has no loss curve", path)
-        return None
-    return rows
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
