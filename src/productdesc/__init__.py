@@ -19,6 +19,8 @@ from productdesc._version import __version__
 _LAZY: dict[str, str] = {
     "AmazonTitlesDataset": "productdesc.data.dataset",
     "PrepareConfig": "productdesc.data.dataset",
+    "Manifest": "productdesc.data.manifest",
+    "BaseTemplate": "productdesc.prompts",
     "PromptTemplate": "productdesc.prompts",
     "ChatTemplate": "productdesc.prompts",
     "ContextTemplate": "productdesc.prompts",
@@ -28,10 +30,34 @@ _LAZY: dict[str, str] = {
     "TrainingConfig": "productdesc.config",
     "GenerationConfig": "productdesc.config",
     "LoraFineTuner": "productdesc.finetune",
+    "TrainResult": "productdesc.finetune",
     "Describer": "productdesc.describe",
+    "Description": "productdesc.describe",
+    "UserError": "productdesc.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+# Spelled out, not built from _LAZY, so that tools reading the source see the public names;
+# besides what users create, the types they get back (TrainResult, Description, Manifest).
+__all__ = [
+    "AmazonTitlesDataset",
+    "BaseTemplate",
+    "ChatTemplate",
+    "ContextTemplate",
+    "Describer",
+    "Description",
+    "FineTuneConfig",
+    "GenerationConfig",
+    "LoraFineTuner",
+    "LoraSettings",
+    "Manifest",
+    "ModelConfig",
+    "PrepareConfig",
+    "PromptTemplate",
+    "TrainResult",
+    "TrainingConfig",
+    "UserError",
+    "__version__",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from productdesc.config import (
@@ -42,9 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         TrainingConfig,
     )
     from productdesc.data.dataset import AmazonTitlesDataset, PrepareConfig
-    from productdesc.describe import Describer
-    from productdesc.finetune import LoraFineTuner
-    from productdesc.prompts import ChatTemplate, ContextTemplate, PromptTemplate
+    from productdesc.data.manifest import Manifest
+    from productdesc.describe import Describer, Description
+    from productdesc.errors import UserError
+    from productdesc.finetune import LoraFineTuner, TrainResult
+    from productdesc.prompts import BaseTemplate, ChatTemplate, ContextTemplate, PromptTemplate
 
 
 def __getattr__(name: str) -> Any:
