@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from productdesc.backends.base import resolve_dtype
+from productdesc.backends._device import resolve_dtype
 from productdesc.errors import UserError
 from productdesc.rundir import LOGS
 

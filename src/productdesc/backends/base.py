@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from productdesc.backends._device import cuda_available, resolve_dtype
 from productdesc.errors import UserError
 from productdesc.models import ResolvedModel, ensure_distinct_pad, loading_errors, resolve_model
 from productdesc.rundir import ADAPTER_CONFIG as ADAPTER_CONFIG  # its old home; still imported
@@ -33,28 +34,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Backend", "cuda_available", "get_backend", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
-
-
-def cuda_available() -> bool:
-    """Whether a CUDA GPU is usable (imports torch)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def resolve_dtype(dtype: str) -> torch.dtype:
-    """A :class:`~productdesc.config.ModelConfig` dtype name as a torch dtype.
-
-    ``"auto"`` is bfloat16 on a GPU that supports it, else float16 on GPU, and float32 on CPU
-    (CPU 16-bit matmuls are slow and lose precision for no memory that matters at this size).
-    """
-    import torch
-
-    if dtype != "auto":
-        return getattr(torch, dtype)
-    if not torch.cuda.is_available():
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def want_4bit(requested: bool) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc.evaluate.metrics import METRICS, Interval
-from productdesc.evaluate.runner import EvalResult
+from productdesc.evaluate.result import EvalResult
 from productdesc.plotting import plot_loss
 from productdesc.rundir import HISTORY_FILE, PLOT_FILE
 

@@ -1,0 +1,78 @@
+"""The package's layout: modules import one way, so no two depend on each other."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import productdesc
+
+SRC = Path(productdesc.__file__).parent.parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The productdesc modules ``path`` imports, at module level or inside functions alike."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found & modules
+
+
+def _related(a: str, b: str) -> bool:
+    # Importing a submodule runs its package's __init__ first: that edge is Python's, not ours.
+    return a.startswith(f"{b}.") or b.startswith(f"{a}.")
+
+
+def _graph() -> dict[str, set[str]]:
+    paths = {_module_name(p): p for p in (SRC / "productdesc").rglob("*.py")}
+    modules = set(paths)
+    return {
+        name: {dep for dep in _imports(path, modules) if dep != name and not _related(name, dep)}
+        for name, path in paths.items()
+    }
+
+
+def _a_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        if name in path:
+            return [*path[path.index(name) :], name]
+        if name in done:
+            return None
+        for dep in sorted(graph[name]):
+            circle = visit(dep, [*path, name])
+            if circle:
+                return circle
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        circle = visit(name, [])
+        if circle:
+            return circle
+    return None
+
+
+def test_no_import_circle() -> None:
+    assert _a_circle(_graph()) is None
+
+
+def test_the_circle_finder_finds_one() -> None:
+    assert _a_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _a_circle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_trainer_setup_and_the_report_sit_below_what_calls_them() -> None:
+    graph = _graph()
+    assert "productdesc.backends.base" not in graph["productdesc.backends._sft"]
+    assert "productdesc.evaluate.runner" not in graph["productdesc.evaluate.report"]
