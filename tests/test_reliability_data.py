@@ -505,3 +505,34 @@ def test_stale_staging_of_a_killed_run_is_removed(
     (stale / ".spill-x" / "chunk-00000000").write_bytes(b"half")
     assert prepare(capsys, "--sample", "--out", str(prepared))[0] == 0
     assert tree(prepared) == before
+
+
+# A worker that dies as the kernel's OOM killer would kill it, at the first task.
+_KILLED_WORKER = r"""
+import os, signal, sys
+from productdesc.cli import main
+from productdesc.data import runner
+
+work = runner._Worker.__call__
+
+def dies_at_the_first_task(self, seq, task):
+    if seq == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return work(self, seq, task)
+
+runner._Worker.__call__ = dies_at_the_first_task
+sys.exit(main(["prepare", *sys.argv[1:]]))
+"""
+
+
+def test_a_worker_killed_for_memory_is_one_line_not_a_hang(synthetic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    argv = [str(synthetic), "--out", str(out), "--workers", "2", "--no-progress"]
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_WORKER, *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("productdesc prepare: error: a prepare worker process was killed")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    assert main(["prepare", *argv]) == 0  # the rerun finishes

@@ -23,9 +23,13 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
+import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 import orjson
@@ -43,7 +47,7 @@ from productdesc.data.reader import (
     stream_blocks,
 )
 from productdesc.data.split import SPLIT_NAMES, Splitter
-from productdesc.errors import DataFormatError
+from productdesc.errors import DataFormatError, UserError
 
 __all__ = ["Kept", "Run"]
 
@@ -244,7 +248,16 @@ def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str) -> Non
     # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, so a
     # worker printing its own KeyboardInterrupt traceback would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # An executor's worker waits on its task queue for good once the parent is gone (killed:
+    # no shutdown comes), keeping the parent's pipes and the folder's spill files open.
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     _WORKER = _Worker(config, path, spill_dir)
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _run_task(seq: int, task: tuple[int, int] | bytes) -> _Chunk:
@@ -405,31 +418,46 @@ class Run:
                     os.close(worker.fd)
             return
         spill_dir = tempfile.mkdtemp(prefix=".spill-", dir=self.spill_parent)
+        # Not multiprocessing.Pool: a worker killed mid-task (the kernel's OOM killer) loses
+        # that task for good, and Pool waits for its result forever; the executor fails
+        # every pending future with BrokenProcessPool instead.
+        pool = ProcessPoolExecutor(
+            workers,
+            _mp_context(),
+            initializer=_init_worker,
+            initargs=(self.config, path, spill_dir),
+        )
         try:
-            with _mp_context().Pool(workers, _init_worker, (self.config, path, spill_dir)) as pool:
-                yield from self._pooled(pool, tasks)
+            yield from self._pooled(pool, tasks)
+        except BrokenProcessPool:
+            raise UserError(
+                "a prepare worker process was killed (by the system, most often for lack of "
+                "memory); nothing was written: run it again, with fewer --workers if memory "
+                "is short"
+            ) from None
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(spill_dir, ignore_errors=True)
 
-    def _pooled(self, pool: Any, tasks: Iterator[tuple[Any, int]]) -> Iterator[tuple[_Chunk, int]]:
+    def _pooled(
+        self, pool: ProcessPoolExecutor, tasks: Iterator[tuple[Any, int]]
+    ) -> Iterator[tuple[_Chunk, int]]:
         # A bounded window of tasks in flight keeps memory flat whatever the file size
-        # (Pool.imap would read the whole input ahead).
-        window: deque[tuple[Any, int]] = deque()
+        # (Executor.map would read the whole input ahead).
+        window: deque[tuple[Future, int]] = deque()
         try:
             for seq, (task, position) in enumerate(tasks):
-                window.append((pool.apply_async(_run_task, (seq, task)), position))
+                window.append((pool.submit(_run_task, seq, task), position))
                 if len(window) >= 3 * self.config.workers:
-                    yield window[0][0].get(), window[0][1]
+                    yield window[0][0].result(), window[0][1]
                     window.popleft()
             while window:
-                yield window[0][0].get(), window[0][1]
+                yield window[0][0].result(), window[0][1]
                 window.popleft()
         except BaseException:
-            # Ctrl-C, an error, or the consumer stopping: let the tasks in flight end first.
-            # Pool.terminate() can hang for good while a worker is still sending a large
-            # result (it waits for the result pipe's lock, which that worker holds).
-            for result, _ in window:
-                result.wait()
+            # Ctrl-C, an error, or the consumer stopping: let the tasks in flight end first,
+            # so that no worker is still writing its spill file when the folder is removed.
+            wait([future for future, _ in window])
             raise
 
     def _plain_tasks(self) -> Iterator[tuple[tuple[int, int], int]]:
