@@ -354,6 +354,8 @@ def test_what_a_killed_run_left_is_removed_and_a_folder_of_only_that_is_empty(
     (out / ".productdesc_config.toml.k3x_9q0a.tmp").write_text("backend = ")
     (out / ".adapter.a1b2c3d4").mkdir()  # _save_adapter's scratch folder
     (out / ".adapter.a1b2c3d4" / "adapter_model.safetensors").write_bytes(b"\0")
+    (out / ".merged.z9y8x7w6").mkdir()  # save_merged's, killed while merging
+    (out / ".merged.z9y8x7w6" / "model.safetensors").write_bytes(b"\0")
     mine = [out / ".notes.toml.k3x_9q0a.tmp", out / ".adapter.mine", out / "x.k3x_9q0a.tmp"]
     assert {p.name for p in leftovers(out, ["productdesc_config.toml"], ["adapter"])} == {
         ".productdesc_config.toml.k3x_9q0a.tmp",
@@ -380,14 +382,15 @@ def test_resume_from_the_checkpoint_of_the_last_step_trains_no_more(
 
     from productdesc.finetune import LoraFineTuner
 
-    config = tiny_config(tiny_llama, max_steps=2, save_steps=2)
+    # 3 steps, 2 an epoch: the resume starts inside an epoch's loop, where the extra step was.
+    config = tiny_config(tiny_llama, max_steps=3, save_steps=3)
     out = tmp_path / "run"
     straight = LoraFineTuner(config).train(RECORDS, output_dir=out)
     adapter = load_file(out / "adapter_model.safetensors")
     (out / "adapter_model.safetensors").unlink()  # as if killed before it was written
     resumed = LoraFineTuner(config).train(RECORDS, output_dir=out, resume_from_checkpoint=True)
-    assert resumed.global_step == straight.global_step == 2
-    assert [h["step"] for h in resumed.history] == [1, 2]
+    assert resumed.global_step == straight.global_step == 3
+    assert [h["step"] for h in resumed.history] == [1, 2, 3]
     again = load_file(out / "adapter_model.safetensors")
     assert again.keys() == adapter.keys()
     assert all(torch.equal(again[name], adapter[name]) for name in adapter)

@@ -289,6 +289,30 @@ def test_from_pretrained_adapter_dir_matches_in_memory_model(adapter_dir, loaded
     assert merged.describe_batch(TITLES[:3]) == in_memory
 
 
+@needs_backend
+def test_a_run_trained_with_a_backend_not_installed_here_loads_with_another(
+    adapter_dir, tmp_path, monkeypatch
+):
+    """A run trained with Unsloth on a GPU machine, loaded where Unsloth is missing."""
+    import shutil
+
+    from productdesc.describe import Describer
+    from productdesc.plugins import backends
+
+    path, peft_model, tokenizer = adapter_dir
+    gen = GenerationConfig(max_new_tokens=MAX_NEW)
+    run = tmp_path / "run"
+    shutil.copytree(path, run)
+    FineTuneConfig(backend="unsloth", template="alpaca").to_toml(run / CONFIG_FILE)
+    monkeypatch.setattr(backends.get("unsloth"), "is_available", classmethod(lambda cls: False))
+    loaded_dir = Describer.from_pretrained(run, generation=gen)
+    assert loaded_dir.backend.name == "transformers"
+    expected = Describer(peft_model, tokenizer, generation=gen).describe_batch(TITLES[:2])
+    assert loaded_dir.describe_batch(TITLES[:2]) == expected
+    with pytest.raises(UserError, match="not installed"):  # asked for by name, it is refused
+        Describer.from_pretrained(run, backend="unsloth")
+
+
 def test_from_pretrained_rejects_a_missing_dir_and_4bit_merge(tmp_path):
     from productdesc.describe import Describer
 

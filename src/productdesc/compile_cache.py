@@ -50,9 +50,10 @@ def _torch_default() -> str | None:
 def use_compile_cache() -> Path:
     """Point torch's compile caches at :func:`compile_cache_dir` before the first compilation.
 
-    torch's caches read ``TORCHINDUCTOR_CACHE_DIR`` each time they open a file, so setting it
-    here, before the fast path's first compilation, moves every cache (FX graphs, AOTAutograd,
-    Triton kernels, dynamic-shape profiles) for the rest of the process.
+    torch's caches read ``TORCHINDUCTOR_CACHE_DIR`` when they are first used, so setting it
+    here, before the process's first compilation, moves every cache (FX graphs, AOTAutograd,
+    Triton kernels, dynamic-shape profiles); in a process that compiled something before,
+    some of them stay where they were.
     """
     folder = compile_cache_dir()
     if os.environ.get(TORCH_SETTING) != str(folder):

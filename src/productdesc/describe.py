@@ -263,7 +263,7 @@ class Describer:
         template_options: dict[str, Any] = {}
         if run_config is not None:
             if backend == "auto":
-                backend = run_config.backend
+                backend = _recorded_backend(run_config.backend)
             if template is None:
                 template = run_config.template
                 template_options = run_config.template_options
@@ -672,3 +672,14 @@ def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
         if isinstance(token, int) and token not in stops and token != tokenizer.pad_token_id:
             stops.append(token)
     return tuple(stops), tokenizer.pad_token_id
+
+
+def _recorded_backend(name: str) -> str:
+    """The backend a run recorded, where it is installed here; else ``"auto"``, so that a run
+    trained with Unsloth on a GPU machine still loads (with transformers) on a laptop."""
+    from productdesc.plugins import backends
+
+    if name == "auto" or (name in backends and backends.get(name).is_available()):
+        return name
+    logger.info("the run trained with the %s backend, which is not installed here", name)
+    return "auto"

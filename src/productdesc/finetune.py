@@ -703,9 +703,10 @@ def _versions() -> str:
 
 
 def _leftovers(out: Path) -> list[Path]:
-    """The temporary files and scratch folder (``_save_adapter``'s) a killed run left in
-    ``out``: a run removes them first, and a folder holding only them counts as empty."""
-    return leftovers(out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), ("adapter",))
+    """The temporary files and scratch folders (``_save_adapter``'s, ``save_merged``'s) a
+    killed run left in ``out``: a run removes them first, and a folder holding only them counts
+    as empty."""
+    return leftovers(out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), ("adapter", MERGED))
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:

@@ -243,14 +243,15 @@ def _text(raw: bytes) -> str:
 _WORKER: _Worker | None = None
 
 
-def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str) -> None:
+def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str, parent: int) -> None:
     global _WORKER
     # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, so a
     # worker printing its own KeyboardInterrupt traceback would only add noise.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # An executor's worker waits on its task queue for good once the parent is gone (killed:
     # no shutdown comes), keeping the parent's pipes and the folder's spill files open.
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    # The parent's pid as it forked: one that died before this line would be missed by getppid.
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
     _WORKER = _Worker(config, path, spill_dir)
 
 
@@ -425,15 +426,15 @@ class Run:
             workers,
             _mp_context(),
             initializer=_init_worker,
-            initargs=(self.config, path, spill_dir),
+            initargs=(self.config, path, spill_dir, os.getpid()),
         )
         try:
             yield from self._pooled(pool, tasks)
         except BrokenProcessPool:
             raise UserError(
                 "a prepare worker process was killed (by the system, most often for lack of "
-                "memory); nothing was written: run it again, with fewer --workers if memory "
-                "is short"
+                "memory) or failed to start; nothing was written: run it again, with fewer "
+                "--workers if memory is short"
             ) from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -457,6 +458,8 @@ class Run:
         except BaseException:
             # Ctrl-C, an error, or the consumer stopping: let the tasks in flight end first,
             # so that no worker is still writing its spill file when the folder is removed.
+            for future, _ in window:
+                future.cancel()  # only those no worker has started
             wait([future for future, _ in window])
             raise
 
