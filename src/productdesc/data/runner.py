@@ -429,6 +429,9 @@ class Run:
             initargs=(self.config, path, spill_dir, os.getpid()),
         )
         try:
+            # The workers fork at the first submit: make it before the input is read, whose
+            # readers (pyarrow's) may start threads that a fork would copy mid-work.
+            pool.submit(int).result()
             yield from self._pooled(pool, tasks)
         except BrokenProcessPool:
             raise UserError(
