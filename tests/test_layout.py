@@ -76,3 +76,30 @@ def test_the_trainer_setup_and_the_report_sit_below_what_calls_them() -> None:
     graph = _graph()
     assert "productdesc.backends.base" not in graph["productdesc.backends._sft"]
     assert "productdesc.evaluate.runner" not in graph["productdesc.evaluate.report"]
+
+
+# The GPU stack: imported inside the functions that need it, so that `import productdesc`, the
+# CLI's --help and the data and prompt modules stay fast and work without it.
+HEAVY = {"torch", "transformers", "unsloth", "unsloth_zoo", "trl", "peft", "triton", "bitsandbytes"}
+# A Triton kernel is defined at module level with triton's decorators: the module is the
+# function, and only fastgen imports it, inside a function.
+KERNEL_MODULES = {"productdesc.fused_decode"}
+
+
+def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
+    top_level = {}
+    for path in (SRC / "productdesc").rglob("*.py"):
+        name = _module_name(path)
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                found = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found = {node.module}
+            else:
+                continue
+            heavy = {m for m in found if m.split(".")[0] in HEAVY}
+            if heavy and name not in KERNEL_MODULES:
+                top_level[f"{name}:{node.lineno}"] = sorted(heavy)
+    assert top_level == {}
+    kernel_users = {name for name, deps in _graph().items() if KERNEL_MODULES & deps}
+    assert kernel_users == {"productdesc.fastgen"}
