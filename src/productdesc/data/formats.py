@@ -71,7 +71,7 @@ def table_format(path: Path, head: bytes) -> str | None:
     fmt = _SUFFIX_FORMATS.get(_suffix(path))
     if fmt == "parquet":
         raise DataFormatError(
-            f"{path} is named {path.suffix} but is not a parquet file (it does not start "
+            f"{path} is named {_suffix(path)} but is not a parquet file (it does not start "
             f"with {_PARQUET_MAGIC.decode()})"
         )
     return fmt
