@@ -10,9 +10,8 @@ points it at a folder of its own in the user's cache instead, unless the user ch
 2. else ``PRODUCTDESC_COMPILE_CACHE``;
 3. else ``$XDG_CACHE_HOME/productdesc/torch-compile`` (``~/.cache/productdesc/torch-compile``).
 
-Measured on an H200 (``benchmarks/cold_start.py``, ``docs/benchmarks.md``): the fast path's
-warm-up for SmolLM2-135M took 275 s in a process with an empty cache and 59 s in the next
-process with the first one's cache.
+What a kept cache saves, in a cold and a cached process, is measured by
+``benchmarks/cold_start.py`` (:doc:`/benchmarks`).
 """
 
 from __future__ import annotations

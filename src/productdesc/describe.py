@@ -42,9 +42,9 @@ __all__ = ["Describer", "Description", "evolve_generation"]
 logger = logging.getLogger(__name__)
 
 #: With ``fast=None``, a call takes the fast path once it asks for at least this many new
-#: tokens (titles x ``max_new_tokens``), or once the path is compiled. Measured on an H200
-#: (2026-12-03, 1.1B model, batch 64): the fast path's compilation (205 s) is repaid after
-#: about 445,000 new tokens; below that, ``generate`` finishes first.
+#: tokens (titles x ``max_new_tokens``), or once the path is compiled: below it, the
+#: compilation costs more than the faster decoding saves (the break-even, measured, is on
+#: the benchmarks page, "Cold start and the per-call choice").
 FAST_MIN_NEW_TOKENS = 400_000
 
 
@@ -136,9 +136,9 @@ class Describer:
             Unsloth, whose inference mode patches the model, for a call big enough to repay
             the compilation (:data:`FAST_MIN_NEW_TOKENS`), and for every call once
             :meth:`warm_up` or an earlier call has compiled it; each choice is logged. The first
-            calls compile the step and the prompt's forward (152 s in all for a batch of one
-            and a batch of 64 with a 1.1B model on an H200; torch keeps the result in its disk
-            cache for later processes), and the first call of each further shape (batch
+            calls compile the step and the prompt's forward (minutes on a GPU, see
+            :doc:`/benchmarks`; :mod:`productdesc.compile_cache` keeps the result on disk for
+            later processes), and the first call of each further shape (batch
             size, prompt length rounded up to 32 tokens, ``max_new_tokens``) records its CUDA
             graphs, compiling again while sizes turn symbolic; later calls replay them. A
             service calls :meth:`warm_up` before it takes traffic. The start all prompts of a
@@ -359,8 +359,8 @@ class Describer:
         """Compile the fast path for any later batch size, prompt length and answer length.
 
         torch compiles the fast path's first shape as it is, then makes a size symbolic each
-        time it changes, and each of those compilations takes about half a minute for a 1.1B
-        model on an H200. Three greedy calls here (one short prompt, one a length bucket
+        time it changes, and each of those compilations takes tens of seconds on a GPU (see
+        :doc:`/benchmarks`). Three greedy calls here (one short prompt, one a length bucket
         longer, then both together) leave every size symbolic: afterwards no call compiles,
         and a new shape only records its CUDA graphs on its first call. The last call also
         leaves the template's start computed, so later batches run their forward over the

@@ -422,9 +422,8 @@ class StaticGreedyDecoder:
             many batch sizes does not keep a cache for each. (A guard is the pair
             ``no_repeat_ngram_size``, whether ``repetition_penalty`` is on: its operations are
             part of the recorded step; the penalty's value is not.)
-        compile_prefill: Compile the prompt's forward pass too: 11% faster batch-64 calls
-            and a first token in 11 ms instead of 18 on an H200, for a longer warm-up (about
-            150 s instead of 70 for a 1.1B model in bf16).
+        compile_prefill: Compile the prompt's forward pass too: faster batch calls and first
+            token, for a longer warm-up (measured on the benchmarks page).
         share_prefix: When every prompt of a batch starts with the same tokens (the
             template's instruction, at least ``length_bucket`` of them), their keys and values
             are computed once, for one row, kept for later calls (``max_shapes`` such starts,
@@ -434,7 +433,7 @@ class StaticGreedyDecoder:
             16-bit the start's keys, computed eagerly for one row, may round differently, as
             any two kernels may. A batch of one runs its whole prompt: its forward is bound
             by kernel launches, not by the prompt's length, and copying the start in cost
-            1.5–3.5 ms more than it saved on an H200.
+            more than it saved.
         attention_kernel: With ``fuse``, a decode step's attention in Llama layers (rotary
             embedding, KV-cache write, attention over the cache up to the token) runs as one
             Triton kernel (:mod:`productdesc.fused_decode`) in 16-bit on CUDA, instead of
