@@ -74,6 +74,20 @@ def run(tiny_llama: Path, prepared: Path, tmp_path_factory: pytest.TempPathFacto
     return config, tuner, result
 
 
+@pytest.mark.slow
+def test_the_merged_model_is_saved_in_the_dtype_it_trained_in(tiny_llama: Path, tmp_path) -> None:
+    from safetensors import safe_open
+
+    config = tiny_config(tiny_llama, max_steps=1)
+    config = attrs.evolve(config, model=attrs.evolve(config.model, dtype="bfloat16"))
+    out = tmp_path / "run"
+    LoraFineTuner(config).train(RECORDS, output_dir=out, merge=True)
+    (weights,) = (out / "merged").glob("*.safetensors")
+    with safe_open(str(weights), "pt") as f:
+        dtypes = {str(f.get_tensor(name).dtype) for name in f.keys()}  # noqa: SIM118
+    assert dtypes == {"torch.bfloat16"}  # not float32, the CPU's "auto", at twice the size
+
+
 def test_run_writes_adapter_tokenizer_config_history_plot_and_card(run, prepared) -> None:
     config, _, result = run
     out = result.output_dir

@@ -318,8 +318,8 @@ class LoraFineTuner:
             self._save_adapter(out)
             write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
             _plot(history, out / PLOT_FILE)
-            if merged is not None:
-                self.backend.save_merged(out, merged)
+            if merged is not None:  # in the dtype it trained in, not a wider one
+                self.backend.save_merged(out, merged, dtype=self.config.model.dtype)
         result = TrainResult(
             output_dir=out,
             merged_dir=merged,
