@@ -473,7 +473,7 @@ class LoraFineTuner:
 
         # Written in a scratch directory, then each file renamed into place: a reader (or a
         # crash) never sees a half-written adapter under its final name.
-        tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=out))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_ADAPTER_SCRATCH}.", dir=out))
         try:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             # The prompt trained on becomes the tokenizer's chat template (None: the template
@@ -702,11 +702,17 @@ def _versions() -> str:
     return ", ".join([f"productdesc {__version__}", *found])
 
 
+# The name of _save_adapter's scratch folder (".adapter.XXXXXXXX"), which _leftovers matches.
+_ADAPTER_SCRATCH = "adapter"
+
+
 def _leftovers(out: Path) -> list[Path]:
     """The temporary files and scratch folders (``_save_adapter``'s, ``save_merged``'s) a
     killed run left in ``out``: a run removes them first, and a folder holding only them counts
     as empty."""
-    return leftovers(out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), ("adapter", MERGED))
+    return leftovers(
+        out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), (_ADAPTER_SCRATCH, MERGED)
+    )
 
 
 def _checkpoint(out: Path, resume: Any) -> Path:
