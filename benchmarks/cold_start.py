@@ -6,13 +6,17 @@ Run on a CUDA machine::
         --out benchmarks/results/cold_start.json
 
 Each variant is its own process, run one after another with one fresh torch compile cache
-(``TORCHINDUCTOR_CACHE_DIR``, which holds inductor's FX graphs and Triton's kernels):
+(``TORCHINDUCTOR_CACHE_DIR``, which holds inductor's FX graphs and Triton's kernels, and
+``TRITON_CACHE_DIR``, for the fused decode kernel):
 
 * ``plain``: ``Describer(fast=False)``, ``generate`` only (the baseline);
-* ``fast_cold``: ``Describer(fast=True)``, :meth:`~productdesc.Describer.warm_up` on the empty
-  cache;
-* ``fast_cached``: the same in a second process, the first one's cache kept;
-* ``auto``: ``Describer()`` (``fast=None``), deciding per call, cache kept.
+* ``graphs_cold``: ``Describer(fast=True)``, the fast path's steps run eagerly and recorded as
+  CUDA graphs (no ``torch.compile``), :meth:`~productdesc.Describer.warm_up` on the empty cache;
+* ``graphs_cached``: the same in a second process, the first one's cache kept;
+* ``auto``: ``Describer()``, the defaults, deciding per call, no warm-up;
+* ``compiled_cold``: ``Describer(fast=True, torch_compile=True)``, warm-up on an empty cache
+  (the cache is emptied before it);
+* ``compiled_cached``: the same in a second process, the first one's cache kept.
 
 Each process answers 1, then 64, then 400 titles (``batch_size`` 64, the library's decoding
 defaults but ``max_new_tokens``), timed from the process's start: ``e2e_s`` is process start
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +37,15 @@ from pathlib import Path
 from _harness import described_records, run_info, run_variant, save_json
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = {"plain": False, "fast_cold": True, "fast_cached": True, "auto": None}
+#: name: (fast, torch_compile, warm_up, empty the cache first)
+VARIANTS = {
+    "plain": (False, False, False, False),
+    "graphs_cold": (True, False, True, True),
+    "graphs_cached": (True, False, True, False),
+    "auto": (None, False, False, False),
+    "compiled_cold": (True, True, True, True),
+    "compiled_cached": (True, True, True, False),
+}
 SIZES = (1, 64, 400)
 
 
@@ -51,7 +64,11 @@ def worker(spec: dict, out: Path) -> None:
 
     imported = time.time() - start
     describer = Describer.from_pretrained(
-        spec["model"], backend="transformers", dtype="bfloat16", fast=spec["fast"]
+        spec["model"],
+        backend="transformers",
+        dtype="bfloat16",
+        fast=spec["fast"],
+        torch_compile=spec["torch_compile"],
     )
     loaded = time.time() - start
     warm = None
@@ -70,13 +87,15 @@ def worker(spec: dict, out: Path) -> None:
             return_details=True,
         )
         now = time.time()
+        new_tokens = sum(d.new_tokens for d in details)
         calls.append(
             {
                 "titles": n,
                 "call_s": round(now - t, 2),
                 "e2e_s": round(now - start, 2),
-                "new_tokens": sum(d.new_tokens for d in details),
-                "fast_path": describer._fast_always,
+                "new_tokens": new_tokens,
+                "new_tokens_per_s": round(new_tokens / (now - t), 1),
+                "fast_path": describer._fast is not None and describer._fast_always,
             }
         )
     result = {
@@ -91,7 +110,11 @@ def worker(spec: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a model or training run directory (what Describer.from_pretrained loads)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model or training run directory (what Describer.from_pretrained loads)",
+    )
     parser.add_argument("--data", help="a .jsonl of records whose titles are asked")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--variants", default=",".join(VARIANTS))
@@ -99,20 +122,25 @@ def main() -> None:
     args = parser.parse_args()
     report = run_info("cold_start")
     report["results"] = []
-    with tempfile.TemporaryDirectory(prefix="pd-compile-cache-") as cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    with tempfile.TemporaryDirectory(prefix="pd-cold-start-") as scratch:
+        cache = Path(scratch) / "cache"
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
+        os.environ["TRITON_CACHE_DIR"] = str(cache / "triton")
         for name in args.variants.split(","):
-            fast = VARIANTS[name]
+            fast, torch_compile, warm_up, empty = VARIANTS[name]
+            if empty:
+                shutil.rmtree(cache, ignore_errors=True)
             spec = {
                 "name": name,
                 "model": args.model,
                 "data": args.data,
                 "fast": fast,
-                "warm_up": fast is True,
+                "torch_compile": torch_compile,
+                "warm_up": warm_up,
                 "new_tokens": args.new_tokens,
                 "started": time.time(),
             }
-            result = run_variant(__file__, spec, Path(cache) / f"{name}.json")
+            result = run_variant(__file__, spec, Path(scratch) / f"{name}.json")
             print(json.dumps(result), flush=True)
             report["results"].append(result)
             save_json(args.out, report)

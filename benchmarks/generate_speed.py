@@ -16,7 +16,10 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
   transformers user writes it (the baseline);
 * ``unsloth_4bit`` / ``unsloth_bf16``: Unsloth's ``FastLanguageModel.for_inference`` + generate;
 * ``describer_fast_bf16`` / ``describer_fast_4bit``: :class:`productdesc.Describer` with its
-  CUDA fast path (static KV cache, compiled one-token step, early exit);
+  CUDA fast path as it is by default (static KV cache, the one-token step run eagerly and
+  recorded as CUDA graphs, early exit);
+* ``describer_compiled_bf16``: the same with ``torch_compile=True`` (the step and the prompt's
+  forward compiled by inductor first); the variants below compile too:
 * ``describer_fast_autotune_bf16``: the same, its step compiled with
   ``mode="max-autotune-no-cudagraphs"`` (inductor times GEMM kernels for each shape);
 * ``describer_fast_unfused_bf16``: the fast path without fused q/k/v and gate/up products;
@@ -62,6 +65,7 @@ VARIANTS = [
     "describer_fast_fp32",
     "hf_generate_bf16",
     "describer_fast_bf16",
+    "describer_compiled_bf16",
     "describer_plain_bf16",
     "hf_generate_4bit",
     "describer_fast_4bit",
@@ -219,6 +223,7 @@ def worker(spec: dict, out_path: str) -> None:
             load_in_4bit=four_bit,
             dtype=dtype_name,
             fast="plain" not in name and not custom,
+            torch_compile="compiled" in name,
         )
         if custom:
             from productdesc.fastgen import StaticGreedyDecoder

@@ -265,3 +265,28 @@ def test_launched_processes_get_every_set_and_v(monkeypatch: pytest.MonkeyPatch)
     [child] = launched
     assert child[:2] == ["-v", "train"] and "--nproc" not in child
     assert child[child.index("--set") :][:4] == ["--set", "lora.r=8", "--set", "training.seed=1"]
+
+
+def test_describe_takes_fast_and_torch_compile(
+    tiny_llama: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--fast --torch-compile`` reach the Describer (on CPU the step is not compiled, so the
+    answer is the one ``--no-fast`` gives)."""
+    from productdesc.describe import Describer
+
+    made: list[Describer] = []
+    real = Describer.__init__
+
+    def keep(self: Describer, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Describer, "__init__", keep)
+    answers = []
+    for options in (["--fast", "--torch-compile"], ["--no-fast"]):
+        argv = ["describe", "--model", str(tiny_llama), "Nice", "--max-new-tokens", "6"]
+        assert main([*argv, *options]) == 0
+        answers.append(capsys.readouterr().out)
+    assert made[0]._fast is not None and made[0].torch_compile
+    assert made[1]._fast is None and not made[1].torch_compile
+    assert answers[0] == answers[1] and answers[0].strip()

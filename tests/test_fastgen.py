@@ -424,12 +424,13 @@ def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_
     assert out[:, -1].tolist() == [tok.eos_token_id] * 2
 
 
-def test_by_default_a_call_too_small_to_repay_compiling_uses_generate(
+def test_with_torch_compile_a_call_too_small_to_repay_compiling_uses_generate(
     tiny_llama, caplog, monkeypatch
 ):
-    """fast=None on a GPU (here: a fast path built on CPU, left to decide per call): small
-    calls decode with generate and say why; a big one takes the fast path, and so does every
-    call after it (the compilation is paid). The answers are the plain path's each time."""
+    """fast=None with torch_compile on a GPU (here: a fast path built on CPU, left to decide
+    per call): small calls decode with generate and say why; a big one takes the fast path,
+    and so does every call after it (the compilation is paid). The answers are the plain
+    path's each time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc import describe
@@ -437,7 +438,7 @@ def test_by_default_a_call_too_small_to_repay_compiling_uses_generate(
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     monkeypatch.setattr(describe, "FAST_MIN_NEW_TOKENS", 100)
-    auto = describe.Describer(model, tok, fast=True)
+    auto = describe.Describer(model, tok, fast=True, torch_compile=True)
     auto._fast_always = False  # what fast=None gives on a CUDA model
     plain = describe.Describer(model, tok, fast=False)
 

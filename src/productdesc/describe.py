@@ -41,10 +41,10 @@ __all__ = ["Describer", "Description", "evolve_generation"]
 
 logger = logging.getLogger(__name__)
 
-#: With ``fast=None``, a call takes the fast path once it asks for at least this many new
-#: tokens (titles x ``max_new_tokens``), or once the path is compiled: below it, the
-#: compilation costs more than the faster decoding saves (the break-even, measured, is on
-#: the benchmarks page, "Cold start and the per-call choice").
+#: With ``fast=None`` and ``torch_compile=True``, a call takes the fast path once it asks for
+#: at least this many new tokens (titles x ``max_new_tokens``), or once the path is compiled:
+#: below it, the compilation costs more than the faster decoding saves (the break-even,
+#: measured, is on the benchmarks page, "Cold start and the per-call choice").
 FAST_MIN_NEW_TOKENS = 400_000
 
 
@@ -130,22 +130,17 @@ class Describer:
             :func:`productdesc.context.open_index`). With ``template=None`` it selects the
             ``"context"`` template.
         fast: Greedy, non-streamed calls decode with
-            :class:`~productdesc.fastgen.StaticGreedyDecoder` (static KV cache, one-token step
-            compiled into CUDA graphs, early exit). ``True``: every such call; ``False``:
-            never; ``None`` (the default): where the model is on a CUDA GPU, except under
-            Unsloth, whose inference mode patches the model, for a call big enough to repay
-            the compilation (:data:`FAST_MIN_NEW_TOKENS`), and for every call once
-            :meth:`warm_up` or an earlier call has compiled it; each choice is logged. The first
-            calls compile the step and the prompt's forward (minutes on a GPU, see
-            :doc:`/benchmarks`; :mod:`productdesc.compile_cache` keeps the result on disk for
-            later processes), and the first call of each further shape (batch
-            size, prompt length rounded up to 32 tokens, ``max_new_tokens``) records its CUDA
-            graphs, compiling again while sizes turn symbolic; later calls replay them. A
-            service calls :meth:`warm_up` before it takes traffic. The start all prompts of a
-            batch share (the template's instruction) is computed once and kept (see
-            ``share_prefix`` there); weights changed through ``.data`` after the first call
-            are not seen (build a new ``Describer``). The model is changed in place,
-            computing the same values: its SDPA attention is switched to
+            :class:`~productdesc.fastgen.StaticGreedyDecoder` (static KV cache, runs of
+            one-token steps recorded as CUDA graphs and replayed, early exit). ``True``: every
+            such call; ``False``: never; ``None`` (the default): where the model is on a CUDA
+            GPU, except under Unsloth, whose inference mode patches the model. The first call
+            of each shape (batch size, prompt length rounded up to 32 tokens,
+            ``max_new_tokens``) runs its steps eagerly once and records them, about a second;
+            later calls replay them. The start all prompts of a batch share (the template's
+            instruction) is computed once and kept (see ``share_prefix`` there); weights
+            changed through ``.data`` after the first call are not seen (build a new
+            ``Describer``). The model is changed in place, computing the same values: its
+            SDPA attention is switched to
             :func:`~productdesc.fastgen.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``
             unchanged). Models with sliding-window layers decode with ``generate`` (with
@@ -153,6 +148,14 @@ class Describer:
             are computed inside the fast path's step, as ``generate`` computes them;
             sampling, ``exponential_decay_length_penalty`` and :meth:`stream` always use
             ``generate``.
+        torch_compile: Compile the fast path's step and the prompt's forward with
+            ``torch.compile`` before recording them: about twice the decoding speed, for a
+            warm-up of minutes on a GPU (:doc:`/benchmarks`, "Cold start";
+            :mod:`productdesc.compile_cache` keeps the result on disk for later processes).
+            torch compiles again while sizes turn symbolic, so with ``fast=None`` a call takes
+            the fast path only once it is big enough to repay compiling
+            (:data:`FAST_MIN_NEW_TOKENS`), and every call after it; each choice is logged. A
+            service calls :meth:`warm_up` before it takes traffic.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class Describer:
         generation: GenerationConfig | None = None,
         backend: Any = None,
         fast: bool | None = None,
+        torch_compile: bool = False,
         retriever: Any = None,
     ) -> None:
         from productdesc.context import bind_retriever
@@ -193,16 +197,19 @@ class Describer:
         if fast is None:
             fast = cuda and getattr(backend, "name", None) != "unsloth"
         self._fast = None
-        # Whether every greedy call takes the fast path; with fast=None it becomes true once
-        # the compilation is paid for.
-        self._fast_always = required
+        self.torch_compile = torch_compile
+        # Whether every greedy call takes the fast path; with fast=None and torch_compile it
+        # becomes true once the compilation is paid for. Without torch_compile there is none
+        # to pay for: recording a shape's CUDA graphs costs less than one call of generate.
+        self._fast_always = required or not torch_compile
         if fast:
             from productdesc.fastgen import StaticGreedyDecoder
 
             try:
                 # On CPU, compiling costs more than a job saves: the static-cache loop runs
                 # eagerly.
-                self._fast = StaticGreedyDecoder(model, compile_mode="default" if cuda else None)
+                compile_mode = "default" if cuda and torch_compile else None
+                self._fast = StaticGreedyDecoder(model, compile_mode=compile_mode)
             except ValueError as exc:
                 if required:
                     raise UserError(f"fast=True: {exc}") from exc
@@ -222,6 +229,7 @@ class Describer:
         generation: GenerationConfig | None = None,
         template: Any = None,
         fast: bool | None = None,
+        torch_compile: bool = False,
         retriever: Any = None,
     ) -> Describer:
         """Load a training output directory (LoRA adapter) or a merged model directory.
@@ -245,6 +253,8 @@ class Describer:
             generation: Default decoding settings (``None``: the seed's, greedy and 128 tokens).
             template: A template object or name (``None``: the run's, else ``"alpaca"``).
             fast: The CUDA fast path (see :class:`Describer`); ``None``: on where CUDA is.
+            torch_compile: Compile the fast path's step with ``torch.compile`` (see
+                :class:`Describer`).
             retriever: The retrieval index (or its directory) for a run trained with the
                 ``"context"`` template; see :class:`Describer`.
 
@@ -299,6 +309,7 @@ class Describer:
             generation=generation,
             backend=backend_obj,
             fast=fast,
+            torch_compile=torch_compile,
             retriever=retriever,
         )
 
@@ -356,16 +367,17 @@ class Describer:
         return details if return_details else [d.text for d in details]
 
     def warm_up(self) -> None:
-        """Compile the fast path for any later batch size, prompt length and answer length.
+        """Ready the fast path for any later batch size, prompt length and answer length.
 
-        torch compiles the fast path's first shape as it is, then makes a size symbolic each
-        time it changes, and each of those compilations takes tens of seconds on a GPU (see
-        :doc:`/benchmarks`). Three greedy calls here (one short prompt, one a length bucket
-        longer, then both together) leave every size symbolic: afterwards no call compiles,
-        and a new shape only records its CUDA graphs on its first call. The last call also
+        Three greedy calls (one short prompt, one a length bucket longer, then both
+        together) load the attention kernel and record their CUDA graphs; the last also
         leaves the template's start computed, so later batches run their forward over the
-        title and what follows only. A service calls this before it takes traffic. Without
-        the fast path (see ``fast``) it does nothing.
+        title and what follows only. With ``torch_compile``, torch compiles the first shape
+        as it is, then makes a size symbolic each time one changes, and each compilation
+        takes tens of seconds on a GPU (see :doc:`/benchmarks`): these three calls leave
+        every size symbolic, so that afterwards no call compiles and a new shape only
+        records its graphs. A service calls this before it takes traffic. Without the fast
+        path (see ``fast``) it does nothing.
         """
         fast = self._fast
         if fast is None:
@@ -458,7 +470,7 @@ class Describer:
     ) -> torch.Tensor:
         """Generate for one left-padded batch; returns only the new tokens, ``(B, T_new)``.
 
-        The single place that runs the model: a fast path (static cache, compiled decoding)
+        The single place that runs the model: a fast path (static cache, CUDA graphs)
         replaces this method and must keep its contract: rows finished at EOS are filled with
         the pad id after it, ``streamer`` (batch of 1) gets ``put`` per step and ``end``,
         and ``stopping_criteria`` is honoured. ``fast``: take the fast path where it can

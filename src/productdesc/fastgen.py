@@ -1,16 +1,17 @@
-"""Greedy decoding with a static KV cache and a compiled one-token step (the CUDA fast path).
+"""Greedy decoding with a static KV cache and its one-token steps recorded as CUDA graphs.
 
 ``transformers.generate`` spends most of a decode step in Python and kernel launches: for a
 1.1B model at batch 1 the GPU work of a step is well under a millisecond, the step takes tens.
 Here every buffer has a fixed shape (a :class:`~transformers.StaticCache` sized for prompt +
-``max_new_tokens``, a full-length attention mask updated in place), so the one-token step, the
-argmax and the EOS bookkeeping included, is compiled (``torch.compile``), and a run of
-``check_every`` steps is recorded as one CUDA graph and replayed. The host launches one graph
-per 16 tokens instead of hundreds of kernels per token, and waits for the GPU only between two
-graphs, to see whether every sequence is done. The prompt's forward is compiled too (its
-element-wise kernels fused), but not recorded: its shape varies from call to call. The start
-that every prompt of a batch shares (a template's instruction) is computed once, for one row,
-kept, and copied into every row's cache: the prompt's forward runs over the rest only.
+``max_new_tokens``, a full-length attention mask updated in place), so a run of
+``check_every`` one-token steps, the argmax and the EOS bookkeeping included, is recorded as
+one CUDA graph and replayed. The host launches one graph per 16 tokens instead of hundreds of
+kernels per token, and waits for the GPU only between two graphs, to see whether every
+sequence is done. With a ``compile_mode`` the step is compiled (``torch.compile``) before it
+is recorded, its element-wise kernels fused, and so is the prompt's forward (not recorded:
+its shape varies from call to call): faster decoding, for minutes of compiling first. The
+start that every prompt of a batch shares (a template's instruction) is computed once, for
+one row, kept, and copied into every row's cache: the prompt's forward runs over the rest only.
 
 In 16-bit on CUDA a decode step's attention in Llama layers is one Triton kernel
 (:mod:`productdesc.fused_decode`: rotary embedding, cache write and attention). Otherwise it

@@ -102,8 +102,8 @@ def add_fast_option(parser: argparse.ArgumentParser) -> None:
         "--fast",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="the CUDA fast path: --fast for every call (compiled on the first), --no-fast "
-        "never; default: from the first call big enough to repay compiling",
+        help="the CUDA fast path (static KV cache, CUDA graphs): --fast for every call, "
+        "--no-fast never; default: on a CUDA GPU",
     )
 
 

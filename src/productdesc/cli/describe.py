@@ -74,6 +74,12 @@ def add_parser(subparsers: Any) -> None:
         "'context' template",
     )
     add_fast_option(parser)
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="compile the fast path with torch.compile: about twice its decoding speed, for "
+        "minutes of compiling first (worth it for many thousands of titles)",
+    )
     add_backend_option(parser)
     parser.set_defaults(func=run)
 
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             generation=generation,
             retriever=args.context,
             fast=args.fast,
+            torch_compile=args.torch_compile,
         )
     if args.file is None:
         for piece in describer.stream(args.title, args.question):
