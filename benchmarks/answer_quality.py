@@ -129,7 +129,7 @@ def rouge_l(answers: list[str], refs: list[dict]) -> list[float]:
 
 def answer(run_dir: Path, rows: list[dict], args, retriever=None, **generation) -> list:
     from productdesc import Describer, GenerationConfig
-    from productdesc.describe import evolve_generation
+    from productdesc.generation.describer import evolve_generation
 
     gen = evolve_generation(GenerationConfig(batch_size=args.batch_size), **generation)
     extra = {} if retriever is None else {"retriever": retriever}
@@ -195,7 +195,7 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
     from productdesc import GenerationConfig
     from productdesc.context import open_index
     from productdesc.evaluate import evaluate
-    from productdesc.hybrid import fit_copy_threshold
+    from productdesc.generation.hybrid import fit_copy_threshold
 
     args.out.mkdir(parents=True, exist_ok=True)
     swept = json.loads((args.work / "sweep.json").read_text())

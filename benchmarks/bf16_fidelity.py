@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--out", default="bf16_fidelity.json")
     args = parser.parse_args()
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
     from productdesc.models import resolve_model
 
     titles = [r["title"] for r in described_records(args.titles, seed=args.seed)]

@@ -7,7 +7,7 @@ positions, the token at position 250, batch 1 and 64, random 16-bit inputs and a
 For each batch size it prints:
 
 - the largest difference of the kernel's output and written cache from
-  :func:`productdesc.fused_decode.reference` (float32 arithmetic), next to the same for the
+  :func:`productdesc.generation.fused_decode.reference` (float32 arithmetic), next to the same for the
   replaced path;
 - microseconds per layer, 22 layers recorded as one CUDA graph and replayed, for the replaced
   path (compiled: rotary embedding, cache writes and counter as ``StaticLayer.update`` does
@@ -34,7 +34,7 @@ def case(batch, dtype, compiled_replaced, compiled_fused) -> None:
     """Differences and timings at one batch size and dtype."""
     import torch
 
-    from productdesc.fused_decode import _op, reference
+    from productdesc.generation.fused_decode import _op, reference
 
     dev, scale = "cuda", DIM**-0.5
     qkv = [
@@ -108,7 +108,7 @@ def main() -> int:
     import torch.nn.functional as F
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from productdesc.fused_decode import decode_attention
+    from productdesc.generation.fused_decode import decode_attention
 
     torch.manual_seed(0)
     scale = DIM**-0.5

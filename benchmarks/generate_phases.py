@@ -26,7 +26,7 @@ def main() -> int:
     import torch
     from torch._dynamo.utils import counters
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model_dir, titles = build(Path(tempfile.gettempdir()) / "pd-gen-speed", 64, "tinyllama-1.1b")
     describer = Describer.from_pretrained(

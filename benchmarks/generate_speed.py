@@ -203,7 +203,7 @@ def worker(spec: dict, out_path: str) -> None:
     from productdesc.prompts import PromptTemplate
 
     if name.startswith("describer"):
-        from productdesc.describe import Describer
+        from productdesc.generation.describer import Describer
 
         # Variants of the fast path get their own decoder on a Describer built without one.
         custom = {}
@@ -226,7 +226,7 @@ def worker(spec: dict, out_path: str) -> None:
             torch_compile="compiled" in name,
         )
         if custom:
-            from productdesc.fastgen import StaticGreedyDecoder
+            from productdesc.generation.static_decoder import StaticGreedyDecoder
 
             describer._fast = StaticGreedyDecoder(describer.model, **custom)
 

@@ -17,9 +17,9 @@ from productdesc.config import (
     ModelConfig,
     TrainingConfig,
 )
-from productdesc.describe import Description
 from productdesc.errors import UserError
-from productdesc.hybrid import HybridDescriber, fit_copy_threshold
+from productdesc.generation.describer import Description
+from productdesc.generation.hybrid import HybridDescriber, fit_copy_threshold
 
 TITLES = ["soft cotton blanket", "kitchen knife set", "ballet tutu pink", "wireless mouse"]
 
@@ -61,7 +61,7 @@ def test_length_penalty_round_trips_through_toml_lists() -> None:
 def tiny_describer(tiny_llama: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
@@ -200,8 +200,8 @@ def test_early_stopping_without_validation_data_is_a_clear_error(
 
 @pytest.mark.slow
 def test_template_options_train_and_load_with_the_run(tiny_llama: Path, tmp_path: Path) -> None:
-    from productdesc.describe import Describer
     from productdesc.finetune import LoraFineTuner
+    from productdesc.generation.describer import Describer
     from productdesc.retrieval import RetrievalIndex
 
     index = RetrievalIndex.build(RECORDS, show_progress=False)
@@ -279,7 +279,7 @@ def test_hybrid_copies_sure_matches_and_writes_the_rest_in_order() -> None:
 
 # -- evaluate: questions and the hybrid system ---------------------------------------------------
 def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, monkeypatch) -> None:
-    import productdesc.describe
+    import productdesc.generation.describer
     from productdesc import AmazonTitlesDataset, PrepareConfig
     from productdesc.evaluate import evaluate
     from productdesc.prompts import QUESTIONS
@@ -303,7 +303,7 @@ def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, mo
             writers.append(_Writer())
             return writers[-1]
 
-    monkeypatch.setattr(productdesc.describe, "Describer", Loader)
+    monkeypatch.setattr(productdesc.generation.describer, "Describer", Loader)
     result = evaluate(
         model, data, baselines=["retrieval"], questions=True, hybrid_threshold=0.0, n_resamples=50
     )

@@ -259,7 +259,7 @@ def kill_points(changes: list[str]) -> tuple[list[int], list[int], list[list[int
 def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_adapter(
     tiny_llama: Path, sample_data: Path, tmp_path: Path
 ) -> None:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     config = tiny_config(
         tiny_llama,

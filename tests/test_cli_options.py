@@ -272,7 +272,7 @@ def test_describe_takes_fast_and_torch_compile(
 ) -> None:
     """``--fast --torch-compile`` reach the Describer (on CPU the step is not compiled, so the
     answer is the one ``--no-fast`` gives)."""
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     made: list[Describer] = []
     real = Describer.__init__

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from productdesc.compile_cache import compile_cache_dir
+from productdesc.generation.compile_cache import compile_cache_dir
 
 # One compiled greedy call in a fresh process; prints inductor's cache counters.
 CALL = r"""
 import json, sys
 from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from productdesc.describe import Describer
-from productdesc.fastgen import StaticGreedyDecoder
+from productdesc.generation.describer import Describer
+from productdesc.generation.static_decoder import StaticGreedyDecoder
 
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 tok = AutoTokenizer.from_pretrained(sys.argv[1])

@@ -324,7 +324,7 @@ def test_finetuner_takes_records_with_a_retriever(tiny_llama: Path, index: Retri
 
 @pytest.mark.slow  # trains the tiny model (a few seconds)
 def test_describer_renders_context_into_the_prompt(context_run, prepared: Path) -> None:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     _, result = context_run
     with pytest.raises(UserError, match="needs a retrieval index"):
@@ -380,7 +380,7 @@ class FakeDescriber:
     def describe_batch(
         self, titles: list[str], questions: Any = None, *, progress: bool, return_details: bool
     ) -> list:
-        from productdesc.describe import Description
+        from productdesc.generation.describer import Description
 
         texts = [
             self.retriever.search(t, 1)[0].content if self.retriever else "product product"
@@ -390,13 +390,13 @@ class FakeDescriber:
 
 
 def test_evaluate_reports_tuned_plus_context(prepared: Path, tmp_path: Path, monkeypatch) -> None:
-    import productdesc.describe
+    import productdesc.generation.describer
     from productdesc.cli import main
     from productdesc.data.dataset import AmazonTitlesDataset
     from productdesc.evaluate import evaluate
 
     FakeDescriber.calls = []
-    monkeypatch.setattr(productdesc.describe, "Describer", FakeDescriber)
+    monkeypatch.setattr(productdesc.generation.describer, "Describer", FakeDescriber)
     plain, with_context = tmp_path / "plain", tmp_path / "ctx"
     for path, template in ((plain, "alpaca"), (with_context, "context")):
         path.mkdir()

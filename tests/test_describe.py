@@ -42,7 +42,7 @@ def loaded(tiny_llama: Path):
 
 @pytest.fixture(scope="module")
 def describer(loaded):
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model, tokenizer = loaded
     return Describer(model, tokenizer, generation=GenerationConfig(max_new_tokens=MAX_NEW))
@@ -127,7 +127,7 @@ def test_details_without_eos_run_to_max_new_tokens(describer):
 def test_details_report_the_eos_stop(loaded):
     """Swap the EOS row of the LM head with a token the model generates at step k: greedy
     decoding is unchanged before k and picks EOS at k, so the answer must stop there."""
-    from productdesc.describe import Describer, Description
+    from productdesc.generation.describer import Describer, Description
 
     model, tokenizer = loaded
     plain = Describer(model, tokenizer)
@@ -209,7 +209,7 @@ def test_overrides_apply_per_call_only(describer):
 def test_missing_pad_token_is_set_distinct_from_eos(tiny_llama, loaded, caplog):
     from transformers import AutoTokenizer
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model, _ = loaded
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
@@ -266,7 +266,7 @@ def adapter_dir(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @needs_backend
 def test_from_pretrained_adapter_dir_matches_in_memory_model(adapter_dir, loaded):
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     path, peft_model, tokenizer = adapter_dir
     gen = GenerationConfig(max_new_tokens=MAX_NEW)
@@ -296,7 +296,7 @@ def test_a_run_trained_with_a_backend_not_installed_here_loads_with_another(
     """A run trained with Unsloth on a GPU machine, loaded where Unsloth is missing."""
     import shutil
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
     from productdesc.plugins import backends
 
     path, peft_model, tokenizer = adapter_dir
@@ -314,7 +314,7 @@ def test_a_run_trained_with_a_backend_not_installed_here_loads_with_another(
 
 
 def test_from_pretrained_rejects_a_missing_dir_and_4bit_merge(tmp_path):
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     with pytest.raises(UserError, match="not found"):
         Describer.from_pretrained(tmp_path / "nope")
@@ -326,7 +326,7 @@ def test_from_pretrained_rejects_a_missing_dir_and_4bit_merge(tmp_path):
 @needs_backend
 def test_cli_streams_one_title(adapter_dir, loaded, capsys):
     from productdesc.cli import main
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     path, peft_model, tokenizer = adapter_dir
     gen = GenerationConfig(max_new_tokens=8)
@@ -348,7 +348,7 @@ def test_cli_streams_one_title(adapter_dir, loaded, capsys):
 def test_cli_on_unsloth_gives_the_same_answer_and_a_clean_stdout(adapter_dir):
     """In a fresh process, as Unsloth must be imported before transformers; its banners go to
     stderr so stdout is the answer alone."""
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     path, peft_model, tokenizer = adapter_dir
     expected = Describer(
@@ -369,7 +369,7 @@ def test_cli_on_unsloth_gives_the_same_answer_and_a_clean_stdout(adapter_dir):
 @needs_backend
 def test_cli_batches_a_file_into_jsonl(adapter_dir, tmp_path, capsys):
     from productdesc.cli import main
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     path, peft_model, tokenizer = adapter_dir
     titles_file = tmp_path / "titles.txt"
@@ -431,7 +431,7 @@ def test_cli_user_errors_are_one_line(argv, message, capsys, tmp_path, monkeypat
 
 
 def test_no_repeat_ngram_size_blocks_repeated_ngrams(describer):
-    from productdesc.describe import evolve_generation
+    from productdesc.generation.describer import evolve_generation
 
     ids, mask = describer._left_pad(describer._encode([describer._render("Nice for Mice", None)]))
 
@@ -453,7 +453,7 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams(describer):
 def test_answers_also_stop_at_the_models_declared_end_tokens(loaded):
     """A model whose generation_config names a second end token (Llama 3's ``<|eot_id|>``
     beside ``<|end_of_text|>``) stops there too, reported as an EOS stop."""
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model, tokenizer = loaded
     plain = Describer(model, tokenizer, generation=GenerationConfig(max_new_tokens=MAX_NEW))

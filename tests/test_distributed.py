@@ -190,7 +190,7 @@ def test_rank_0_alone_writes_one_complete_set_of_outputs(torchrun_run) -> None:
 
 @pytest.mark.slow
 def test_ranks_agree_on_a_finite_loss_and_the_adapter_loads(torchrun_run) -> None:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     _, out, (rank0, rank1) = torchrun_run
     assert rank0["global_step"] == rank1["global_step"] == STEPS

@@ -10,10 +10,10 @@ import orjson
 import pytest
 
 from productdesc.config import GenerationConfig
-from productdesc.describe import Description
 from productdesc.errors import UserError
 from productdesc.evaluate import evaluate, read_loss_history, write_report
 from productdesc.evaluate.report import REPORT_FILES
+from productdesc.generation.describer import Description
 
 FAMILIES = {
     "Girls Ballet Tutu": "A {x} ballet tutu for girls, three layers of soft tulle.",
@@ -78,10 +78,10 @@ class FakeDescriber:
 
 @pytest.fixture
 def fake_describer(monkeypatch: pytest.MonkeyPatch) -> type[FakeDescriber]:
-    import productdesc.describe
+    import productdesc.generation.describer
 
     FakeDescriber.calls = []
-    monkeypatch.setattr(productdesc.describe, "Describer", FakeDescriber)
+    monkeypatch.setattr(productdesc.generation.describer, "Describer", FakeDescriber)
     return FakeDescriber
 
 

@@ -73,7 +73,7 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
     model_and_tokenizer, min_new_tokens, max_new_tokens, check_every
 ):
     """Runs of check_every steps that do not divide the length are cut to it."""
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     titles = [
@@ -101,7 +101,7 @@ def test_same_tokens_as_generate_on_a_left_padded_batch(
 def test_several_end_tokens_end_a_row_at_any_of_them(model_and_tokenizer, min_new_tokens):
     """As with SmolLM2 (<|im_end|> and <|endoftext|>): a token each row's plain greedy answer
     reaches early is made a second end token; rows end at either, as generate ends them."""
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     enc = tok(TITLES, return_tensors="pt", padding=True)
@@ -139,7 +139,7 @@ def test_a_guard_against_loops_gives_generates_tokens(model_and_tokenizer, guard
     seven times), so every guard changes the answers. Runs of 7 steps do not divide the
     length; EOS is held back for 3 tokens. The decoder alternates guarded and plain calls of
     one shape: each keeps its own buffers."""
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     enc = tok(TITLES, return_tensors="pt", padding=True)
@@ -162,7 +162,7 @@ def test_a_guard_counts_the_left_padding_as_generate_does(tiny_llama, guard):
     more padding than the longest row needs, of which it keeps what counts."""
     from transformers import BatchEncoding
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = load(tiny_llama)
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_the_guard_computes_transformers_processors(ngram, penalty):
         RepetitionPenaltyLogitsProcessor,
     )
 
-    from productdesc.fastgen import _guarded
+    from productdesc.generation.static_decoder import _guarded
 
     torch.manual_seed(0)
     vocab, rows, width, start = 6, 4, 16, 3
@@ -265,7 +265,7 @@ def test_a_shared_prompt_start_is_computed_once_for_one_row(either_llama, titles
     """Prompts that start alike (a template's instruction): one row computes the start, the
     batch's forward runs over the rest, and the answers are generate's. Identical prompts
     keep their last token each."""
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = sharp(either_llama)
     enc = tok([HEAD + t for t in titles], return_tensors="pt", padding=True)
@@ -289,7 +289,7 @@ def test_a_shared_prompt_start_is_computed_once_for_one_row(either_llama, titles
 
 
 def test_a_kept_prompt_start_serves_later_batches_until_the_weights_change(tiny_llama):
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
@@ -323,7 +323,7 @@ def test_a_peft_adapter_switched_off_and_on_between_calls(tiny_llama):
     kept starts (and recorded graphs) must not outlive the switch."""
     from peft import LoraConfig, get_peft_model
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
     lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj"], init_lora_weights=False)
@@ -345,7 +345,7 @@ def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
     used; beyond max_shapes the least recently used is dropped). Every answer is generate's."""
     from transformers import BatchEncoding
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
     pad = tok.pad_token_id
@@ -384,7 +384,7 @@ def test_shared_starts_of_token_rows_that_differ_anywhere(tiny_llama):
 
 
 def test_a_batch_of_one_runs_its_whole_prompt(tiny_llama):
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = sharp(tiny_llama)
     decoder = StaticGreedyDecoder(model, compile_mode=None, length_bucket=8, check_every=4)
@@ -400,7 +400,7 @@ def test_a_batch_of_one_runs_its_whole_prompt(tiny_llama):
 
 @pytest.mark.parametrize("min_new_tokens", [0, 3])
 def test_stops_early_once_every_sequence_has_ended(model_and_tokenizer, min_new_tokens):
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     enc = tok(["blanket", "knife set"], return_tensors="pt", padding=True)
@@ -433,7 +433,7 @@ def test_with_torch_compile_a_call_too_small_to_repay_compiling_uses_generate(
     path's each time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc import describe
+    from productdesc.generation import describer as describe
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
@@ -464,7 +464,7 @@ def test_describer_fast_path_gives_the_plain_path_answers(either_llama, caplog):
     fall back to generate, which the fast path's log does not mention."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model = AutoModelForCausalLM.from_pretrained(either_llama)
     tok = AutoTokenizer.from_pretrained(either_llama)
@@ -477,7 +477,7 @@ def test_describer_fast_path_gives_the_plain_path_answers(either_llama, caplog):
         """The fast path's answers, checked against the plain path's; whether it decoded."""
         want = plain.describe_batch(titles, max_new_tokens=24, return_details=True, **settings)
         caplog.clear()
-        with caplog.at_level(logging.DEBUG, logger="productdesc.fastgen"):
+        with caplog.at_level(logging.DEBUG, logger="productdesc.generation.static_decoder"):
             got = fast.describe_batch(titles, max_new_tokens=24, return_details=True, **settings)
         assert got == want
         return "fast path decodes 3 rows" in caplog.text, [d.text for d in want]
@@ -495,7 +495,7 @@ def test_describer_fast_path_gives_the_plain_path_answers(either_llama, caplog):
     assert len(answers) == 4
     # sampling is not the fast path's job: it falls back to generate and still works
     caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="productdesc.fastgen"):
+    with caplog.at_level(logging.DEBUG, logger="productdesc.generation.static_decoder"):
         assert len(fast.describe_batch(titles, max_new_tokens=4, do_sample=True)) == 3
     assert "fast path" not in caplog.text
 
@@ -517,7 +517,7 @@ def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind, dty
     """float32 takes the grouped matmuls, 16-bit torch's SDPA with enable_gqa."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from productdesc.fastgen import grouped_decode_attention
+    from productdesc.generation.fusion import grouped_decode_attention
 
     torch.manual_seed(0)
     module = torch.nn.Module()
@@ -542,7 +542,7 @@ def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind, dty
 def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from productdesc.fastgen import _fuse_projections, _fused_products
+    from productdesc.generation.fusion import _fuse_projections, _fused_products
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     ids = torch.tensor([[5, 9, 3, 17, 2, 8]])
@@ -586,7 +586,7 @@ def test_cache_takes_the_keys_dtype_not_the_models(tiny_llama):
     """Embeddings in bf16, layers in fp32 (``model.dtype`` says bf16, the keys come out fp32):
     the decoder's cache follows the keys, as generate's does."""
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = load(tiny_llama)
     model.get_input_embeddings().to(torch.bfloat16)
@@ -605,7 +605,7 @@ def test_cache_takes_the_keys_dtype_not_the_models(tiny_llama):
 def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
     """Recorded shapes are dropped when the parameters move; EOS may change between calls."""
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = load(tiny_llama)
     enc = tok(["soft cotton blanket", "mouse"], return_tensors="pt", padding=True)
@@ -630,9 +630,9 @@ def test_decoder_notices_moved_weights_and_changed_eos(tiny_llama):
 def test_refuses_a_model_with_sliding_window_layers(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.describe import Describer
     from productdesc.errors import UserError
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.describer import Describer
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tok = AutoTokenizer.from_pretrained(tiny_llama)
@@ -652,7 +652,7 @@ def test_the_attention_kernel_is_taken_only_where_it_computes_the_same(tiny_llam
     from transformers import DynamicCache, StaticCache
     from transformers.cache_utils import StaticSlidingWindowLayer
 
-    from productdesc.fastgen import _decode_kernel, _fuse_projections, _fused_products
+    from productdesc.generation.fusion import _decode_kernel, _fuse_projections, _fused_products
 
     model, _ = load(tiny_llama)
     _fuse_projections(model)
@@ -716,15 +716,15 @@ def test_fused_calls_of_two_threads_do_not_mix():
     import threading
     import time
 
-    from productdesc import fastgen
+    from productdesc.generation import fusion
 
     inside, seen = threading.Event(), {}
 
     def use(kernel, wait):
-        with fastgen._fused_products(kernel):
+        with fusion._fused_products(kernel):
             inside.set()
             time.sleep(wait)
-            seen[kernel] = fastgen._attention_kernel
+            seen[kernel] = fusion._attention_kernel
 
     # Unserialised, the second would switch the first's kernel, the first's exit would switch
     # off the second's, and the second's exit would leave the first's on for good.
@@ -736,11 +736,11 @@ def test_fused_calls_of_two_threads_do_not_mix():
     first.join()
     second.join()
     assert seen == {"first": "first", "second": "second"}
-    assert (fastgen._fusion_on, fastgen._attention_kernel) == (False, None)
+    assert (fusion._fusion_on, fusion._attention_kernel) == (False, None)
 
 
 def test_keeps_at_most_max_shapes_caches_and_rebuilds_dropped_ones(model_and_tokenizer):
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = model_and_tokenizer
     decoder = StaticGreedyDecoder(model, compile_mode=None, max_shapes=2)
@@ -760,7 +760,7 @@ def test_compiled_decoder_gives_generates_tokens(tiny_llama):
     graphs): shapes A, B, A with one kept (each built again), lengths that are and are not
     whole runs, min_new_tokens, and EOS changing between calls."""
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load(tiny_llama)
@@ -793,7 +793,7 @@ def test_compiled_decoder_with_a_guard_gives_generates_tokens(tiny_llama):
     changing it compiles nothing."""
     from torch._dynamo.utils import counters
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = load(tiny_llama)
@@ -820,7 +820,7 @@ def test_compiled_decoder_compiles_a_shape_once(tiny_llama):
     (a cache allocated on its first write used to make it compile the prompt's forward)."""
     from torch._dynamo.utils import counters
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     model, tok = load(tiny_llama)
     decoder = StaticGreedyDecoder(model, check_every=4)
@@ -839,8 +839,8 @@ def test_after_warm_up_no_call_compiles(tiny_llama):
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.describe import Describer
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.describer import Describer
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     # Another dtype than the other tests' models: its compiled code starts empty.
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float64).eval()
@@ -874,7 +874,7 @@ def test_compiled_decoders_of_several_models_in_one_process(tiny_llama):
     from torch._dynamo.utils import counters
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
     one = tok(["mouse"], return_tensors="pt")
@@ -909,7 +909,7 @@ def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
     """A pretrained Llama (9 query heads on 3 KV heads, tied embeddings), fused, in float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(smollm2_dir)

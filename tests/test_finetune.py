@@ -203,7 +203,7 @@ def test_output_dir_loads_back_with_the_same_logits(run) -> None:
 
 
 def test_describer_loads_the_output_dir(run) -> None:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     _, _, result = run
     describer = Describer.from_pretrained(result.output_dir, backend="transformers")
@@ -419,7 +419,7 @@ def test_tuned_tiny_model_stops_at_eos(tiny_llama: Path, tmp_path: Path) -> None
 def test_smollm2_learns_the_task_on_the_real_sample(real_sample: Path, tmp_path: Path) -> None:
     from productdesc.data.config import PrepareConfig
     from productdesc.data.dataset import AmazonTitlesDataset
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     data = tmp_path / "prepared"
     AmazonTitlesDataset(real_sample, PrepareConfig(split=(94, 3, 3))).prepare(data, progress=False)

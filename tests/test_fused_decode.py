@@ -21,7 +21,7 @@ if not INTERPRET and not torch.cuda.is_available():
         allow_module_level=True,
     )
 
-from productdesc import fused_decode  # noqa: E402
+from productdesc.generation import fused_decode  # noqa: E402
 
 DEVICE = "cpu" if INTERPRET else "cuda"
 # The interpreter's bfloat16 is not faithful (it gave nonsense for correct code): float16 and
@@ -137,7 +137,7 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
     transformers', and the answers are ``generate``'s token for token (float32 under the
     interpreter, whose arithmetic the test can trust; sharpened attention, so a wrong position,
     head or rotation changes them)."""
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
     from test_fastgen import HEAD, assert_same_as_generate, sharp
 
     calls = []
@@ -173,7 +173,7 @@ def test_compiled_decoder_with_the_kernel(tiny_llama):
     may round a near-tie apart."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.fastgen import StaticGreedyDecoder
+    from productdesc.generation.static_decoder import StaticGreedyDecoder
     from test_fastgen import decode, options
 
     tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")

@@ -82,8 +82,8 @@ def test_the_trainer_setup_and_the_report_sit_below_what_calls_them() -> None:
 # CLI's --help and the data and prompt modules stay fast and work without it.
 HEAVY = {"torch", "transformers", "unsloth", "unsloth_zoo", "trl", "peft", "triton", "bitsandbytes"}
 # A Triton kernel is defined at module level with triton's decorators: the module is the
-# function, and only fastgen imports it, inside a function.
-KERNEL_MODULES = {"productdesc.fused_decode"}
+# function, and only the fusion module imports it, inside a function.
+KERNEL_MODULES = {"productdesc.generation.fused_decode"}
 
 
 def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
@@ -102,4 +102,4 @@ def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
                 top_level[f"{name}:{node.lineno}"] = sorted(heavy)
     assert top_level == {}
     kernel_users = {name for name, deps in _graph().items() if KERNEL_MODULES & deps}
-    assert kernel_users == {"productdesc.fastgen"}
+    assert kernel_users == {"productdesc.generation.fusion"}

@@ -25,9 +25,9 @@ def test_all_is_what_the_package_loads_lazily() -> None:
 
 def test_returned_types_are_the_classes_their_modules_define() -> None:
     from productdesc.data.manifest import Manifest
-    from productdesc.describe import Description
     from productdesc.errors import UserError
     from productdesc.finetune import TrainResult
+    from productdesc.generation.describer import Description
     from productdesc.prompts import BaseTemplate
 
     assert productdesc.TrainResult is TrainResult

@@ -31,8 +31,8 @@ _LAZY: dict[str, str] = {
     "GenerationConfig": "productdesc.config",
     "LoraFineTuner": "productdesc.finetune",
     "TrainResult": "productdesc.finetune",
-    "Describer": "productdesc.describe",
-    "Description": "productdesc.describe",
+    "Describer": "productdesc.generation.describer",
+    "Description": "productdesc.generation.describer",
     "UserError": "productdesc.errors",
 }
 
@@ -69,9 +69,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from productdesc.data.dataset import AmazonTitlesDataset, PrepareConfig
     from productdesc.data.manifest import Manifest
-    from productdesc.describe import Describer, Description
     from productdesc.errors import UserError
     from productdesc.finetune import LoraFineTuner, TrainResult
+    from productdesc.generation.describer import Describer, Description
     from productdesc.prompts import BaseTemplate, ChatTemplate, ContextTemplate, PromptTemplate
 
 

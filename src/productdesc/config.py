@@ -1,7 +1,7 @@
 """Frozen configuration for fine-tuning and generation: what to do, not how.
 
 As TRL splits ``SFTConfig`` from ``SFTTrainer``, these classes only say *what* a run does;
-:class:`~productdesc.finetune.LoraFineTuner` and :class:`~productdesc.describe.Describer` do it.
+:class:`~productdesc.finetune.LoraFineTuner` and :class:`~productdesc.generation.describer.Describer` do it.
 Every field is validated at construction and a bad value names the field. Change a config with
 :func:`attrs.evolve` or, by dotted name, :meth:`FineTuneConfig.with_overrides`; load it from
 TOML or YAML with :meth:`FineTuneConfig.from_file` and save it with
@@ -306,7 +306,7 @@ class TrainingConfig:
 
 @frozen(kw_only=True)
 class GenerationConfig:
-    """Decoding settings for :class:`~productdesc.describe.Describer`.
+    """Decoding settings for :class:`~productdesc.generation.describer.Describer`.
 
     The defaults are greedy decoding with a no-loop guard, chosen on held-out real records
     (``docs/results/answer-quality``): greedy alone makes a small tuned model repeat a
@@ -382,7 +382,7 @@ class FineTuneConfig:
             instead of the fixed instruction (0 reproduces the seed).
         template_options: Options of the template (its ``attrs`` fields, e.g. ``k`` or
             ``leave_out_same_description`` for ``"context"``), used in training and by
-            :meth:`~productdesc.describe.Describer.from_pretrained`.
+            :meth:`~productdesc.generation.describer.Describer.from_pretrained`.
     """
 
     model: ModelConfig = _section(ModelConfig)

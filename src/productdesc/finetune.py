@@ -20,7 +20,7 @@ tokenizer files                the tokenizer trained with (pad distinct from EOS
 ``logs/``                      with ``training.report_to = "tensorboard"``: its event files
 =============================  ================================================================
 
-:meth:`~productdesc.describe.Describer.from_pretrained` loads ``output_dir`` (or ``merged/``).
+:meth:`~productdesc.generation.describer.Describer.from_pretrained` loads ``output_dir`` (or ``merged/``).
 
 With the ``unsloth`` or ``auto`` backend, creating a :class:`LoraFineTuner` imports unsloth,
 which must come before transformers, trl and peft in the process: create it first.

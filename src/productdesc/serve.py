@@ -1,4 +1,4 @@
-"""An OpenAI-compatible web service around one :class:`~productdesc.describe.Describer`.
+"""An OpenAI-compatible web service around one :class:`~productdesc.generation.describer.Describer`.
 
 Build the app with :func:`create_app` and run it with any ASGI server, or run
 ``productdesc serve --model run/`` (uvicorn). Routes:
@@ -263,7 +263,7 @@ def create_app(
     describer's stream thread. The describer's lock serialises them; one describer serves
     every request.
 
-    :param describer: A :class:`~productdesc.describe.Describer` (or an object with its
+    :param describer: A :class:`~productdesc.generation.describer.Describer` (or an object with its
         ``describe_batch``, ``stream``, ``template`` and ``tokenizer``).
     :param api_key: When set, every route but ``/health`` wants ``Authorization: Bearer KEY``
         (401 otherwise); ``None`` serves anyone, and the app logs a warning saying so at

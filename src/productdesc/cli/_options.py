@@ -74,7 +74,7 @@ def generation_from_args(args: argparse.Namespace) -> Any:
     Called before any model loads, so a bad value costs nothing; the error names the field.
     """
     from productdesc.config import GenerationConfig
-    from productdesc.describe import evolve_generation
+    from productdesc.generation.describer import evolve_generation
 
     given = {name: getattr(args, name, None) for name in _GENERATION}
     return evolve_generation(

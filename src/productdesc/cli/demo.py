@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     _say(f"   {result.summary()}")
 
     _say(f"3/3 describe: base vs tuned on {args.titles} held-out titles")
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     ds = AmazonTitlesDataset.from_prepared(data_dir)
     records = list(itertools.islice(ds.iter_split("test"), args.titles))

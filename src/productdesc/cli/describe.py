@@ -85,7 +85,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
 
     if (args.title is None) == (args.file is None):
         raise UserError("give either a TITLE or --file, not both or neither")

@@ -102,7 +102,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.describe import Describer
+    from productdesc.generation.describer import Describer
     from productdesc.serve import API_KEY_ENV, MAX_NEW_TOKENS_CAP, create_app
 
     if args.timeout <= 0:

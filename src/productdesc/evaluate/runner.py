@@ -17,7 +17,7 @@ Systems, all answering the same records, the generating ones with the same decod
 * ``compare``: optionally, a second fine-tuned model, for A/B;
 * ``hybrid``: optionally, the nearest train title's description where its retrieval score
   reaches a threshold, else the context model's answer (else the tuned model's); see
-  :mod:`productdesc.hybrid`.
+  :mod:`productdesc.generation.hybrid`.
 
 With ``questions=True`` every generating system is asked a seeded paraphrase of a user's
 question about each title (:func:`~productdesc.prompts.seeded_question`) instead of the
@@ -172,7 +172,7 @@ def evaluate(
 
     Args:
         model_dir: A training output directory (adapter, ``productdesc_config.toml``,
-            ``loss_history.json``) or any directory :class:`~productdesc.describe.Describer`
+            ``loss_history.json``) or any directory :class:`~productdesc.generation.describer.Describer`
             loads.
         data_dir: A prepared data directory (``productdesc prepare``): the records come from
             ``split``; the retrieval baseline and the context search its ``train`` split (the
@@ -200,7 +200,7 @@ def evaluate(
         hybrid_threshold: Also evaluate ``hybrid``: copy the nearest train title's
             description where its retrieval score is at least this, else answer with the
             context model (or the tuned model without one).
-        fast: The describers' fast path (see :class:`~productdesc.describe.Describer`).
+        fast: The describers' fast path (see :class:`~productdesc.generation.describer.Describer`).
 
     Raises:
         UserError: A missing directory, an unknown baseline, an empty split, the ``"base"``
@@ -392,8 +392,8 @@ def _run_model(
     fast: bool | None = None,
     copy_from: tuple[Any, float] | None = None,
 ) -> SystemRun:
-    from productdesc.describe import Describer
-    from productdesc.hybrid import HybridDescriber
+    from productdesc.generation.describer import Describer
+    from productdesc.generation.hybrid import HybridDescriber
 
     # Only a model that shows context gets the index (its prompt needs it; others refuse it).
     extra = {} if retriever is None else {"retriever": retriever}

@@ -1,0 +1,274 @@
+"""One Triton kernel for a decode step's attention: rotary embedding, KV-cache write, attention.
+
+In a compiled decode step at batch 64 on an H200, a Llama layer's attention was five kernels
+after the q/k/v product: the rotary embedding, two cache writes (transformers'
+``StaticLayer.update``: keys and values at its counter, and the counter itself), the mask's
+preparation and cuDNN's attention. :func:`decode_attention` does all of it in one, reading the
+cache only up to the step's own position (a static cache is sized for the longest answer).
+
+It is used by :class:`~productdesc.generation.static_decoder.StaticGreedyDecoder` for one-token steps in 16-bit
+on CUDA (:func:`supported`); everything else takes transformers' own path, which
+:func:`reference` restates for the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+__all__ = ["decode_attention", "reference", "supported"]
+
+# Triton's interpreter runs kernels on CPU tensors (the CI's tests of this module).
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _kernel(
+    qkv,  # (B, (H + 2 * H_KV) * D): one token's fused q/k/v product
+    cos,  # (B, D), the token's rotary cos and sin
+    sin,
+    key_cache,  # (B, H_KV, L, D)
+    value_cache,
+    counter,  # the cache layer's write counter, advanced by one
+    mask,  # (B, L) by its strides: True where a position may be attended to
+    position,  # (1,): the cache position this token is written at
+    out,  # (B, H * D)
+    stride_qkv,
+    stride_rope,
+    stride_cache_b,
+    stride_cache_h,
+    stride_cache_l,
+    stride_mask_b,
+    stride_mask_l,
+    stride_out,
+    SCALE: tl.constexpr,  # a Python float would be typed float64 under torch.compile
+    H_KV: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    pos = tl.load(position)
+    d = tl.arange(0, D)
+    # rotate_half: the second half of a head, negated, then the first.
+    rotated = (d + D // 2) % D
+    sign = tl.where(d < D // 2, -1.0, 1.0)
+    c = tl.load(cos + b * stride_rope + d).to(tl.float32)
+    s = tl.load(sin + b * stride_rope + d).to(tl.float32)
+    row = qkv + b * stride_qkv
+    dtype = qkv.dtype.element_ty
+
+    g = tl.arange(0, GROUP_PAD)
+    heads = (kv_head * GROUP + g)[:, None] * D
+    real = (g < GROUP)[:, None]
+    q = tl.load(row + heads + d[None, :], mask=real, other=0.0).to(tl.float32)
+    q_rot = tl.load(row + heads + rotated[None, :], mask=real, other=0.0).to(tl.float32)
+    q = (q * c[None, :] + sign[None, :] * q_rot * s[None, :]).to(dtype)
+
+    k_at = row + (H_KV * GROUP + kv_head) * D
+    k = tl.load(k_at + d).to(tl.float32)
+    k = (k * c + sign * tl.load(k_at + rotated).to(tl.float32) * s).to(dtype)
+    v = tl.load(row + (H_KV * GROUP + H_KV + kv_head) * D + d)
+    head_keys = key_cache + b * stride_cache_b + kv_head * stride_cache_h
+    head_values = value_cache + b * stride_cache_b + kv_head * stride_cache_h
+    tl.store(head_keys + pos * stride_cache_l + d, k)
+    tl.store(head_values + pos * stride_cache_l + d, v)
+    if b == 0 and kv_head == 0:
+        tl.store(counter, tl.load(counter) + 1)
+
+    # Online softmax over the cache up to this token. The token's own key and value are taken
+    # from registers, not read back from the cache just written.
+    best = tl.full([GROUP_PAD], -1.0e30, tl.float32)
+    total = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D], tl.float32)
+    for start in range(0, pos + 1, BLOCK_L):
+        at = start + tl.arange(0, BLOCK_L)
+        before = at < pos
+        here = (at == pos)[:, None]
+        keys = tl.load(
+            head_keys + at[:, None] * stride_cache_l + d[None, :], mask=before[:, None], other=0.0
+        )
+        keys = tl.where(here, k[None, :], keys)
+        values = tl.load(
+            head_values + at[:, None] * stride_cache_l + d[None, :], mask=before[:, None], other=0.0
+        )
+        values = tl.where(here, v[None, :], values)
+        seen = at <= pos
+        if HAS_MASK:
+            seen = seen & tl.load(mask + b * stride_mask_b + at * stride_mask_l, mask=seen, other=0)
+        scores = tl.dot(q, tl.trans(keys)) * SCALE
+        scores = tl.where(seen[None, :], scores, float("-inf"))
+        new_best = tl.maximum(best, tl.max(scores, 1))
+        weights = tl.exp(scores - new_best[:, None])
+        shrink = tl.exp(best - new_best)
+        total = total * shrink + tl.sum(weights, 1)
+        acc = acc * shrink[:, None] + tl.dot(weights.to(dtype), values)
+        best = new_best
+    acc = acc / total[:, None]
+    tl.store(out + b * stride_out + heads + d[None, :], acc.to(dtype), mask=real)
+
+
+def supported(query_dtype: torch.dtype, device: torch.device, head_dim: int) -> bool:
+    """Whether :func:`decode_attention` serves this case: CUDA, 16-bit, a power-of-two head size
+    from 16 to 256 (or, under Triton's interpreter, a CPU tensor in float32 or float16)."""
+    if not (16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0):
+        return False
+    if _INTERPRET:  # whose bfloat16 arithmetic is not faithful
+        return device.type == "cpu" and query_dtype in (torch.float32, torch.float16)
+    return device.type == "cuda" and query_dtype in (torch.float16, torch.bfloat16)
+
+
+@triton_op("productdesc::decode_attention", mutates_args={"key_cache", "value_cache", "counter"})
+def _op(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    counter: torch.Tensor,
+    mask: torch.Tensor | None,
+    position: torch.Tensor,
+    heads: int,
+    scale: float,
+    block_l: int,
+    num_warps: int,
+    num_stages: int,
+) -> torch.Tensor:
+    """The kernel as a torch operator that ``torch.compile`` sees into."""
+    batch, kv_heads, _, dim = key_cache.shape
+    group = heads // kv_heads
+    out = qkv.new_empty(batch, heads * dim)
+    has_mask = mask is not None
+    wrap_triton(_kernel)[(batch, kv_heads)](
+        qkv,
+        cos,
+        sin,
+        key_cache,
+        value_cache,
+        counter,
+        mask if has_mask else position,
+        position,
+        out,
+        qkv.stride(0),
+        cos.stride(0),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        key_cache.stride(2),
+        mask.stride(0) if has_mask else 0,
+        mask.stride(-1) if has_mask else 0,
+        out.stride(0),
+        SCALE=scale,
+        H_KV=kv_heads,
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        D=dim,
+        BLOCK_L=block_l,
+        HAS_MASK=has_mask,
+        num_warps=num_warps,
+        num_stages=num_stages,
+    )
+    return out
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    counter: torch.Tensor,
+    mask: torch.Tensor | None,
+    position: torch.Tensor,
+    heads: int,
+    scale: float,
+    *,
+    block_l: int | None = None,
+    num_warps: int = 4,
+    num_stages: int = 1,
+) -> torch.Tensor:
+    """One token's attention output ``(B, heads * D)``, its key and value written to the cache.
+
+    Each head must be contiguous (last stride 1) in ``qkv``, ``cos``, ``sin`` and the caches,
+    and the two caches laid out alike, as transformers' ``StaticLayer`` allocates them: the
+    kernel steps through a head one element at a time and reads both caches with the keys'
+    strides. (Not checked here: the check would run inside the decoder's compiled step.)
+
+    Args:
+        qkv: ``(B, (heads + 2 * H_KV) * D)``: the token's q, k and v products side by side.
+        cos, sin: ``(B or 1, [1,] D)`` rotary factors for the token (transformers'
+            ``rotate_half`` form).
+        key_cache, value_cache: ``(B, H_KV, L, D)``; the token's rotated key and its value are
+            written at ``position``.
+        counter: The cache layer's count of written positions, advanced by one.
+        mask: ``(B, 1, 1, L)`` or ``(B, L)`` booleans (True: attend), or ``None``.
+        position: ``(1,)`` int64, the token's cache position; positions after it are not read.
+        heads: Query heads (a multiple of ``H_KV``).
+        scale: Factor on the scores (``head_dim ** -0.5`` for Llama).
+        block_l, num_warps, num_stages: Triton launch settings. The defaults were the fastest
+            of 36 tried at batch 1 and 64 on an H200 for a head size of 64
+            (``benchmarks/decode_attention.py``): 256 cache positions a block, fewer for larger
+            heads so that a block's keys stay the same size (16384 elements).
+    """
+    batch, dim = qkv.shape[0], key_cache.shape[-1]
+    if block_l is None:
+        block_l = max(16, min(256, 16384 // dim))
+    if mask is not None:  # (B or 1, [1, 1,] L) -> (B, L)
+        mask = mask.reshape(-1, mask.shape[-1]).expand(batch, -1)
+    return _op(
+        qkv,
+        cos.reshape(-1, dim).expand(batch, -1),
+        sin.reshape(-1, dim).expand(batch, -1),
+        key_cache,
+        value_cache,
+        counter,
+        mask,
+        position,
+        heads,
+        scale,
+        block_l,
+        num_warps,
+        num_stages,
+    )
+
+
+def reference(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    counter: torch.Tensor,
+    mask: torch.Tensor | None,
+    position: torch.Tensor,
+    heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """What :func:`decode_attention` computes, in torch operations (float32 arithmetic)."""
+    batch, kv_heads, length, dim = key_cache.shape
+    q, k, v = qkv.float().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+    c, s = cos.reshape(-1, 1, dim).float(), sin.reshape(-1, 1, dim).float()
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(batch, -1, dim)
+        half = torch.cat([-x[..., dim // 2 :], x[..., : dim // 2]], dim=-1)
+        return (x * c + half * s).to(qkv.dtype)
+
+    q, k = rope(q), rope(k)
+    key_cache.index_copy_(2, position, k[:, :, None])
+    value_cache.index_copy_(2, position, v.reshape(batch, kv_heads, 1, dim).to(qkv.dtype))
+    counter.add_(1)
+    seen = (torch.arange(length, device=qkv.device) <= position).expand(batch, length)
+    if mask is not None:
+        seen = seen & mask.reshape(-1, length)
+    grouped = q.reshape(batch, kv_heads, heads // kv_heads, dim).float()
+    scores = grouped @ key_cache.float().transpose(-1, -2) * scale
+    scores = scores.masked_fill(~seen[:, None, None, :], float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ value_cache.float()
+    return out.reshape(batch, heads * dim).to(qkv.dtype)

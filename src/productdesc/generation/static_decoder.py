@@ -1,0 +1,627 @@
+"""Greedy decoding with a static KV cache and its one-token steps recorded as CUDA graphs.
+
+``transformers.generate`` spends most of a decode step in Python and kernel launches: for a
+1.1B model at batch 1 the GPU work of a step is well under a millisecond, the step takes tens.
+Here every buffer has a fixed shape (a :class:`~transformers.StaticCache` sized for prompt +
+``max_new_tokens``, a full-length attention mask updated in place), so a run of
+``check_every`` one-token steps, the argmax and the EOS bookkeeping included, is recorded as
+one CUDA graph and replayed. The host launches one graph per 16 tokens instead of hundreds of
+kernels per token, and waits for the GPU only between two graphs, to see whether every
+sequence is done. With a ``compile_mode`` the step is compiled (``torch.compile``) before it
+is recorded, its element-wise kernels fused, and so is the prompt's forward (not recorded:
+its shape varies from call to call): faster decoding, for minutes of compiling first. The
+start that every prompt of a batch shares (a template's instruction) is computed once, for
+one row, kept, and copied into every row's cache: the prompt's forward runs over the rest only.
+
+What the decoder changes in the model for this (an attention function that reads the grouped
+KV cache as it is, fused q/k/v and gate/up products, a Triton kernel for a decode step's
+attention in 16-bit on CUDA) is :mod:`productdesc.generation.fusion`'s.
+
+Only greedy decoding is handled, with or without ``generate``'s guards against loops
+(``repetition_penalty``, ``no_repeat_ngram_size``: computed inside the step, on the device,
+from a fixed-size buffer of each row's tokens); :class:`~productdesc.generation.describer.Describer`
+uses the plain ``generate`` for sampling. The output equals ``generate(do_sample=False)``
+with the same settings token for token in float32; in bf16 a compiled kernel may round
+differently and flip a near-tie (the benchmark reports how often).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from productdesc.generation.fusion import (
+    _fuse_projections,
+    _fused_products,
+    _load_kernel,
+    _use_grouped_attention,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["StaticGreedyDecoder"]
+
+logger = logging.getLogger(__name__)
+
+# One CUDA graph recording at a time in the process (see StaticGreedyDecoder._advance).
+_CAPTURE_LOCK = threading.Lock()
+
+
+class _Slot:
+    """Buffers for one (batch, total length, guard) shape, reused call after call.
+
+    A CUDA graph records the addresses of the tensors it reads and writes, so everything a
+    decode step touches lives here and is updated in place: the static KV cache, the attention
+    mask, the token being fed, its position and cache position, the step count and ``done``.
+    ``out`` collects the tokens of one run of ``check_every`` steps.
+
+    With a guard against loops (``ngram`` > 0 or ``penalize``), ``seen`` holds each row's
+    sequence as ``generate`` sees it (the given prompt, its left padding included, then each
+    new token, written at ``seen_len``) and, in its other cells, the vocabulary size, an id
+    no token has, which the guard's pass over the whole buffer (fixed shapes) skips.
+    ``guard`` is what the step gets: ``(seen, seen_len, penalty, ngram)``, ``penalty``
+    ``None`` when off.
+    """
+
+    def __init__(
+        self, model: Any, batch: int, total: int, steps: int, ngram: int, penalize: bool
+    ) -> None:
+        import torch
+        from transformers import StaticCache
+
+        device = model.device
+        self.vocab = model.get_output_embeddings().out_features
+        self.cache = StaticCache(config=model.config, max_cache_len=total)
+        self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
+        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.min_new = torch.zeros((), dtype=torch.long, device=device)
+        self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
+        # Added to the logits: -inf at the end tokens (set per call) holds them back before
+        # min_new_tokens.
+        self.allow_eos = torch.zeros(self.vocab, device=device)
+        self.hold_eos = torch.zeros(self.vocab, device=device)
+        # Set per call: which ids end an answer (a mask, so that a model with several end
+        # tokens keeps one shape) and the pad id.
+        self.stops = torch.zeros(self.vocab, dtype=torch.bool, device=device)
+        self.pad = torch.zeros((), dtype=torch.long, device=device)
+        self.graph: Any = None
+        self.guard: tuple | None = None
+        if ngram or penalize:
+            # generate's n-grams over a row's left padding (pads only, or pads then the
+            # prompt's first tokens) need `keep` pad columns, the penalty one: the prompt's
+            # part of `seen` is `keep` columns wider than the cache's, whose length no row
+            # exceeds. Then a column per new token, the last one's included.
+            self.keep = max(ngram, 1)
+            self.seen = torch.zeros(batch, total + self.keep + 1, dtype=torch.long, device=device)
+            self.seen_len = torch.zeros(1, dtype=torch.long, device=device)
+            penalty = torch.ones((), device=device) if penalize else None
+            self.guard = (self.seen, self.seen_len, penalty, ngram)
+
+    def start_guard(self, given: torch.Tensor, prompt_len: int, penalty: float) -> None:
+        """Set the guard's buffers for a call: ``seen`` starts with the ``given`` prompt (the
+        caller's, before its start is split off or its padding lengthened), its last
+        ``prompt_len + keep`` columns. Any before them are left padding in every row, beyond
+        the ``keep`` pad columns kept: they add no token and no n-gram."""
+        if self.guard is None:
+            return
+        head = prompt_len + self.keep
+        given = given[:, -head:]
+        self.seen.fill_(self.vocab)
+        self.seen[:, head - given.shape[1] : head] = given
+        self.seen_len.fill_(head)
+        if self.guard[2] is not None:
+            self.guard[2].fill_(penalty)
+
+    def take(self, token: torch.Tensor, done: torch.Tensor) -> None:
+        """Keep a step's ``token`` (B, 1) and ``done`` (B,) for the next step, the guard's
+        sequence growing by the token."""
+        self.token.copy_(token)
+        self.done.copy_(done)
+        if self.guard is not None:
+            self.seen.index_copy_(1, self.seen_len, token)
+            self.seen_len += 1
+
+
+class StaticGreedyDecoder:
+    """Greedy decoding for one model: static KV cache, compiled step, CUDA graphs of many steps.
+
+    Args:
+        model: A causal LM (LoRA merged in, for speed). Its SDPA attention is switched to
+            :func:`grouped_decode_attention`, which computes the same values.
+        compile_mode: ``torch.compile`` mode for the one-token step and, with
+            ``compile_prefill``, the prompt's forward; ``None`` runs both eagerly (CPU tests).
+            CUDA graphs of the step are recorded by this class, so a mode that records its
+            own (``"reduce-overhead"``) only adds host work.
+        check_every: Steps per CUDA graph; between two graphs the loop checks, once, whether
+            every sequence is done (the only time it waits for the GPU).
+        length_bucket: Prompt lengths round up to a multiple of this so a batch job reuses a
+            few compiled shapes instead of compiling one per prompt length.
+        cuda_graphs: Record ``check_every`` steps as one CUDA graph and replay it (on a CUDA
+            model): the host then launches one graph per ``check_every`` tokens instead of a
+            step's hundreds of kernels per token.
+        fuse: Compute q/k/v and gate/up as one product each in Llama layers, their weights
+            made views of one tensor (memory and ``state_dict`` unchanged; the model computes
+            as before outside this decoder).
+        max_shapes: How many (batch size, length, guard) shapes keep their KV cache and CUDA
+            graph; the least recently used is dropped beyond that, so a service that sees
+            many batch sizes does not keep a cache for each. (A guard is the pair
+            ``no_repeat_ngram_size``, whether ``repetition_penalty`` is on: its operations are
+            part of the recorded step; the penalty's value is not.)
+        compile_prefill: Compile the prompt's forward pass too: faster batch calls and first
+            token, for a longer warm-up (measured on the benchmarks page).
+        share_prefix: When every prompt of a batch starts with the same tokens (the
+            template's instruction, at least ``length_bucket`` of them), their keys and values
+            are computed once, for one row, kept for later calls (``max_shapes`` such starts,
+            dropped when the weights change) and copied into every row's cache; the prompt's
+            forward then runs over the rest of each prompt only. It computes what the
+            whole prompt's forward computes (the same positions, the same attention); in
+            16-bit the start's keys, computed eagerly for one row, may round differently, as
+            any two kernels may. A batch of one runs its whole prompt: its forward is bound
+            by kernel launches, not by the prompt's length, and copying the start in cost
+            more than it saved.
+        attention_kernel: With ``fuse``, a decode step's attention in Llama layers (rotary
+            embedding, KV-cache write, attention over the cache up to the token) runs as one
+            Triton kernel (:mod:`productdesc.generation.fused_decode`) in 16-bit on CUDA, instead of
+            five kernels; elsewhere, or without Triton, transformers' path runs.
+
+    Compilation: torch compiles the first shape as it is, then makes one size symbolic each
+    time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
+    kept apart: up to five compilations of the prompt's forward and four of the step before
+    every shape is served (seen on CPU), or three when a batch of one, a longer prompt and a
+    batch of two come first, as :meth:`~productdesc.generation.describer.Describer.warm_up` does.
+
+    CUDA graphs record where the weights are. When the model's parameters have moved or
+    changed since the last call (``.to()``, a new ``state_dict`` assigned or loaded, a
+    training step), the recorded shapes and kept prompt starts are dropped and the
+    projections fused again before decoding; so they are when a PEFT adapter is switched
+    off, on or to another. Edits through ``.data`` cannot be seen (they count no version):
+    after one that changes what the model computes, build a new decoder (or ``Describer``).
+
+    Raises:
+        ValueError: The model has sliding-window, chunked or linear-attention layers, whose
+            cache decides with Python numbers what a recorded step cannot redo.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        compile_mode: str | None = "default",
+        check_every: int = 16,
+        length_bucket: int = 32,
+        cuda_graphs: bool = True,
+        fuse: bool = True,
+        max_shapes: int = 8,
+        compile_prefill: bool = True,
+        share_prefix: bool = True,
+        attention_kernel: bool = True,
+    ) -> None:
+        import collections
+
+        if min(check_every, length_bucket, max_shapes) < 1:
+            raise ValueError("check_every, length_bucket and max_shapes must be at least 1")
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        probe = StaticCache(config=model.config, max_cache_len=1)
+        if not all(type(layer) is StaticLayer for layer in probe.layers):
+            raise ValueError(
+                "the fast path decodes models whose layers all use full attention; this one "
+                "has sliding-window, chunked or linear-attention layers (use fast=False)"
+            )
+        _use_grouped_attention(model)
+        self.fuse = fuse
+        self.model = model
+        self._weights: tuple = ()
+        self._params: tuple = ()
+        self._tuners: list = []  # peft's BaseTunerLayer modules
+        self.check_every = check_every
+        self.length_bucket = length_bucket
+        self.share_prefix = share_prefix
+        self._kernel = _load_kernel() if attention_kernel and fuse else None
+        self.cuda_graphs = cuda_graphs and model.device.type == "cuda"
+        self.max_shapes = max_shapes
+        # One slot per shape and guard, reused: CUDA graphs are recorded against fixed
+        # buffer addresses.
+        self._slots: collections.OrderedDict[tuple[int, int, int, bool], _Slot] = (
+            collections.OrderedDict()
+        )
+        # Keys and values of shared prompt starts, one row each, per layer.
+        self._prefixes: collections.OrderedDict[tuple[int, ...], list] = collections.OrderedDict()
+        self._compile_mode = compile_mode
+        self._compiled_prefill = compile_mode is not None and compile_prefill
+        self._kind = _kind(model) if compile_mode is not None else None
+        self._functions: dict[tuple[int, bool], tuple[Any, Any]] = {}
+
+    def _step_and_prefill(self, ngram: int, penalize: bool) -> tuple[Any, Any]:
+        """The one-token step and the prompt's forward for a guard: compiled (once), each
+        guard its own code (:func:`_own_code`), since its ops are in the graph and every
+        guard would otherwise add its compilations to one list; eager without a
+        ``compile_mode``."""
+        import torch
+
+        functions = self._functions.get((ngram, penalize))
+        if functions is not None:
+            return functions
+        step = prefill = self._next_tokens
+        key = (self._kind, ngram, penalize)
+        if self._compile_mode is not None:
+            from productdesc.generation.compile_cache import use_compile_cache
+
+            use_compile_cache()
+            step = _own_code(self._next_tokens, ("step", *key))
+            step = torch.compile(step, mode=self._compile_mode, fullgraph=True)
+        if self._compiled_prefill:
+            # Not fullgraph: a graph break in the prompt's forward would cost some speed;
+            # with fullgraph it would stop every call.
+            prefill = _own_code(self._next_tokens, ("prefill", *key))
+            prefill = torch.compile(prefill, mode=self._compile_mode)
+        self._functions[(ngram, penalize)] = step, prefill
+        return step, prefill
+
+    def _next_tokens(
+        self, tokens, position, cache_position, mask, cache, done, eos_bias, stops, pad, guard
+    ):
+        """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
+
+        ``eos_bias`` (added to the logits: -inf at EOS, or all zeros) holds EOS back before
+        ``min_new_tokens``; ``stops`` (V,) marks the end ids, ``pad`` is the pad id; ``guard`` is the slot's
+        (:class:`_Slot`) or ``None``. Tensors, not Python numbers, so that changing them
+        never recompiles.
+        """
+        logits = self.model(
+            input_ids=tokens,
+            attention_mask=mask,
+            position_ids=position,
+            cache_position=cache_position,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        return _pick(logits, done, eos_bias, stops, pad, guard)
+
+    def _run_steps(self, slot: _Slot, step: Any) -> None:
+        """``check_every`` calls of ``step`` on ``slot``'s buffers, in place (what a graph
+        records)."""
+        import torch
+
+        for j in range(self.check_every):
+            # The fed token's own key becomes visible; a Python index would be baked into a
+            # graph, so the position lives on the device.
+            slot.mask.index_fill_(1, slot.cache_position, 1)
+            bias = torch.where(slot.step < slot.min_new, slot.hold_eos, slot.allow_eos)
+            token, done = step(
+                slot.token,
+                slot.position,
+                slot.cache_position,
+                slot.mask,
+                slot.cache,
+                slot.done,
+                bias,
+                slot.stops,
+                slot.pad,
+                slot.guard,
+            )
+            slot.take(token, done)
+            slot.out[:, j] = token[:, 0]
+            slot.position += 1
+            slot.cache_position += 1
+            slot.step += 1
+
+    def _advance(self, slot: _Slot, step: Any) -> None:
+        """Run ``check_every`` steps: eagerly the first time a shape is seen (which compiles
+        and warms up), then as one recorded CUDA graph."""
+        import torch
+
+        if not self.cuda_graphs:
+            self._run_steps(slot, step)
+        elif slot.graph is not None:
+            slot.graph.replay()
+        else:
+            # PyTorch's recipe: warm up on a side stream, then record.
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._run_steps(slot, step)
+            torch.cuda.current_stream().wait_stream(stream)
+            # Recording runs nothing: the buffers hold what the eager run left in them. One
+            # recording at a time, and other threads' GPU work does not break it.
+            graph = torch.cuda.CUDAGraph()
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._run_steps(slot, step)
+            slot.graph = graph
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        eos_token_id: int | Sequence[int],
+        pad_token_id: int,
+        min_new_tokens: int = 0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+    ) -> torch.Tensor:
+        """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS.
+
+        ``eos_token_id`` may be several ids, as in ``generate``: a row ends at any of them.
+
+        ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
+        the device inside the step: the tokens they count are those ``generate`` counts, the
+        whole given prompt, its left padding included (see :func:`_guarded`).
+        """
+        import torch
+
+        if repetition_penalty <= 0 or no_repeat_ngram_size < 0:
+            raise ValueError(
+                "repetition_penalty must be positive and no_repeat_ngram_size not negative"
+            )
+        stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+        model = self.model
+        if self._weights != self._state():
+            # First call, or the parameters moved or changed, or an adapter was switched:
+            # recorded graphs would read stale memory or run the old forward, kept prompt
+            # starts would hold stale keys and values.
+            self._slots.clear()
+            self._prefixes.clear()
+            if self.fuse:
+                _fuse_projections(model)
+            self._weights = self._state()
+        given = input_ids
+        prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
+        # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
+        extra = -input_ids.shape[1] % self.length_bucket
+        if extra:
+            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_token_id)
+            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        batch, fed = input_ids.shape
+        # The cache holds [shared prefix][the rest of each prompt, left-padded][answer].
+        start, prompt_len = len(prefix), len(prefix) + fed
+        # The first token comes from the prefill, the rest in whole runs of check_every steps
+        # (the surplus of the last run is cut off).
+        runs = -(-(max_new_tokens - 1) // self.check_every)
+        total = prompt_len + runs * self.check_every
+        guard = no_repeat_ngram_size, repetition_penalty != 1.0
+        step, prefill = self._step_and_prefill(*guard)
+        with torch.inference_mode(), _fused_products(self._kernel):
+            key = (batch, total, *guard)
+            slot = self._slots.pop(key, None)
+            logger.debug(
+                "fast path decodes %d rows: %d prompt tokens (%d of them a shared start), up to %d "
+                "new, no_repeat_ngram_size=%d, repetition_penalty=%g; a %s shape",
+                batch,
+                prompt_len,
+                start,
+                max_new_tokens,
+                no_repeat_ngram_size,
+                repetition_penalty,
+                "new" if slot is None else "known",
+            )
+            if slot is None:
+                if len(self._slots) >= self.max_shapes:
+                    self._slots.popitem(last=False)
+                slot = _Slot(model, batch, total, self.check_every, *guard)
+            else:
+                slot.cache.reset()
+            self._slots[key] = slot  # now the most recently used
+            # Per call, in place (a graph reads these addresses): the ids may change.
+            slot.stops.zero_()
+            slot.stops[stop_ids] = True
+            slot.pad.fill_(pad_token_id)
+            slot.hold_eos.zero_()
+            slot.hold_eos[stop_ids] = float("-inf")
+            slot.mask.zero_()
+            slot.mask[:, :start] = 1
+            slot.mask[:, start:prompt_len] = attention_mask
+            # The shared start holds positions 0 .. start - 1; pads get any position (masked).
+            positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            slot.done.zero_()
+            slot.start_guard(given, prompt_len, repetition_penalty)
+            if prefix:
+                self._write_prefix(slot.cache, prefix, batch)
+            prompt = (
+                input_ids,
+                positions,
+                torch.arange(start, prompt_len, device=input_ids.device),
+                slot.mask,
+                slot.cache,
+                slot.done,
+                slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
+                slot.stops,
+                slot.pad,
+                slot.guard,
+            )
+            if self._compiled_prefill and not slot.cache.is_initialized:
+                # A new cache allocates its tensors on its first write, in the keys' dtype.
+                # Code compiled before that would not match it on the shape's next call and
+                # compile again, so the first write is an eager prefill, then done over.
+                self._next_tokens(*prompt)
+                slot.cache.reset()
+            token, done = prefill(*prompt)
+            slot.take(token, done)
+            slot.position.copy_(positions[:, -1:] + 1)
+            slot.cache_position.fill_(prompt_len)
+            slot.step.fill_(1)
+            slot.min_new.fill_(min_new_tokens)
+            pieces = [token]
+            for run in range(runs):
+                # EOS cannot come before min_new_tokens: no need to look for it until then.
+                if 1 + run * self.check_every >= min_new_tokens and bool(slot.done.all()):
+                    break
+                self._advance(slot, step)
+                pieces.append(slot.out.clone())
+            result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
+            # Trim columns after the last EOS so callers see the same shape as generate's.
+            ended = slot.stops[result]
+            if bool(ended.any(-1).all()):
+                result = result[:, : int(ended.int().argmax(-1).max()) + 1]
+        return result
+
+    def _state(self) -> tuple:
+        """What recorded graphs and kept starts were made for: each parameter's storage and
+        count of in-place changes (:func:`_where`), and which PEFT adapters are on, since
+        switching one off, on or to another changes the forward but no weight."""
+        params = _where(self.model)
+        if params != self._params:  # adapters come and go with parameters: look again
+            self._params = params
+            self._tuners = [m for m in self.model.modules() if hasattr(m, "merged_adapters")]
+        return params, tuple((m.disable_adapters, tuple(m.active_adapters)) for m in self._tuners)
+
+    def _split_prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[tuple[int, ...], torch.Tensor, torch.Tensor]:
+        """The start every row of a left-padded batch shares, and the rest of each row,
+        left-padded again.
+
+        The start is the longest kept one that every row begins with or, failing that, the
+        tokens all rows begin with, cut to whole length buckets (none if fewer than one: a
+        split costs more than it saves); none for a batch of one (see ``share_prefix``).
+        Every row keeps at least its last token: its logits give the first new one.
+        """
+        import torch
+
+        if not self.share_prefix or len(input_ids) < 2:
+            return (), input_ids, attention_mask
+        bucket = self.length_bucket
+        ids, real = input_ids.cpu(), attention_mask.bool().cpu()
+        lengths = real.sum(1)
+        room = int(lengths.min()) - 1
+        if room < bucket:
+            return (), input_ids, attention_mask
+        # The first `room` tokens of every row, side by side (the rows are left-padded).
+        width = ids.shape[1]
+        aligned = ids.gather(1, (width - lengths)[:, None] + torch.arange(room))
+        kept = (
+            p
+            for p in sorted(self._prefixes, key=len, reverse=True)
+            if len(p) <= room and bool((aligned[:, : len(p)] == torch.tensor(p)).all())
+        )
+        prefix = next(kept, ())
+        if not prefix:
+            differs = [*(aligned != aligned[0]).any(0).tolist(), True]
+            # Whole length buckets only: sizes keep the multiples the compiled code was made
+            # for (inductor's GPU kernels may assume them), and one start serves prompts that
+            # share a little more or less.
+            prefix = tuple(aligned[0, : differs.index(True) // bucket * bucket].tolist())
+        if not prefix:
+            return (), input_ids, attention_mask
+        # Each row's rest is its last `lengths - len(prefix)` tokens: keep the last `rest`
+        # columns and mask what in them is still another row's padding or the start.
+        rest = int(lengths.max()) - len(prefix)
+        mask = torch.arange(rest) >= (rest - (lengths - len(prefix)))[:, None]
+        tail = torch.where(mask, ids[:, width - rest :], 0)
+        return (
+            prefix,
+            tail.to(input_ids.device),
+            mask.to(device=attention_mask.device, dtype=attention_mask.dtype),
+        )
+
+    def _write_prefix(self, cache: Any, prefix: tuple[int, ...], batch: int) -> None:
+        """Write ``prefix``'s keys and values (kept, or computed now for one row) into every
+        row of ``cache`` (empty), at cache positions ``0 .. len(prefix) - 1``."""
+        import torch
+        from transformers import DynamicCache
+
+        model = self.model
+        layers = self._prefixes.pop(prefix, None)
+        if layers is None:
+            one = DynamicCache(config=model.config)
+            ids = torch.tensor([prefix], device=model.device)
+            model(input_ids=ids, past_key_values=one, use_cache=True, logits_to_keep=1)
+            layers = [(layer.keys, layer.values) for layer in one.layers]
+            if len(self._prefixes) >= self.max_shapes:
+                self._prefixes.popitem(last=False)
+        self._prefixes[prefix] = layers  # now the most recently used
+        for i, (keys, values) in enumerate(layers):
+            shape = (batch, *keys.shape[1:])
+            cache.update(keys.expand(shape), values.expand(shape), i)
+
+
+_CODES: dict[tuple, Any] = {}
+
+
+def _own_code(method: Any, key: tuple) -> Any:
+    """``method`` with the code object kept for ``key``, for ``torch.compile``.
+
+    torch keeps compiled code, and counts recompilations against its limit of 8, per code
+    object. Sharing one between the one-token step (static shapes) and the prompt's forward
+    (symbolic sizes), or between the decoders of models of different sizes or dtypes in one
+    process, fills one list: a fourth such model stopped the step (``fullgraph=True``) with
+    ``FailOnRecompileLimitHit``. Decoders of models of one kind (:func:`_kind`) still share,
+    so a base model and its fine-tuned copy compile once.
+    """
+    import types
+
+    fn = method.__func__
+    code = _CODES.setdefault((fn.__qualname__, *key), fn.__code__.replace())  # a new object
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
+def _kind(model: Any) -> tuple:
+    """The model's class and its parameters' shapes and dtypes: what compiled code depends on."""
+    params = tuple((tuple(p.shape), p.dtype) for p in model.parameters())
+    return (type(model).__qualname__, params)
+
+
+def _where(model: Any) -> tuple:
+    """Where and how each parameter is stored, and its count of in-place changes. (Inference
+    tensors count no changes: they cannot be changed outside ``inference_mode``.)"""
+    return tuple(
+        (p.data_ptr(), p.dtype, p.device, -1 if p.is_inference() else p._version)
+        for p in model.parameters()
+    )
+
+
+def _pick(logits, done, eos_bias, stops, pad, guard):
+    """Greedy next token (B, 1) from last-position ``logits``, under the ``guard``
+    (:func:`_guarded`) if any; rows already ``done`` get pad."""
+    import torch
+
+    scores = logits.float() + eos_bias
+    if guard is not None:
+        scores = _guarded(scores, *guard)
+    token = scores.argmax(-1)
+    token = torch.where(done, pad, token)
+    return token[:, None], done | stops[token]
+
+
+def _guarded(scores, seen, seen_len, penalty, ngram):
+    """``scores`` (B, V) after transformers' ``RepetitionPenaltyLogitsProcessor`` (with a
+    ``penalty``) and ``NoRepeatNGramLogitsProcessor`` (with an ``ngram`` size), for rows
+    whose sequence so far is ``seen[:, :seen_len]`` (:class:`_Slot`).
+
+    Tensor operations of fixed shapes only, no value read back to the host: a step stays
+    one recordable graph. Cells of ``seen`` holding ``V`` (before the prompt, after the last
+    token) land in a spare column ``V`` of the masks, which is dropped: the penalty counts
+    no such cell, and no window ending in one bans a token. The only window whose first
+    ``ngram - 1`` cells can equal the row's last ``ngram - 1`` while those hold a ``V``
+    (a prompt shorter than that) is the one ending at the next token, a ``V``: as in
+    transformers, nothing is banned before the sequence holds ``ngram`` tokens.
+    """
+    import torch
+
+    rows, vocab = scores.shape
+    if penalty is not None:
+        # Every token the row holds, once, as transformers' gather and scatter count them.
+        held = scores.new_zeros((rows, vocab + 1), dtype=torch.bool).scatter_(1, seen, True)
+        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+        scores = torch.where(held[:, :vocab], penalised, scores)
+    if ngram:
+        # A window whose first ngram - 1 tokens are the row's last ngram - 1 bans its last.
+        last = seen_len - (ngram - 1) + torch.arange(ngram - 1, device=seen.device)
+        prefix = seen.index_select(1, last)
+        windows = seen.unfold(1, ngram, 1)
+        matches = (windows[..., :-1] == prefix[:, None]).all(-1)
+        banned = scores.new_zeros((rows, vocab + 1), dtype=torch.bool)
+        banned.scatter_(1, torch.where(matches, windows[..., -1], vocab), True)
+        scores = scores.masked_fill(banned[:, :vocab], float("-inf"))
+    return scores

@@ -1,0 +1,57 @@
+"""Old import paths of moved modules keep working for one release, and say where to go."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+MOVED = [
+    ("productdesc.describe", "Describer", "productdesc.generation.describer"),
+    ("productdesc.describe", "FAST_MIN_NEW_TOKENS", "productdesc.generation.describer"),
+    ("productdesc.fastgen", "StaticGreedyDecoder", "productdesc.generation.static_decoder"),
+    ("productdesc.fastgen", "grouped_decode_attention", "productdesc.generation.fusion"),
+    ("productdesc.compile_cache", "use_compile_cache", "productdesc.generation.compile_cache"),
+    ("productdesc.hybrid", "HybridDescriber", "productdesc.generation.hybrid"),
+]
+
+
+@pytest.mark.parametrize(("old", "name", "new"), MOVED)
+def test_an_old_path_gives_the_same_object_and_warns(old: str, name: str, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=rf"{old}\.{name} moved to {new}\.{name}"):
+        value = getattr(importlib.import_module(old), name)
+    assert value is getattr(importlib.import_module(new), name)
+
+
+def test_from_import_of_an_old_path_works() -> None:
+    with pytest.warns(DeprecationWarning, match="productdesc.generation.describer"):
+        from productdesc.describe import Describer
+    import productdesc
+
+    assert Describer is productdesc.Describer
+
+
+def test_a_name_that_never_was_is_an_attribute_error() -> None:
+    import productdesc.describe
+
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        productdesc.describe.Nope  # noqa: B018
+
+
+def test_the_package_itself_imports_no_old_path() -> None:
+    """The library's own code uses the new paths: a user sees a warning only for theirs."""
+    from pathlib import Path
+
+    src = Path(importlib.import_module("productdesc").__file__).parent
+    old = [
+        f"productdesc.{m}"
+        for m in ("describe", "fastgen", "fused_decode", "compile_cache", "hybrid")
+    ]
+    users = {
+        str(path.relative_to(src))
+        for path in src.rglob("*.py")
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.lstrip().startswith(("from ", "import "))
+        and any(f"{m} " in f"{line} " or f"{m}." in line for m in old)
+    }
+    assert users == set()
