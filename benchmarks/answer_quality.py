@@ -104,7 +104,7 @@ def config_for(args: argparse.Namespace, overrides: dict) -> object:
 
 def prepare(args: argparse.Namespace) -> Path:
     from productdesc import AmazonTitlesDataset, PrepareConfig
-    from productdesc.context import build_index
+    from productdesc.retrieval.store import build_index
 
     data_dir = args.work / "data"
     if not (data_dir / "manifest.json").is_file():
@@ -193,9 +193,9 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
     from real_result import code_source, machine, redact, subset_scores, write_subsets
 
     from productdesc import GenerationConfig
-    from productdesc.context import open_index
     from productdesc.evaluate import evaluate
     from productdesc.generation.hybrid import fit_copy_threshold
+    from productdesc.retrieval.store import open_index
 
     args.out.mkdir(parents=True, exist_ok=True)
     swept = json.loads((args.work / "sweep.json").read_text())

@@ -15,10 +15,12 @@ from productdesc.config import (
     ModelConfig,
     TrainingConfig,
 )
-from productdesc.context import bind_retriever, build_index, neighbours, open_index
 from productdesc.errors import UserError
 from productdesc.prompts import ALPACA_PREAMBLE, ContextTemplate, TemplateError, get_template
+from productdesc.prompts.context import bind_retriever
 from productdesc.retrieval import Hit, RetrievalIndex, normalize_title
+from productdesc.retrieval.neighbours import neighbours
+from productdesc.retrieval.store import build_index, open_index
 
 # Families of near-identical products, as in the real catalogue; words from the tiny
 # tokenizer's corpus (productdesc.testing) so the tiny model's texts stay short.

@@ -13,6 +13,9 @@ MOVED = [
     ("productdesc.fastgen", "grouped_decode_attention", "productdesc.generation.fusion"),
     ("productdesc.compile_cache", "use_compile_cache", "productdesc.generation.compile_cache"),
     ("productdesc.hybrid", "HybridDescriber", "productdesc.generation.hybrid"),
+    ("productdesc.context", "open_index", "productdesc.retrieval.store"),
+    ("productdesc.context", "neighbours", "productdesc.retrieval.neighbours"),
+    ("productdesc.context", "bind_retriever", "productdesc.prompts.context"),
 ]
 
 
@@ -45,7 +48,7 @@ def test_the_package_itself_imports_no_old_path() -> None:
     src = Path(importlib.import_module("productdesc").__file__).parent
     old = [
         f"productdesc.{m}"
-        for m in ("describe", "fastgen", "fused_decode", "compile_cache", "hybrid")
+        for m in ("describe", "fastgen", "fused_decode", "compile_cache", "hybrid", "context")
     ]
     users = {
         str(path.relative_to(src))

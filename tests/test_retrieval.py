@@ -161,7 +161,7 @@ def test_ties_rank_in_index_order():
 def test_ties_at_the_cut_go_to_the_earlier_record():
     import numpy as np
 
-    from productdesc.retrieval import _top
+    from productdesc.retrieval.index import _top
 
     scores = np.array([0.0, 2.0, 1.0, 2.0, 1.0, 1.0, 0.0, 1.0])
     assert _top(scores, 1).tolist() == [1]

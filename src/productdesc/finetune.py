@@ -144,7 +144,7 @@ class LoraFineTuner:
         config: The run's configuration (``None``: the defaults, the seed's recipe).
         retriever: For a template that shows context (``template = "context"``): the retrieval
             index its neighbours come from, or its directory (see
-            :func:`productdesc.context.open_index`). ``None``: the prepared training data's
+            :func:`productdesc.retrieval.store.open_index`). ``None``: the prepared training data's
             index (``DATA/retrieval``, else its train split indexed in memory).
 
     Attributes:
@@ -374,7 +374,7 @@ class LoraFineTuner:
         if self.template is None:
             self.load()
         # Context templates (issue 9) get their index here; leave-one-out is the template's job.
-        from productdesc.context import bind_retriever
+        from productdesc.prompts.context import bind_retriever
 
         default = prepared.directory if prepared is not None else None
         self.template = bind_retriever(self.template, self.retriever, default=default)

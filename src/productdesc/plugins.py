@@ -230,9 +230,9 @@ templates: Registry[type] = Registry(
     "productdesc.templates",
     "prompt template",
     {
-        "alpaca": "productdesc.prompts:PromptTemplate",
-        "chat": "productdesc.prompts:ChatTemplate",
-        "context": "productdesc.prompts:ContextTemplate",
+        "alpaca": "productdesc.prompts.alpaca:PromptTemplate",
+        "chat": "productdesc.prompts.chat:ChatTemplate",
+        "context": "productdesc.prompts.context:ContextTemplate",
     },
     _is_class_with("render", "parse"),
 )

@@ -114,7 +114,7 @@ def train_config(args: argparse.Namespace, max_steps: int):
 
 def prepare(args: argparse.Namespace) -> Path:
     from productdesc import AmazonTitlesDataset, PrepareConfig
-    from productdesc.context import INDEX_DIR, build_index
+    from productdesc.retrieval.store import INDEX_DIR, build_index
 
     data_dir = args.work / "data"
     if not (data_dir / "manifest.json").is_file():
@@ -171,9 +171,9 @@ def _real_result():
 def reuse_and_evaluate(args: argparse.Namespace, data_dir: Path, run_dir: Path):
     """Score the earlier run's answers with tuned + context's, generated here on the same records."""
     from productdesc import AmazonTitlesDataset, Describer, GenerationConfig
-    from productdesc.context import INDEX_DIR, open_index
     from productdesc.evaluate import SystemRun, read_loss_history, score_runs, write_report
     from productdesc.evaluate.runner import LABELS
+    from productdesc.retrieval.store import INDEX_DIR, open_index
 
     previous = json.loads(args.reuse.read_text(encoding="utf-8"))
     earlier = previous["records"]  # redacted: row i is the test split's i-th record

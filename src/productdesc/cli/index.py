@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from productdesc.cli._options import EVAL_MODULES, require_extra
 
     require_extra("eval", EVAL_MODULES)
-    from productdesc.context import INDEX_DIR, build_index
     from productdesc.retrieval import Analyzer
+    from productdesc.retrieval.store import INDEX_DIR, build_index
 
     out = args.out if args.out is not None else args.data / INDEX_DIR
     started = time.perf_counter()

@@ -223,7 +223,7 @@ def evaluate(
     for what, path in paths:
         if path is not None and not Path(path).is_dir():
             raise UserError(f"{what} directory not found: {path}")
-    from productdesc.context import uses_context
+    from productdesc.prompts.context import uses_context
 
     # Each run's config is read once here: which template it shows decides the checks below
     # and whether its describer gets the index; the tuned run's text goes into the results.
@@ -348,7 +348,7 @@ def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[st
 
 def _open_index(data_dir: Path, index: Any, progress: bool) -> tuple[Any, str]:
     """The retrieval index and a note of where it came from."""
-    from productdesc.context import INDEX_DIR, open_index
+    from productdesc.retrieval.store import INDEX_DIR, open_index
 
     if index is not None:
         return open_index(index), str(index)

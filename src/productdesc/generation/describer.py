@@ -127,7 +127,7 @@ class Describer:
             ``for_inference``); ``None`` uses the model as given.
         retriever: For a template that shows context (``"context"``): the retrieval index the
             nearest known products come from at answer time, or its directory (see
-            :func:`productdesc.context.open_index`). With ``template=None`` it selects the
+            :func:`productdesc.retrieval.store.open_index`). With ``template=None`` it selects the
             ``"context"`` template.
         fast: Greedy, non-streamed calls decode with
             :class:`~productdesc.generation.static_decoder.StaticGreedyDecoder` (static KV cache, runs of
@@ -170,7 +170,7 @@ class Describer:
         torch_compile: bool = False,
         retriever: Any = None,
     ) -> None:
-        from productdesc.context import bind_retriever
+        from productdesc.prompts.context import bind_retriever
 
         if template is None and retriever is not None:
             template = "context"
@@ -279,7 +279,8 @@ class Describer:
                 template_options = run_config.template_options
         if template is None and retriever is not None:
             template = "context"
-        from productdesc.context import check_retriever, open_index
+        from productdesc.prompts.context import check_retriever
+        from productdesc.retrieval.store import open_index
 
         # A missing or needless index, or a bad directory, fails before the model loads.
         check_retriever(template if template is not None else "alpaca", retriever)
