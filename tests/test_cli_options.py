@@ -284,7 +284,10 @@ def test_describe_takes_fast_and_torch_compile(
     monkeypatch.setattr(Describer, "__init__", keep)
     answers = []
     for options in (["--fast", "--torch-compile"], ["--no-fast"]):
+        # In this process: the transformers backend, since importing Unsloth (what "auto"
+        # picks where it is installed) patches transformers for every later test.
         argv = ["describe", "--model", str(tiny_llama), "Nice", "--max-new-tokens", "6"]
+        argv += ["--backend", "transformers"]
         assert main([*argv, *options]) == 0
         answers.append(capsys.readouterr().out)
     assert made[0]._fast is not None and made[0].torch_compile
