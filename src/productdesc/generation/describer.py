@@ -225,7 +225,7 @@ class Describer:
             UserError: The directory is missing, ``merge_lora`` is asked for in 4-bit, or the
                 template needs a retriever and none is given (checked before loading).
         """
-        parts = load_for_describer(
+        model, tokenizer, found = load_for_describer(
             path,
             backend=backend,
             base_only=base_only,
@@ -236,14 +236,7 @@ class Describer:
             retriever=retriever,
         )
         return cls(
-            parts.model,
-            parts.tokenizer,
-            template=parts.template,
-            generation=generation,
-            backend=parts.backend,
-            fast=fast,
-            torch_compile=torch_compile,
-            retriever=parts.retriever,
+            model, tokenizer, generation=generation, fast=fast, torch_compile=torch_compile, **found
         )
 
     # -- public API ----------------------------------------------------------------------------

@@ -7,24 +7,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from productdesc.errors import UserError
 from productdesc.rundir import read_config
 
-__all__ = ["Loaded", "load_for_describer"]
+__all__ = ["load_for_describer"]
 
 logger = logging.getLogger(__name__)
-
-
-class Loaded(NamedTuple):
-    """What :func:`load_for_describer` loaded."""
-
-    model: Any
-    tokenizer: Any
-    template: Any
-    backend: Any
-    retriever: Any
 
 
 def load_for_describer(
@@ -37,9 +27,10 @@ def load_for_describer(
     merge_lora: bool | None,
     template: Any,
     retriever: Any,
-) -> Loaded:
-    """See :meth:`~productdesc.generation.describer.Describer.from_pretrained`, whose
-    arguments these are."""
+) -> tuple[Any, Any, dict[str, Any]]:
+    """The model, its tokenizer and the ``template``, ``backend`` and ``retriever`` keywords of a
+    :class:`~productdesc.generation.describer.Describer` for them; the arguments are
+    :meth:`~productdesc.generation.describer.Describer.from_pretrained`'s."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"model directory not found: {path}")
@@ -79,7 +70,7 @@ def load_for_describer(
             model = model.merge_and_unload()
         else:
             logger.info("%s has no LoRA adapter loaded; merge_lora has nothing to merge", path)
-    return Loaded(model, tokenizer, template, backend_obj, retriever)
+    return model, tokenizer, {"template": template, "backend": backend_obj, "retriever": retriever}
 
 
 def _recorded_backend(name: str) -> str:

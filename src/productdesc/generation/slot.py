@@ -65,6 +65,32 @@ class Slot:
             penalty = torch.ones((), device=device) if penalize else None
             self.guard = (self.seen, self.seen_len, penalty, ngram)
 
+    def start_call(
+        self,
+        stop_ids: list[int],
+        pad_id: int,
+        start: int,
+        attention_mask: torch.Tensor,
+        given: torch.Tensor,
+        penalty: float,
+    ) -> torch.Tensor:
+        """Set the buffers for a call, in place (a graph reads these addresses): which ids end
+        an answer, the pad, the mask over a shared start of ``start`` tokens and the rest of
+        each prompt, and the guard; return the prompt's positions (the shared start holds
+        0 .. ``start - 1``; pads get any position, masked)."""
+        prompt_len = start + attention_mask.shape[1]
+        self.stops.zero_()
+        self.stops[stop_ids] = True
+        self.pad.fill_(pad_id)
+        self.hold_eos.zero_()
+        self.hold_eos[stop_ids] = float("-inf")
+        self.mask.zero_()
+        self.mask[:, :start] = 1
+        self.mask[:, start:prompt_len] = attention_mask
+        self.done.zero_()
+        self.start_guard(given, prompt_len, penalty)
+        return start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
     def start_guard(self, given: torch.Tensor, prompt_len: int, penalty: float) -> None:
         """Set the guard's buffers for a call: ``seen`` starts with the ``given`` prompt (the
         caller's, before its start is split off or its padding lengthened), its last

@@ -278,7 +278,8 @@ class StaticGreedyDecoder:
 
         ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
         the device inside the step: the tokens they count are those ``generate`` counts, the
-        whole given prompt, its left padding included (see :func:`~productdesc.generation.guard.guarded`).
+        whole given prompt, its left padding included (see
+        :func:`~productdesc.generation.guard.guarded`).
         """
         import torch
 
@@ -287,23 +288,10 @@ class StaticGreedyDecoder:
                 "repetition_penalty must be positive and no_repeat_ngram_size not negative"
             )
         stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        model = self.model
-        if self._weights != self._state():
-            # First call, or the parameters moved or changed, or an adapter was switched:
-            # recorded graphs would read stale memory or run the old forward, kept prompt
-            # starts would hold stale keys and values.
-            self._slots.clear()
-            self._prefixes.clear()
-            if self.fuse:
-                _fuse_projections(model)
-            self._weights = self._state()
+        self._refresh()
         given = input_ids
         prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
-        # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
-        extra = -input_ids.shape[1] % self.length_bucket
-        if extra:
-            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_token_id)
-            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        input_ids, attention_mask = self._bucketed(input_ids, attention_mask, pad_token_id)
         batch, fed = input_ids.shape
         # The cache holds [shared prefix][the rest of each prompt, left-padded][answer].
         start, prompt_len = len(prefix), len(prefix) + fed
@@ -314,77 +302,111 @@ class StaticGreedyDecoder:
         guard = no_repeat_ngram_size, repetition_penalty != 1.0
         step, prefill = self._step_and_prefill(*guard)
         with torch.inference_mode(), _fused_products(self._kernel):
-            key = (batch, total, *guard)
-            slot = self._slots.pop(key, None)
+            slot, known = self._slot(batch, total, guard)
             logger.debug(
                 "fast path decodes %d rows: %d prompt tokens (%d of them a shared start), up to %d "
                 "new, no_repeat_ngram_size=%d, repetition_penalty=%g; a %s shape",
-                batch,
-                prompt_len,
-                start,
-                max_new_tokens,
-                no_repeat_ngram_size,
-                repetition_penalty,
-                "new" if slot is None else "known",
+                *(batch, prompt_len, start, max_new_tokens, no_repeat_ngram_size),
+                *(repetition_penalty, "known" if known else "new"),
             )
-            if slot is None:
-                if len(self._slots) >= self.max_shapes:
-                    self._slots.popitem(last=False)
-                slot = Slot(model, batch, total, self.check_every, *guard)
-            else:
-                slot.cache.reset()
-            self._slots[key] = slot  # now the most recently used
-            # Per call, in place (a graph reads these addresses): the ids may change.
-            slot.stops.zero_()
-            slot.stops[stop_ids] = True
-            slot.pad.fill_(pad_token_id)
-            slot.hold_eos.zero_()
-            slot.hold_eos[stop_ids] = float("-inf")
-            slot.mask.zero_()
-            slot.mask[:, :start] = 1
-            slot.mask[:, start:prompt_len] = attention_mask
-            # The shared start holds positions 0 .. start - 1; pads get any position (masked).
-            positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            slot.done.zero_()
-            slot.start_guard(given, prompt_len, repetition_penalty)
+            positions = slot.start_call(
+                stop_ids, pad_token_id, start, attention_mask, given, repetition_penalty
+            )
             if prefix:
                 self._write_prefix(slot.cache, prefix, batch)
-            prompt = (
-                input_ids,
-                positions,
-                torch.arange(start, prompt_len, device=input_ids.device),
-                slot.mask,
-                slot.cache,
-                slot.done,
-                slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
-                slot.stops,
-                slot.pad,
-                slot.guard,
-            )
-            if self._compiled_prefill and not slot.cache.is_initialized:
-                # A new cache allocates its tensors on its first write, in the keys' dtype.
-                # Code compiled before that would not match it on the shape's next call and
-                # compile again, so the first write is an eager prefill, then done over.
-                self._next_tokens(*prompt)
-                slot.cache.reset()
-            token, done = prefill(*prompt)
-            slot.take(token, done)
-            slot.position.copy_(positions[:, -1:] + 1)
-            slot.cache_position.fill_(prompt_len)
-            slot.step.fill_(1)
-            slot.min_new.fill_(min_new_tokens)
-            pieces = [token]
-            for run in range(runs):
-                # EOS cannot come before min_new_tokens: no need to look for it until then.
-                if 1 + run * self.check_every >= min_new_tokens and bool(slot.done.all()):
-                    break
-                self._advance(slot, step)
-                pieces.append(slot.out.clone())
-            result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
-            # Trim columns after the last EOS so callers see the same shape as generate's.
-            ended = slot.stops[result]
-            if bool(ended.any(-1).all()):
-                result = result[:, : int(ended.int().argmax(-1).max()) + 1]
+            token = self._prefill(slot, prefill, input_ids, positions, start, min_new_tokens)
+            return self._decode(slot, step, token, runs, min_new_tokens, max_new_tokens)
+
+    def _prefill(
+        self, slot: Slot, prefill: Any, input_ids: Any, positions: Any, start: int, min_new: int
+    ) -> torch.Tensor:
+        """Feed the prompt (after a shared ``start`` already in the cache) and set the slot up
+        for the first decode step; return the first new token (B, 1)."""
+        import torch
+
+        prompt_len = start + input_ids.shape[1]
+        prompt = (
+            input_ids,
+            positions,
+            torch.arange(start, prompt_len, device=input_ids.device),
+            slot.mask,
+            slot.cache,
+            slot.done,
+            slot.hold_eos if min_new > 0 else slot.allow_eos,
+            slot.stops,
+            slot.pad,
+            slot.guard,
+        )
+        if self._compiled_prefill and not slot.cache.is_initialized:
+            # A new cache allocates its tensors on its first write, in the keys' dtype.
+            # Code compiled before that would not match it on the shape's next call and
+            # compile again, so the first write is an eager prefill, then done over.
+            self._next_tokens(*prompt)
+            slot.cache.reset()
+        token, done = prefill(*prompt)
+        slot.take(token, done)
+        slot.position.copy_(positions[:, -1:] + 1)
+        slot.cache_position.fill_(prompt_len)
+        slot.step.fill_(1)
+        slot.min_new.fill_(min_new)
+        return token
+
+    def _bucketed(self, input_ids: Any, attention_mask: Any, pad: int) -> tuple[Any, Any]:
+        """Left-padded further to a multiple of ``length_bucket``: shapes repeat, compiled
+        graphs get reused."""
+        import torch
+
+        extra = -input_ids.shape[1] % self.length_bucket
+        if extra:
+            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad)
+            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        return input_ids, attention_mask
+
+    def _refresh(self) -> None:
+        """Drop what the model's weights were recorded with, if they changed since the last
+        call (first call, parameters moved or changed, an adapter switched): recorded graphs
+        would read stale memory or run the old forward, kept prompt starts would hold stale
+        keys and values."""
+        if self._weights != self._state():
+            self._slots.clear()
+            self._prefixes.clear()
+            if self.fuse:
+                _fuse_projections(self.model)
+            self._weights = self._state()
+
+    def _slot(self, batch: int, total: int, guard: tuple[int, bool]) -> tuple[Slot, bool]:
+        """The kept slot of this shape (its cache emptied) and ``True``, or a new one and
+        ``False``; the least recently used is dropped beyond ``max_shapes``."""
+        key = (batch, total, *guard)
+        slot = self._slots.pop(key, None)
+        known = slot is not None
+        if slot is None:
+            if len(self._slots) >= self.max_shapes:
+                self._slots.popitem(last=False)
+            slot = Slot(self.model, batch, total, self.check_every, *guard)
+        else:
+            slot.cache.reset()
+        self._slots[key] = slot  # now the most recently used
+        return slot, known
+
+    def _decode(
+        self, slot: Slot, step: Any, token: Any, runs: int, min_new: int, max_new: int
+    ) -> torch.Tensor:
+        """After the prefill's ``token``: runs of steps until every row is done, cut to
+        ``max_new`` columns and, where every row ended, to the last EOS (``generate``'s shape)."""
+        import torch
+
+        pieces = [token]
+        for run in range(runs):
+            # EOS cannot come before min_new_tokens: no need to look for it until then.
+            if 1 + run * self.check_every >= min_new and bool(slot.done.all()):
+                break
+            self._advance(slot, step)
+            pieces.append(slot.out.clone())
+        result = torch.cat(pieces, dim=1)[:, :max_new]
+        ended = slot.stops[result]
+        if bool(ended.any(-1).all()):
+            result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
 
     def _state(self) -> tuple:
