@@ -68,7 +68,9 @@ def kernels(session: nox.Session) -> None:
     _install_stack(session, "dev", unsloth=False)
     session.install(TRITON)
     env = {**OFFLINE, "TRITON_INTERPRET": "1"}
-    session.run("pytest", *(session.posargs or ["-q", "tests/test_fused_decode.py"]), env=env)
+    session.run(
+        "pytest", *(session.posargs or ["-q", "tests/generation/test_fused_decode.py"]), env=env
+    )
 
 
 @nox.session(python=PYTHON)

@@ -1,11 +1,20 @@
-"""Shared fixtures: a tiny random Llama (seconds to build), the real sample's path."""
+"""Shared fixtures: a tiny random Llama (seconds to build), the real sample's path.
+
+The tests mirror the package (``tests/data/`` for ``productdesc.data``, ``tests/generation/``
+for ``productdesc.generation``, ...); ``tests/integration/`` holds what runs the whole: the demo,
+the examples, the docs, packaging, resume, distributed and chaos runs.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Tests in the sub-folders share helpers with tests here (test_finetune's RECORDS, tiny_config).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # No test may reach a hub; set before anything imports huggingface_hub.
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):

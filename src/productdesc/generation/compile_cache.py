@@ -1,4 +1,5 @@
-"""Where torch keeps what the fast path compiles, so that a later process reuses it.
+"""Where torch keeps what the fast path compiles, so that a later process reuses it, and which
+compiled code a decoder shares with others (:func:`own_code`).
 
 torch's inductor caches compiled graphs, Triton kernels and the shapes that turned out to vary
 (its profile-guided dynamic shapes) on disk, by default under the system's temporary folder,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +61,30 @@ def use_compile_cache() -> Path:
         os.environ[TORCH_SETTING] = str(folder)
         logger.info("torch compile cache: %s (later processes reuse what compiles here)", folder)
     return folder
+
+
+_CODES: dict[tuple, Any] = {}
+
+
+def own_code(method: Any, key: tuple) -> Any:
+    """``method`` with the code object kept for ``key``, for ``torch.compile``.
+
+    torch keeps compiled code, and counts recompilations against its limit of 8, per code
+    object. Sharing one between the one-token step (static shapes) and the prompt's forward
+    (symbolic sizes), or between the decoders of models of different sizes or dtypes in one
+    process, fills one list: a fourth such model stopped the step (``fullgraph=True``) with
+    ``FailOnRecompileLimitHit``. Decoders of models of one kind (:func:`model_kind`) still share,
+    so a base model and its fine-tuned copy compile once.
+    """
+    import types
+
+    fn = method.__func__
+    code = _CODES.setdefault((fn.__qualname__, *key), fn.__code__.replace())  # a new object
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(copy, method.__self__)
+
+
+def model_kind(model: Any) -> tuple:
+    """The model's class and its parameters' shapes and dtypes: what compiled code depends on."""
+    params = tuple((tuple(p.shape), p.dtype) for p in model.parameters())
+    return (type(model).__qualname__, params)

@@ -15,8 +15,8 @@ Usage::
     describer = Describer.from_pretrained("runs/context-lora", retriever="data/prepared/retrieval")
 
 Every public method goes through one private step, :meth:`Describer._generate_padded`, which
-runs ``generate`` on one left-padded batch; a faster CUDA path (static KV cache,
-``torch.compile``) replaces that step and nothing else.
+runs ``generate`` on one left-padded batch; a faster CUDA path (static KV cache, CUDA graphs,
+:mod:`~productdesc.generation.static_decoder`) replaces that step and nothing else.
 """
 
 from __future__ import annotations
@@ -25,14 +25,19 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from productdesc.config import GenerationConfig
 from productdesc.errors import UserError
-from productdesc.rundir import read_config
+from productdesc.generation.decoding import (
+    evolve_generation,
+    hf_generation_config,
+    model_processors,
+    stop_and_pad_ids,
+)
+from productdesc.generation.description import Description
+from productdesc.generation.loading import load_for_describer
+from productdesc.generation.streaming import stream_answer
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -46,48 +51,6 @@ logger = logging.getLogger(__name__)
 #: below it, the compilation costs more than the faster decoding saves (the break-even,
 #: measured, is on the benchmarks page, "Cold start and the per-call choice").
 FAST_MIN_NEW_TOKENS = 400_000
-
-
-@attrs.frozen
-class Description:
-    """One generated answer with how generation ended.
-
-    Attributes:
-        text: The answer only (no prompt, no special tokens), as the template parses it.
-        stopped_at_eos: The model ended the answer itself; ``False`` means ``max_new_tokens``
-            cut it (or a stream was closed early).
-        new_tokens: Tokens generated for this answer, counting the EOS token when there is one
-            (so it is at most ``max_new_tokens``, and equal to it when ``stopped_at_eos`` is
-            ``False``).
-        source: ``"model"`` for a generated answer; ``"retrieval"`` for a known product's
-            description that :class:`~productdesc.generation.hybrid.HybridDescriber` returned instead.
-    """
-
-    text: str
-    stopped_at_eos: bool
-    new_tokens: int
-    source: str = "model"
-
-
-def evolve_generation(base: GenerationConfig, **overrides: Any) -> GenerationConfig:
-    """``base`` with ``overrides`` applied and validated; a bad key or value names the field.
-
-    Raises:
-        UserError: An unknown option, or a value the :class:`GenerationConfig` field rejects.
-    """
-    if not overrides:
-        return base
-    known = attrs.fields_dict(GenerationConfig)
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise UserError(
-            f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(known)}"
-        )
-    try:
-        return attrs.evolve(base, **overrides)
-    except (TypeError, ValueError) as exc:
-        # attrs' messages start with the field's name, e.g. "'max_new_tokens' must be > 0: 0".
-        raise UserError(f"generation option: {exc}") from exc
 
 
 class Describer:
@@ -184,7 +147,7 @@ class Describer:
         self.model = model
         self.tokenizer = tokenizer
         self.backend = backend
-        self._stop_ids, self._pad_id = _eos_and_pad(model, tokenizer)
+        self._stop_ids, self._pad_id = stop_and_pad_ids(model, tokenizer)
         self.template = bind_retriever(_resolve_template(template, tokenizer), retriever)
         self.generation = generation if generation is not None else GenerationConfig()
         if not isinstance(self.generation, GenerationConfig):
@@ -262,56 +225,18 @@ class Describer:
             UserError: The directory is missing, ``merge_lora`` is asked for in 4-bit, or the
                 template needs a retriever and none is given (checked before loading).
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise UserError(f"model directory not found: {path}")
-        if merge_lora and load_in_4bit:
-            raise UserError(
-                "merge_lora needs a 16- or 32-bit base; drop load_in_4bit or merge_lora"
-            )
-        run_config = read_config(path)
-        template_options: dict[str, Any] = {}
-        if run_config is not None:
-            if backend == "auto":
-                backend = _recorded_backend(run_config.backend)
-            if template is None:
-                template = run_config.template
-                template_options = run_config.template_options
-        if template is None and retriever is not None:
-            template = "context"
-        from productdesc.prompts.context import check_retriever
-        from productdesc.retrieval.store import open_index
-
-        # A missing or needless index, or a bad directory, fails before the model loads.
-        check_retriever(template if template is not None else "alpaca", retriever)
-        if retriever is not None:
-            retriever = open_index(retriever)
-        from productdesc.backends import get_backend
-
-        backend_obj = get_backend(backend)
-        model, tokenizer = backend_obj.load_for_inference(
-            path, load_in_4bit=load_in_4bit, dtype=dtype, adapter=not base_only
-        )
-        if template_options:
-            from productdesc.prompts import get_template
-
-            template = get_template(template, tokenizer=tokenizer, **template_options)
-        if merge_lora is None:
-            merge_lora = not load_in_4bit and model.device.type == "cuda"
-        if merge_lora:
-            if hasattr(model, "merge_and_unload"):
-                model = model.merge_and_unload()
-            else:
-                logger.info("%s has no LoRA adapter loaded; merge_lora has nothing to merge", path)
-        return cls(
-            model,
-            tokenizer,
+        model, tokenizer, found = load_for_describer(
+            path,
+            backend=backend,
+            base_only=base_only,
+            load_in_4bit=load_in_4bit,
+            dtype=dtype,
+            merge_lora=merge_lora,
             template=template,
-            generation=generation,
-            backend=backend_obj,
-            fast=fast,
-            torch_compile=torch_compile,
             retriever=retriever,
+        )
+        return cls(
+            model, tokenizer, generation=generation, fast=fast, torch_compile=torch_compile, **found
         )
 
     # -- public API ----------------------------------------------------------------------------
@@ -440,25 +365,6 @@ class Describer:
         device = self.model.device
         return ids.to(device), mask.to(device)
 
-    def _hf_generation_config(self, gen: GenerationConfig) -> Any:
-        from transformers import GenerationConfig as HFGenerationConfig
-
-        # Every field is set explicitly so a model's own generation_config.json (which may
-        # turn sampling on) never changes what a GenerationConfig asks for.
-        return HFGenerationConfig(
-            max_new_tokens=gen.max_new_tokens,
-            min_new_tokens=gen.min_new_tokens,
-            do_sample=gen.do_sample,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            top_k=gen.top_k,
-            repetition_penalty=gen.repetition_penalty,
-            no_repeat_ngram_size=gen.no_repeat_ngram_size,
-            exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
-            eos_token_id=list(self._stop_ids),
-            pad_token_id=self._pad_id,
-        )
-
     def _generate_padded(
         self,
         input_ids: torch.Tensor,
@@ -482,7 +388,7 @@ class Describer:
         greedy = (
             not gen.do_sample
             and gen.exponential_decay_length_penalty is None
-            and not _model_processors(self.model)
+            and not model_processors(self.model)
         )
         fast = fast and self._fast is not None
         if fast and greedy and streamer is None and stopping_criteria is None:
@@ -500,7 +406,7 @@ class Describer:
             out = self.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                generation_config=self._hf_generation_config(gen),
+                generation_config=hf_generation_config(gen, self._stop_ids, self._pad_id),
                 streamer=streamer,
                 stopping_criteria=stopping_criteria,
             )
@@ -562,95 +468,12 @@ class Describer:
         return True
 
     def _stream(self, prompt: str, gen: GenerationConfig) -> Iterator[str]:
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        def run(**hooks: Any) -> None:
+            # In the streaming thread, which holds the lock: a fast tokenizer's Rust state is
+            # not safe across threads.
+            self._generate_padded(*self._left_pad(self._encode([prompt])), gen, **hooks)
 
-        closed = threading.Event()
-        failure: list[BaseException] = []
-        self._lock.acquire()
-        try:
-            ids, mask = self._left_pad(self._encode([prompt]))
-            streamer = TextIteratorStreamer(
-                self.tokenizer, skip_prompt=True, skip_special_tokens=True
-            )
-
-            def work() -> None:
-                try:
-                    self._generate_padded(
-                        ids,
-                        mask,
-                        gen,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(closed)]),
-                    )
-                except BaseException as exc:  # re-raised in the consumer's thread below
-                    failure.append(exc)
-                    streamer.end()  # wake the consumer
-                finally:
-                    self._lock.release()
-
-            thread = threading.Thread(target=work, name="productdesc-stream", daemon=True)
-            thread.start()
-        except BaseException:
-            self._lock.release()
-            raise
-        try:
-            raw = emitted = ""
-            for piece in streamer:
-                raw += piece
-                fresh = _extension(emitted, self.template.parse(raw))
-                if fresh:
-                    emitted += fresh
-                    yield fresh
-            if failure:
-                raise failure[0]
-            fresh = _extension(emitted, self.template.parse(raw))
-            if fresh:
-                yield fresh
-        finally:
-            closed.set()  # consumer done or gone: stop generating at the next token
-            thread.join()
-
-
-#: Fields of a model's own ``generation_config`` that change greedy choices and that a
-#: :class:`GenerationConfig` leaves unset: ``generate`` applies them, the fast path cannot.
-_MODEL_PROCESSORS = (
-    "suppress_tokens",
-    "begin_suppress_tokens",
-    "bad_words_ids",
-    "sequence_bias",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "exponential_decay_length_penalty",
-)
-
-
-def _model_processors(model: Any) -> list[str]:
-    """The fields of :data:`_MODEL_PROCESSORS` that ``model``'s generation_config sets."""
-    config = getattr(model, "generation_config", None)
-    return [name for name in _MODEL_PROCESSORS if getattr(config, name, None) is not None]
-
-
-def _extension(emitted: str, parsed: str) -> str:
-    """What ``parsed`` adds after ``emitted``; nothing while it does not extend it.
-
-    The template's ``parse`` may trim trailing whitespace that the next token continues, so
-    a streamed answer is released only where it grows the text already sent.
-    """
-    return parsed[len(emitted) :] if parsed.startswith(emitted) else ""
-
-
-class _StopWhenSet:
-    """A ``StoppingCriteria`` that ends generation once an event is set (stream closed)."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        import torch
-
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
+        return stream_answer(run, self.tokenizer, self.template.parse, self._lock)
 
 
 def _resolve_template(template: Any, tokenizer: Any) -> Any:
@@ -661,38 +484,3 @@ def _resolve_template(template: Any, tokenizer: Any) -> Any:
     if isinstance(template, str):
         return get_template(template, tokenizer=tokenizer)
     return template
-
-
-def _eos_and_pad(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
-    """The ids generation stops at, and a distinct pad id (set on the tokenizer if needed).
-
-    The tokenizer's EOS comes first: the prompt templates end training text with it. The
-    end tokens of the model's own ``generation_config`` (Llama 3's ``<|eot_id|>`` beside
-    ``<|end_of_text|>``) stop an answer too, so a base model prompted directly also ends.
-    """
-    from productdesc.models import ensure_distinct_pad
-
-    if tokenizer.eos_token_id is None:
-        raise UserError(
-            "the tokenizer has no EOS token, so generation would never stop; "
-            "set tokenizer.eos_token to the token the model was trained to end answers with"
-        )
-    # A pad equal to EOS would make a row padded after its answer look like one cut short.
-    ensure_distinct_pad(tokenizer, model)
-    stops = [tokenizer.eos_token_id]
-    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for token in declared if isinstance(declared, list) else [declared]:
-        if isinstance(token, int) and token not in stops and token != tokenizer.pad_token_id:
-            stops.append(token)
-    return tuple(stops), tokenizer.pad_token_id
-
-
-def _recorded_backend(name: str) -> str:
-    """The backend a run recorded, where it is installed here; else ``"auto"``, so that a run
-    trained with Unsloth on a GPU machine still loads (with transformers) on a laptop."""
-    from productdesc.plugins import backends
-
-    if name == "auto" or (name in backends and backends.get(name).is_available()):
-        return name
-    logger.info("the run trained with the %s backend, which is not installed here", name)
-    return "auto"

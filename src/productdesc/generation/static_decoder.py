@@ -32,12 +32,15 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from productdesc.generation.compile_cache import model_kind, own_code, use_compile_cache
 from productdesc.generation.fusion import (
     _fuse_projections,
     _fused_products,
     _load_kernel,
     _use_grouped_attention,
 )
+from productdesc.generation.guard import pick
+from productdesc.generation.slot import Slot
 
 if TYPE_CHECKING:
     import torch
@@ -48,85 +51,6 @@ logger = logging.getLogger(__name__)
 
 # One CUDA graph recording at a time in the process (see StaticGreedyDecoder._advance).
 _CAPTURE_LOCK = threading.Lock()
-
-
-class _Slot:
-    """Buffers for one (batch, total length, guard) shape, reused call after call.
-
-    A CUDA graph records the addresses of the tensors it reads and writes, so everything a
-    decode step touches lives here and is updated in place: the static KV cache, the attention
-    mask, the token being fed, its position and cache position, the step count and ``done``.
-    ``out`` collects the tokens of one run of ``check_every`` steps.
-
-    With a guard against loops (``ngram`` > 0 or ``penalize``), ``seen`` holds each row's
-    sequence as ``generate`` sees it (the given prompt, its left padding included, then each
-    new token, written at ``seen_len``) and, in its other cells, the vocabulary size, an id
-    no token has, which the guard's pass over the whole buffer (fixed shapes) skips.
-    ``guard`` is what the step gets: ``(seen, seen_len, penalty, ngram)``, ``penalty``
-    ``None`` when off.
-    """
-
-    def __init__(
-        self, model: Any, batch: int, total: int, steps: int, ngram: int, penalize: bool
-    ) -> None:
-        import torch
-        from transformers import StaticCache
-
-        device = model.device
-        self.vocab = model.get_output_embeddings().out_features
-        self.cache = StaticCache(config=model.config, max_cache_len=total)
-        self.mask = torch.zeros(batch, total, dtype=torch.long, device=device)
-        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
-        self.done = torch.zeros(batch, dtype=torch.bool, device=device)
-        self.step = torch.zeros((), dtype=torch.long, device=device)
-        self.min_new = torch.zeros((), dtype=torch.long, device=device)
-        self.out = torch.zeros(batch, steps, dtype=torch.long, device=device)
-        # Added to the logits: -inf at the end tokens (set per call) holds them back before
-        # min_new_tokens.
-        self.allow_eos = torch.zeros(self.vocab, device=device)
-        self.hold_eos = torch.zeros(self.vocab, device=device)
-        # Set per call: which ids end an answer (a mask, so that a model with several end
-        # tokens keeps one shape) and the pad id.
-        self.stops = torch.zeros(self.vocab, dtype=torch.bool, device=device)
-        self.pad = torch.zeros((), dtype=torch.long, device=device)
-        self.graph: Any = None
-        self.guard: tuple | None = None
-        if ngram or penalize:
-            # generate's n-grams over a row's left padding (pads only, or pads then the
-            # prompt's first tokens) need `keep` pad columns, the penalty one: the prompt's
-            # part of `seen` is `keep` columns wider than the cache's, whose length no row
-            # exceeds. Then a column per new token, the last one's included.
-            self.keep = max(ngram, 1)
-            self.seen = torch.zeros(batch, total + self.keep + 1, dtype=torch.long, device=device)
-            self.seen_len = torch.zeros(1, dtype=torch.long, device=device)
-            penalty = torch.ones((), device=device) if penalize else None
-            self.guard = (self.seen, self.seen_len, penalty, ngram)
-
-    def start_guard(self, given: torch.Tensor, prompt_len: int, penalty: float) -> None:
-        """Set the guard's buffers for a call: ``seen`` starts with the ``given`` prompt (the
-        caller's, before its start is split off or its padding lengthened), its last
-        ``prompt_len + keep`` columns. Any before them are left padding in every row, beyond
-        the ``keep`` pad columns kept: they add no token and no n-gram."""
-        if self.guard is None:
-            return
-        head = prompt_len + self.keep
-        given = given[:, -head:]
-        self.seen.fill_(self.vocab)
-        self.seen[:, head - given.shape[1] : head] = given
-        self.seen_len.fill_(head)
-        if self.guard[2] is not None:
-            self.guard[2].fill_(penalty)
-
-    def take(self, token: torch.Tensor, done: torch.Tensor) -> None:
-        """Keep a step's ``token`` (B, 1) and ``done`` (B,) for the next step, the guard's
-        sequence growing by the token."""
-        self.token.copy_(token)
-        self.done.copy_(done)
-        if self.guard is not None:
-            self.seen.index_copy_(1, self.seen_len, token)
-            self.seen_len += 1
 
 
 class StaticGreedyDecoder:
@@ -230,19 +154,19 @@ class StaticGreedyDecoder:
         self.max_shapes = max_shapes
         # One slot per shape and guard, reused: CUDA graphs are recorded against fixed
         # buffer addresses.
-        self._slots: collections.OrderedDict[tuple[int, int, int, bool], _Slot] = (
+        self._slots: collections.OrderedDict[tuple[int, int, int, bool], Slot] = (
             collections.OrderedDict()
         )
         # Keys and values of shared prompt starts, one row each, per layer.
         self._prefixes: collections.OrderedDict[tuple[int, ...], list] = collections.OrderedDict()
         self._compile_mode = compile_mode
         self._compiled_prefill = compile_mode is not None and compile_prefill
-        self._kind = _kind(model) if compile_mode is not None else None
+        self._kind = model_kind(model) if compile_mode is not None else None
         self._functions: dict[tuple[int, bool], tuple[Any, Any]] = {}
 
     def _step_and_prefill(self, ngram: int, penalize: bool) -> tuple[Any, Any]:
         """The one-token step and the prompt's forward for a guard: compiled (once), each
-        guard its own code (:func:`_own_code`), since its ops are in the graph and every
+        guard its own code (:func:`~productdesc.generation.compile_cache.own_code`), since its ops are in the graph and every
         guard would otherwise add its compilations to one list; eager without a
         ``compile_mode``."""
         import torch
@@ -253,15 +177,13 @@ class StaticGreedyDecoder:
         step = prefill = self._next_tokens
         key = (self._kind, ngram, penalize)
         if self._compile_mode is not None:
-            from productdesc.generation.compile_cache import use_compile_cache
-
             use_compile_cache()
-            step = _own_code(self._next_tokens, ("step", *key))
+            step = own_code(self._next_tokens, ("step", *key))
             step = torch.compile(step, mode=self._compile_mode, fullgraph=True)
         if self._compiled_prefill:
             # Not fullgraph: a graph break in the prompt's forward would cost some speed;
             # with fullgraph it would stop every call.
-            prefill = _own_code(self._next_tokens, ("prefill", *key))
+            prefill = own_code(self._next_tokens, ("prefill", *key))
             prefill = torch.compile(prefill, mode=self._compile_mode)
         self._functions[(ngram, penalize)] = step, prefill
         return step, prefill
@@ -273,7 +195,7 @@ class StaticGreedyDecoder:
 
         ``eos_bias`` (added to the logits: -inf at EOS, or all zeros) holds EOS back before
         ``min_new_tokens``; ``stops`` (V,) marks the end ids, ``pad`` is the pad id; ``guard`` is the slot's
-        (:class:`_Slot`) or ``None``. Tensors, not Python numbers, so that changing them
+        (:class:`Slot`) or ``None``. Tensors, not Python numbers, so that changing them
         never recompiles.
         """
         logits = self.model(
@@ -285,9 +207,9 @@ class StaticGreedyDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        return _pick(logits, done, eos_bias, stops, pad, guard)
+        return pick(logits, done, eos_bias, stops, pad, guard)
 
-    def _run_steps(self, slot: _Slot, step: Any) -> None:
+    def _run_steps(self, slot: Slot, step: Any) -> None:
         """``check_every`` calls of ``step`` on ``slot``'s buffers, in place (what a graph
         records)."""
         import torch
@@ -315,7 +237,7 @@ class StaticGreedyDecoder:
             slot.cache_position += 1
             slot.step += 1
 
-    def _advance(self, slot: _Slot, step: Any) -> None:
+    def _advance(self, slot: Slot, step: Any) -> None:
         """Run ``check_every`` steps: eagerly the first time a shape is seen (which compiles
         and warms up), then as one recorded CUDA graph."""
         import torch
@@ -356,7 +278,8 @@ class StaticGreedyDecoder:
 
         ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
         the device inside the step: the tokens they count are those ``generate`` counts, the
-        whole given prompt, its left padding included (see :func:`_guarded`).
+        whole given prompt, its left padding included (see
+        :func:`~productdesc.generation.guard.guarded`).
         """
         import torch
 
@@ -365,23 +288,10 @@ class StaticGreedyDecoder:
                 "repetition_penalty must be positive and no_repeat_ngram_size not negative"
             )
         stop_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        model = self.model
-        if self._weights != self._state():
-            # First call, or the parameters moved or changed, or an adapter was switched:
-            # recorded graphs would read stale memory or run the old forward, kept prompt
-            # starts would hold stale keys and values.
-            self._slots.clear()
-            self._prefixes.clear()
-            if self.fuse:
-                _fuse_projections(model)
-            self._weights = self._state()
+        self._refresh()
         given = input_ids
         prefix, input_ids, attention_mask = self._split_prefix(input_ids, attention_mask)
-        # Left-pad further to a bucketed length: shapes repeat, compiled graphs get reused.
-        extra = -input_ids.shape[1] % self.length_bucket
-        if extra:
-            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_token_id)
-            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        input_ids, attention_mask = self._bucketed(input_ids, attention_mask, pad_token_id)
         batch, fed = input_ids.shape
         # The cache holds [shared prefix][the rest of each prompt, left-padded][answer].
         start, prompt_len = len(prefix), len(prefix) + fed
@@ -392,77 +302,111 @@ class StaticGreedyDecoder:
         guard = no_repeat_ngram_size, repetition_penalty != 1.0
         step, prefill = self._step_and_prefill(*guard)
         with torch.inference_mode(), _fused_products(self._kernel):
-            key = (batch, total, *guard)
-            slot = self._slots.pop(key, None)
+            slot, known = self._slot(batch, total, guard)
             logger.debug(
                 "fast path decodes %d rows: %d prompt tokens (%d of them a shared start), up to %d "
                 "new, no_repeat_ngram_size=%d, repetition_penalty=%g; a %s shape",
-                batch,
-                prompt_len,
-                start,
-                max_new_tokens,
-                no_repeat_ngram_size,
-                repetition_penalty,
-                "new" if slot is None else "known",
+                *(batch, prompt_len, start, max_new_tokens, no_repeat_ngram_size),
+                *(repetition_penalty, "known" if known else "new"),
             )
-            if slot is None:
-                if len(self._slots) >= self.max_shapes:
-                    self._slots.popitem(last=False)
-                slot = _Slot(model, batch, total, self.check_every, *guard)
-            else:
-                slot.cache.reset()
-            self._slots[key] = slot  # now the most recently used
-            # Per call, in place (a graph reads these addresses): the ids may change.
-            slot.stops.zero_()
-            slot.stops[stop_ids] = True
-            slot.pad.fill_(pad_token_id)
-            slot.hold_eos.zero_()
-            slot.hold_eos[stop_ids] = float("-inf")
-            slot.mask.zero_()
-            slot.mask[:, :start] = 1
-            slot.mask[:, start:prompt_len] = attention_mask
-            # The shared start holds positions 0 .. start - 1; pads get any position (masked).
-            positions = start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            slot.done.zero_()
-            slot.start_guard(given, prompt_len, repetition_penalty)
+            positions = slot.start_call(
+                stop_ids, pad_token_id, start, attention_mask, given, repetition_penalty
+            )
             if prefix:
                 self._write_prefix(slot.cache, prefix, batch)
-            prompt = (
-                input_ids,
-                positions,
-                torch.arange(start, prompt_len, device=input_ids.device),
-                slot.mask,
-                slot.cache,
-                slot.done,
-                slot.hold_eos if min_new_tokens > 0 else slot.allow_eos,
-                slot.stops,
-                slot.pad,
-                slot.guard,
-            )
-            if self._compiled_prefill and not slot.cache.is_initialized:
-                # A new cache allocates its tensors on its first write, in the keys' dtype.
-                # Code compiled before that would not match it on the shape's next call and
-                # compile again, so the first write is an eager prefill, then done over.
-                self._next_tokens(*prompt)
-                slot.cache.reset()
-            token, done = prefill(*prompt)
-            slot.take(token, done)
-            slot.position.copy_(positions[:, -1:] + 1)
-            slot.cache_position.fill_(prompt_len)
-            slot.step.fill_(1)
-            slot.min_new.fill_(min_new_tokens)
-            pieces = [token]
-            for run in range(runs):
-                # EOS cannot come before min_new_tokens: no need to look for it until then.
-                if 1 + run * self.check_every >= min_new_tokens and bool(slot.done.all()):
-                    break
-                self._advance(slot, step)
-                pieces.append(slot.out.clone())
-            result = torch.cat(pieces, dim=1)[:, :max_new_tokens]
-            # Trim columns after the last EOS so callers see the same shape as generate's.
-            ended = slot.stops[result]
-            if bool(ended.any(-1).all()):
-                result = result[:, : int(ended.int().argmax(-1).max()) + 1]
+            token = self._prefill(slot, prefill, input_ids, positions, start, min_new_tokens)
+            return self._decode(slot, step, token, runs, min_new_tokens, max_new_tokens)
+
+    def _prefill(
+        self, slot: Slot, prefill: Any, input_ids: Any, positions: Any, start: int, min_new: int
+    ) -> torch.Tensor:
+        """Feed the prompt (after a shared ``start`` already in the cache) and set the slot up
+        for the first decode step; return the first new token (B, 1)."""
+        import torch
+
+        prompt_len = start + input_ids.shape[1]
+        prompt = (
+            input_ids,
+            positions,
+            torch.arange(start, prompt_len, device=input_ids.device),
+            slot.mask,
+            slot.cache,
+            slot.done,
+            slot.hold_eos if min_new > 0 else slot.allow_eos,
+            slot.stops,
+            slot.pad,
+            slot.guard,
+        )
+        if self._compiled_prefill and not slot.cache.is_initialized:
+            # A new cache allocates its tensors on its first write, in the keys' dtype.
+            # Code compiled before that would not match it on the shape's next call and
+            # compile again, so the first write is an eager prefill, then done over.
+            self._next_tokens(*prompt)
+            slot.cache.reset()
+        token, done = prefill(*prompt)
+        slot.take(token, done)
+        slot.position.copy_(positions[:, -1:] + 1)
+        slot.cache_position.fill_(prompt_len)
+        slot.step.fill_(1)
+        slot.min_new.fill_(min_new)
+        return token
+
+    def _bucketed(self, input_ids: Any, attention_mask: Any, pad: int) -> tuple[Any, Any]:
+        """Left-padded further to a multiple of ``length_bucket``: shapes repeat, compiled
+        graphs get reused."""
+        import torch
+
+        extra = -input_ids.shape[1] % self.length_bucket
+        if extra:
+            input_ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad)
+            attention_mask = torch.nn.functional.pad(attention_mask, (extra, 0), value=0)
+        return input_ids, attention_mask
+
+    def _refresh(self) -> None:
+        """Drop what the model's weights were recorded with, if they changed since the last
+        call (first call, parameters moved or changed, an adapter switched): recorded graphs
+        would read stale memory or run the old forward, kept prompt starts would hold stale
+        keys and values."""
+        if self._weights != self._state():
+            self._slots.clear()
+            self._prefixes.clear()
+            if self.fuse:
+                _fuse_projections(self.model)
+            self._weights = self._state()
+
+    def _slot(self, batch: int, total: int, guard: tuple[int, bool]) -> tuple[Slot, bool]:
+        """The kept slot of this shape (its cache emptied) and ``True``, or a new one and
+        ``False``; the least recently used is dropped beyond ``max_shapes``."""
+        key = (batch, total, *guard)
+        slot = self._slots.pop(key, None)
+        known = slot is not None
+        if slot is None:
+            if len(self._slots) >= self.max_shapes:
+                self._slots.popitem(last=False)
+            slot = Slot(self.model, batch, total, self.check_every, *guard)
+        else:
+            slot.cache.reset()
+        self._slots[key] = slot  # now the most recently used
+        return slot, known
+
+    def _decode(
+        self, slot: Slot, step: Any, token: Any, runs: int, min_new: int, max_new: int
+    ) -> torch.Tensor:
+        """After the prefill's ``token``: runs of steps until every row is done, cut to
+        ``max_new`` columns and, where every row ended, to the last EOS (``generate``'s shape)."""
+        import torch
+
+        pieces = [token]
+        for run in range(runs):
+            # EOS cannot come before min_new_tokens: no need to look for it until then.
+            if 1 + run * self.check_every >= min_new and bool(slot.done.all()):
+                break
+            self._advance(slot, step)
+            pieces.append(slot.out.clone())
+        result = torch.cat(pieces, dim=1)[:, :max_new]
+        ended = slot.stops[result]
+        if bool(ended.any(-1).all()):
+            result = result[:, : int(ended.int().argmax(-1).max()) + 1]
         return result
 
     def _state(self) -> tuple:
@@ -545,33 +489,6 @@ class StaticGreedyDecoder:
             cache.update(keys.expand(shape), values.expand(shape), i)
 
 
-_CODES: dict[tuple, Any] = {}
-
-
-def _own_code(method: Any, key: tuple) -> Any:
-    """``method`` with the code object kept for ``key``, for ``torch.compile``.
-
-    torch keeps compiled code, and counts recompilations against its limit of 8, per code
-    object. Sharing one between the one-token step (static shapes) and the prompt's forward
-    (symbolic sizes), or between the decoders of models of different sizes or dtypes in one
-    process, fills one list: a fourth such model stopped the step (``fullgraph=True``) with
-    ``FailOnRecompileLimitHit``. Decoders of models of one kind (:func:`_kind`) still share,
-    so a base model and its fine-tuned copy compile once.
-    """
-    import types
-
-    fn = method.__func__
-    code = _CODES.setdefault((fn.__qualname__, *key), fn.__code__.replace())  # a new object
-    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-    return types.MethodType(copy, method.__self__)
-
-
-def _kind(model: Any) -> tuple:
-    """The model's class and its parameters' shapes and dtypes: what compiled code depends on."""
-    params = tuple((tuple(p.shape), p.dtype) for p in model.parameters())
-    return (type(model).__qualname__, params)
-
-
 def _where(model: Any) -> tuple:
     """Where and how each parameter is stored, and its count of in-place changes. (Inference
     tensors count no changes: they cannot be changed outside ``inference_mode``.)"""
@@ -579,49 +496,3 @@ def _where(model: Any) -> tuple:
         (p.data_ptr(), p.dtype, p.device, -1 if p.is_inference() else p._version)
         for p in model.parameters()
     )
-
-
-def _pick(logits, done, eos_bias, stops, pad, guard):
-    """Greedy next token (B, 1) from last-position ``logits``, under the ``guard``
-    (:func:`_guarded`) if any; rows already ``done`` get pad."""
-    import torch
-
-    scores = logits.float() + eos_bias
-    if guard is not None:
-        scores = _guarded(scores, *guard)
-    token = scores.argmax(-1)
-    token = torch.where(done, pad, token)
-    return token[:, None], done | stops[token]
-
-
-def _guarded(scores, seen, seen_len, penalty, ngram):
-    """``scores`` (B, V) after transformers' ``RepetitionPenaltyLogitsProcessor`` (with a
-    ``penalty``) and ``NoRepeatNGramLogitsProcessor`` (with an ``ngram`` size), for rows
-    whose sequence so far is ``seen[:, :seen_len]`` (:class:`_Slot`).
-
-    Tensor operations of fixed shapes only, no value read back to the host: a step stays
-    one recordable graph. Cells of ``seen`` holding ``V`` (before the prompt, after the last
-    token) land in a spare column ``V`` of the masks, which is dropped: the penalty counts
-    no such cell, and no window ending in one bans a token. The only window whose first
-    ``ngram - 1`` cells can equal the row's last ``ngram - 1`` while those hold a ``V``
-    (a prompt shorter than that) is the one ending at the next token, a ``V``: as in
-    transformers, nothing is banned before the sequence holds ``ngram`` tokens.
-    """
-    import torch
-
-    rows, vocab = scores.shape
-    if penalty is not None:
-        # Every token the row holds, once, as transformers' gather and scatter count them.
-        held = scores.new_zeros((rows, vocab + 1), dtype=torch.bool).scatter_(1, seen, True)
-        penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-        scores = torch.where(held[:, :vocab], penalised, scores)
-    if ngram:
-        # A window whose first ngram - 1 tokens are the row's last ngram - 1 bans its last.
-        last = seen_len - (ngram - 1) + torch.arange(ngram - 1, device=seen.device)
-        prefix = seen.index_select(1, last)
-        windows = seen.unfold(1, ngram, 1)
-        matches = (windows[..., :-1] == prefix[:, None]).all(-1)
-        banned = scores.new_zeros((rows, vocab + 1), dtype=torch.bool)
-        banned.scatter_(1, torch.where(matches, windows[..., -1], vocab), True)
-        scores = scores.masked_fill(banned[:, :vocab], float("-inf"))
-    return scores

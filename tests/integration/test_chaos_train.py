@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import RECORDS, tiny_config
 
 STEPS, SAVE_EVERY, KEEP = 6, 2, 2  # checkpoints 2, 4, 6; the oldest one rotated out

@@ -137,8 +137,9 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
     transformers', and the answers are ``generate``'s token for token (float32 under the
     interpreter, whose arithmetic the test can trust; sharpened attention, so a wrong position,
     head or rotation changes them)."""
+    from test_static_decoder import HEAD, assert_same_as_generate, sharp
+
     from productdesc.generation.static_decoder import StaticGreedyDecoder
-    from test_fastgen import HEAD, assert_same_as_generate, sharp
 
     calls = []
     kernel = fused_decode.decode_attention
@@ -171,10 +172,10 @@ def test_compiled_decoder_with_the_kernel(tiny_llama):
     (``fullgraph``), keeps each layer's write counter at the cache position, and answers as
     it does with transformers' attention. Not token for token: in bf16 two attention kernels
     may round a near-tie apart."""
+    from test_static_decoder import decode, options
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc.generation.static_decoder import StaticGreedyDecoder
-    from test_fastgen import decode, options
 
     tok = AutoTokenizer.from_pretrained(tiny_llama, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.bfloat16)

@@ -22,7 +22,7 @@ from productdesc import __version__
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What `productdesc --help` imports besides productdesc: attrs (configs), orjson, tomli-w, tqdm.
 HELP_DEPENDENCIES = ("attrs", "orjson", "tomli-w", "tqdm")
 

@@ -21,7 +21,7 @@ import pytest
 
 from productdesc.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(path: Path, name: str) -> ModuleType:

@@ -204,7 +204,7 @@ def test_the_guard_computes_transformers_processors(ngram, penalty):
         RepetitionPenaltyLogitsProcessor,
     )
 
-    from productdesc.generation.static_decoder import _guarded
+    from productdesc.generation.guard import guarded as _guarded
 
     torch.manual_seed(0)
     vocab, rows, width, start = 6, 4, 16, 3

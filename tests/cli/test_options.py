@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from test_cli_errors import one_line_error
 
 from productdesc.cli import main
 from productdesc.config import FineTuneConfig
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_reliability_cli import one_line_error
 
 
 @pytest.fixture(scope="module")

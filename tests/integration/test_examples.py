@@ -18,7 +18,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SCRIPTS = ("prepare.py", "finetune.py", "describe.py", "evaluate.py", "serve.py")
 
 

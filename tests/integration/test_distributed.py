@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 
+import test_finetune
 from productdesc.cli import build_parser, main
 from productdesc.cli.train import _child_argv
 from productdesc.config import FineTuneConfig
 from productdesc.finetune import CARD_FILE, CONFIG_FILE, HISTORY_FILE, PLOT_FILE, LoraFineTuner
-
-sys.path.insert(0, str(Path(__file__).parent))
-import test_finetune
 from test_finetune import RECORDS, tiny_config
 
 prepared_dir = test_finetune.prepared  # the fixture (RECORDS, prepared), under this name here

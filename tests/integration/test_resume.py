@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 
 from productdesc.finetune import LoraFineTuner
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import RECORDS, tiny_config
 
 STEPS, SAVE_EVERY = 12, 4

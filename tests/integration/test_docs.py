@@ -19,7 +19,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 DOCS = ROOT / "docs"
 EXAMPLE_SRC = ROOT / "examples" / "plugin_example" / "src"

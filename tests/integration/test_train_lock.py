@@ -21,8 +21,6 @@ from transformers import TrainerCallback
 from productdesc._io import output_lock
 from productdesc.errors import OutputDirError, UserError
 from productdesc.finetune import LoraFineTuner
-
-sys.path.insert(0, str(Path(__file__).parent))
 from test_finetune import RECORDS, tiny_config
 
 IN_USE = "is in use by another train run (locked)"

@@ -1,0 +1,107 @@
+"""What a decoding call is told: a call's options over the defaults, the ids that end an answer,
+a pad distinct from them, transformers' ``GenerationConfig``; and which of a model's own settings
+rule the fast path out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from productdesc.config import GenerationConfig
+from productdesc.errors import UserError
+
+__all__ = [
+    "MODEL_PROCESSORS",
+    "evolve_generation",
+    "hf_generation_config",
+    "model_processors",
+    "stop_and_pad_ids",
+]
+
+
+#: Fields of a model's own ``generation_config`` that change greedy choices and that a
+#: :class:`GenerationConfig` leaves unset: ``generate`` applies them, the fast path cannot.
+MODEL_PROCESSORS = (
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "bad_words_ids",
+    "sequence_bias",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "exponential_decay_length_penalty",
+)
+
+
+def model_processors(model: Any) -> list[str]:
+    """The fields of :data:`MODEL_PROCESSORS` that ``model``'s generation_config sets."""
+    config = getattr(model, "generation_config", None)
+    return [name for name in MODEL_PROCESSORS if getattr(config, name, None) is not None]
+
+
+def stop_and_pad_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
+    """The ids generation stops at, and a distinct pad id (set on the tokenizer if needed).
+
+    The tokenizer's EOS comes first: the prompt templates end training text with it. The
+    end tokens of the model's own ``generation_config`` (Llama 3's ``<|eot_id|>`` beside
+    ``<|end_of_text|>``) stop an answer too, so a base model prompted directly also ends.
+    """
+    from productdesc.models import ensure_distinct_pad
+
+    if tokenizer.eos_token_id is None:
+        raise UserError(
+            "the tokenizer has no EOS token, so generation would never stop; "
+            "set tokenizer.eos_token to the token the model was trained to end answers with"
+        )
+    # A pad equal to EOS would make a row padded after its answer look like one cut short.
+    ensure_distinct_pad(tokenizer, model)
+    stops = [tokenizer.eos_token_id]
+    declared = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in declared if isinstance(declared, list) else [declared]:
+        if isinstance(token, int) and token not in stops and token != tokenizer.pad_token_id:
+            stops.append(token)
+    return tuple(stops), tokenizer.pad_token_id
+
+
+def hf_generation_config(gen: GenerationConfig, stop_ids: Sequence[int], pad_id: int) -> Any:
+    """transformers' ``GenerationConfig`` for ``gen``, ending at ``stop_ids``, padding with
+    ``pad_id``."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    # Every field is set explicitly so a model's own generation_config.json (which may
+    # turn sampling on) never changes what a GenerationConfig asks for.
+    return HFGenerationConfig(
+        max_new_tokens=gen.max_new_tokens,
+        min_new_tokens=gen.min_new_tokens,
+        do_sample=gen.do_sample,
+        temperature=gen.temperature,
+        top_p=gen.top_p,
+        top_k=gen.top_k,
+        repetition_penalty=gen.repetition_penalty,
+        no_repeat_ngram_size=gen.no_repeat_ngram_size,
+        exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_id,
+    )
+
+
+def evolve_generation(base: GenerationConfig, **overrides: Any) -> GenerationConfig:
+    """``base`` with ``overrides`` applied and validated; a bad key or value names the field.
+
+    Raises:
+        UserError: An unknown option, or a value the :class:`GenerationConfig` field rejects.
+    """
+    if not overrides:
+        return base
+    known = attrs.fields_dict(GenerationConfig)
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise UserError(
+            f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    try:
+        return attrs.evolve(base, **overrides)
+    except (TypeError, ValueError) as exc:
+        # attrs' messages start with the field's name, e.g. "'max_new_tokens' must be > 0: 0".
+        raise UserError(f"generation option: {exc}") from exc
