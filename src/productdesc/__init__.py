@@ -32,6 +32,7 @@ _LAZY: dict[str, str] = {
     "LoraFineTuner": "productdesc.finetune",
     "TrainResult": "productdesc.finetune",
     "Describer": "productdesc.generation.describer",
+    "EvalConfig": "productdesc.evaluate.config",
     "Description": "productdesc.generation.describer",
     "UserError": "productdesc.errors",
 }
@@ -45,6 +46,7 @@ __all__ = [
     "ContextTemplate",
     "Describer",
     "Description",
+    "EvalConfig",
     "FineTuneConfig",
     "GenerationConfig",
     "LoraFineTuner",

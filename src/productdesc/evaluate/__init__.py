@@ -8,6 +8,7 @@ against the real description (:mod:`~productdesc.evaluate.metrics`), and writes 
 
 from __future__ import annotations
 
+from productdesc.evaluate.config import BASELINES, EvalConfig
 from productdesc.evaluate.metrics import (
     METRICS,
     Interval,
@@ -27,7 +28,9 @@ from productdesc.evaluate.runner import (
 )
 
 __all__ = [
+    "BASELINES",
     "METRICS",
+    "EvalConfig",
     "EvalResult",
     "Interval",
     "SystemRun",

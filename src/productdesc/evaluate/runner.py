@@ -43,6 +43,7 @@ import attrs
 from productdesc._version import __version__
 from productdesc.config import FineTuneConfig, GenerationConfig
 from productdesc.errors import UserError
+from productdesc.evaluate.config import BASELINES, EvalConfig
 from productdesc.evaluate.metrics import (
     bootstrap,
     bootstrap_difference,
@@ -50,6 +51,7 @@ from productdesc.evaluate.metrics import (
 )
 from productdesc.evaluate.result import EvalResult, SystemRun
 from productdesc.prompts import seeded_question
+from productdesc.prompts.context import uses_context
 from productdesc.rundir import (
     ADAPTER_CONFIG,
     CONFIG_FILE,
@@ -64,7 +66,6 @@ __all__ = ["BASELINES", "EvalResult", "SystemRun", "evaluate", "read_loss_histor
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("base", "retrieval")
 ORDER = (
     "retrieval",
     "base",
@@ -151,172 +152,59 @@ def evaluate(
     model_dir: str | os.PathLike[str],
     data_dir: str | os.PathLike[str],
     *,
-    split: str = "test",
-    limit: int | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    baselines: Sequence[str] = BASELINES,
-    compare: str | os.PathLike[str] | None = None,
-    context_model: str | os.PathLike[str] | None = None,
-    index: str | os.PathLike[str] | None = None,
-    generation: GenerationConfig | None = None,
-    seed: int = 0,
-    n_resamples: int = 1000,
-    samples: int = 10,
-    backend: str = "auto",
-    progress: bool = True,
-    questions: bool = False,
-    hybrid_threshold: float | None = None,
-    fast: bool | None = None,
+    config: EvalConfig | None = None,
+    **options: Any,
 ) -> EvalResult:
     """Evaluate a fine-tuned model against baselines on a prepared split; write the report.
 
     Args:
         model_dir: A training output directory (adapter, ``productdesc_config.toml``,
-            ``loss_history.json``) or any directory :class:`~productdesc.generation.describer.Describer`
-            loads.
+            ``loss_history.json``) or any directory
+            :class:`~productdesc.generation.describer.Describer` loads.
         data_dir: A prepared data directory (``productdesc prepare``): the records come from
-            ``split``; the retrieval baseline and the context search its ``train`` split (the
-            index saved in its ``retrieval/`` directory, when there is one).
-        split: The split to answer.
-        limit: Evaluate only the split's first ``limit`` records.
+            the config's ``split``; the retrieval baseline and the context search its
+            ``train`` split (the index saved in its ``retrieval/`` directory, when there is one).
         out_dir: Where to write ``report.md``, ``report.html``, ``results.json`` and
             ``loss.png``; ``None`` writes nothing.
-        baselines: Any of ``"base"`` and ``"retrieval"``.
-        compare: A second model directory, evaluated as ``compare`` (A/B).
-        context_model: A model directory trained with the ``"context"`` template, evaluated as
-            ``context`` ("tuned + context") with context from the index. ``model_dir`` may
-            also be such a model: every model whose template shows context gets the index.
-        index: A retrieval index directory to use instead of ``data_dir``'s; it must hold no
-            record of ``split``, or answers may quote the reference.
-        generation: Decoding settings for every generating system (``None``: greedy, 128 new
-            tokens, as :class:`~productdesc.config.GenerationConfig`).
-        seed: Seed of the bootstrap and of the report's sample of records.
-        n_resamples: Bootstrap resamples.
-        samples: Records shown side by side in the report.
-        backend: Backend the models load with (``"auto"``: the one each run was trained with).
-        progress: Show tqdm bars.
-        questions: Ask each record a seeded question about its title instead of the
-            template's instruction (the same question for every system).
-        hybrid_threshold: Also evaluate ``hybrid``: copy the nearest train title's
-            description where its retrieval score is at least this, else answer with the
-            context model (or the tuned model without one).
-        fast: The describers' fast path (see :class:`~productdesc.generation.describer.Describer`).
+        config: What to run and how (:class:`~productdesc.evaluate.config.EvalConfig`;
+            ``None``: its defaults).
+        **options: :class:`~productdesc.evaluate.config.EvalConfig` fields set over
+            ``config``, e.g. ``evaluate(run, data, limit=200, baselines=("retrieval",))``.
 
     Raises:
-        UserError: A missing directory, an unknown baseline, an empty split, the ``"base"``
-            baseline asked of a model directory without a LoRA adapter, or a
-            ``context_model`` trained without the context template.
+        UserError: An unknown option, a missing directory, an unknown baseline, an empty
+            split, the ``"base"`` baseline asked of a model directory without a LoRA adapter,
+            or a ``context_model`` trained without the context template.
     """
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise UserError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
-    if limit is not None and limit < 1:
-        raise UserError(f"limit must be a positive number of records, got {limit}")
+    cfg = EvalConfig.of(config, **options)
     model_dir, data_dir = Path(model_dir), Path(data_dir)
-    paths = (
-        ("model", model_dir),
-        ("data", data_dir),
-        ("compare model", compare),
-        ("context model", context_model),
-        ("index", index),
-    )
-    for what, path in paths:
-        if path is not None and not Path(path).is_dir():
-            raise UserError(f"{what} directory not found: {path}")
-    from productdesc.prompts.context import uses_context
-
-    # Each run's config is read once here: which template it shows decides the checks below
-    # and whether its describer gets the index; the tuned run's text goes into the results.
-    run_config_text = read_config_text(model_dir)
-    templates = {model_dir: _template_name(config_of(model_dir, run_config_text))}
-    context_dir = None if context_model is None else Path(context_model)
-    if context_dir is not None:
-        templates[context_dir] = _template_name(read_config(context_dir))
-        if not uses_context(templates[context_dir]):
-            raise UserError(
-                f"context model {context_model} was not trained with a template that shows "
-                f"context (its {CONFIG_FILE} says template = {templates[context_dir]!r}); "
-                f"train it with template = 'context'"
-            )
-    if "base" in baselines and not has_adapter(model_dir):
-        # A merged or plain model has no base to fall back to: "base" would be the tuned
-        # model again, and the comparison a silent tie.
-        raise UserError(
-            f"{model_dir} holds no LoRA adapter ({ADAPTER_CONFIG}), so the base model cannot "
-            "be evaluated without it; point at the training output directory, or skip the "
-            "base baseline (--no-base)"
-        )
-    generation = generation if generation is not None else GenerationConfig()
-
-    records = _load_records(data_dir, split, limit)
-    titles = [r["title"] for r in records]
-    asked = (
-        [seeded_question(r["title"], r["content"], seed=seed) for r in records]
-        if questions
-        else None
-    )
-    logger.info("evaluating %d %s records of %s", len(records), split, data_dir)
-
-    opened: list[tuple[Any, str]] = []  # the index, opened once when first needed
-
-    def retriever() -> tuple[Any, str]:
-        if not opened:
-            opened.append(_open_index(data_dir, index, progress))
-        return opened[0]
-
-    def model(name: str, path: Path, base_only: bool = False, copy_at: Any = None) -> SystemRun:
-        if path not in templates:  # the compare model, read where it is first needed
-            templates[path] = _template_name(read_config(path))
-        shown = retriever()[0] if uses_context(templates[path]) else None
-        return _run_model(
-            name,
-            path,
-            titles,
-            asked,
-            generation,
-            backend,
-            progress,
-            base_only=base_only,
-            retriever=shown,
-            fast=fast,
-            copy_from=None if copy_at is None else (retriever()[0], copy_at),
-        )
-
-    runs = []
-    if "retrieval" in baselines:
-        runs.append(_run_retrieval(*retriever(), titles))
-    if "base" in baselines:
-        runs.append(model("base", model_dir, base_only=True))
-    runs.append(model("tuned", model_dir))
-    if context_dir is not None:
-        runs.append(model("context", context_dir))
-    if hybrid_threshold is not None:
-        writer = context_dir if context_dir is not None else model_dir
-        runs.append(model("hybrid", writer, copy_at=hybrid_threshold))
-    if compare is not None:
-        runs.append(model("compare", Path(compare)))
-
+    templates, run_config_text = _check(model_dir, data_dir, cfg)
+    records = _load_records(data_dir, cfg.split, cfg.limit)
+    logger.info("evaluating %d %s records of %s", len(records), cfg.split, data_dir)
+    systems = _Systems(records, data_dir, cfg, templates)
+    runs = systems.run(model_dir)
     meta = {
         "model_dir": str(model_dir),
         "data_dir": str(data_dir),
-        "compare_dir": None if compare is None else str(compare),
-        "context_dir": None if context_model is None else str(context_model),
-        "index": opened[0][1] if opened else None,
-        "split": split,
-        "limit": limit,
-        "questions": questions,
-        "hybrid_threshold": hybrid_threshold,
-        "generation": attrs.asdict(generation),
+        "compare_dir": None if cfg.compare is None else str(cfg.compare),
+        "context_dir": None if cfg.context_model is None else str(cfg.context_model),
+        "index": systems.index_source,
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "questions": cfg.questions,
+        "hybrid_threshold": cfg.hybrid_threshold,
+        "generation": attrs.asdict(cfg.generation),
         "run_config": run_config_text,
         "productdesc_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "samples": samples,
+        "samples": cfg.samples,
     }
     result = score_runs(
         records,
         runs,
-        n_resamples=n_resamples,
-        seed=seed,
+        n_resamples=cfg.n_resamples,
+        seed=cfg.seed,
         meta=meta,
         loss_history=read_loss_history(model_dir),
     )
@@ -325,6 +213,115 @@ def evaluate(
 
         write_report(result, out_dir)
     return result
+
+
+def _check(model_dir: Path, data_dir: Path, cfg: EvalConfig) -> tuple[dict[Path, str], str | None]:
+    """Fail before anything loads where the inputs cannot be evaluated; return the template
+    name of the tuned and context runs, and the tuned run's config text.
+
+    Each run's config is read once here: which template it shows decides the checks below and
+    whether its describer gets the index; the tuned run's text goes into the results.
+    """
+    unknown = sorted(set(cfg.baselines) - set(BASELINES))
+    if unknown:
+        raise UserError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise UserError(f"limit must be a positive number of records, got {cfg.limit}")
+    paths = (
+        ("model", model_dir),
+        ("data", data_dir),
+        ("compare model", cfg.compare),
+        ("context model", cfg.context_model),
+        ("index", cfg.index),
+    )
+    for what, path in paths:
+        if path is not None and not Path(path).is_dir():
+            raise UserError(f"{what} directory not found: {path}")
+    run_config_text = read_config_text(model_dir)
+    templates = {model_dir: _template_name(config_of(model_dir, run_config_text))}
+    if cfg.context_model is not None:
+        context_dir = Path(cfg.context_model)
+        templates[context_dir] = _template_name(read_config(context_dir))
+        if not uses_context(templates[context_dir]):
+            raise UserError(
+                f"context model {cfg.context_model} was not trained with a template that shows "
+                f"context (its {CONFIG_FILE} says template = {templates[context_dir]!r}); "
+                f"train it with template = 'context'"
+            )
+    if "base" in cfg.baselines and not has_adapter(model_dir):
+        # A merged or plain model has no base to fall back to: "base" would be the tuned
+        # model again, and the comparison a silent tie.
+        raise UserError(
+            f"{model_dir} holds no LoRA adapter ({ADAPTER_CONFIG}), so the base model cannot "
+            "be evaluated without it; point at the training output directory, or skip the "
+            "base baseline (--no-base)"
+        )
+    return templates, run_config_text
+
+
+class _Systems:
+    """Runs every system of one evaluation on the same records; the index is opened once,
+    when a system first needs it."""
+
+    def __init__(
+        self, records: list[dict[str, Any]], data_dir: Path, cfg: EvalConfig, templates: dict
+    ) -> None:
+        self.titles = [r["title"] for r in records]
+        self.asked = (
+            [seeded_question(r["title"], r["content"], seed=cfg.seed) for r in records]
+            if cfg.questions
+            else None
+        )
+        self.data_dir, self.cfg, self.templates = data_dir, cfg, templates
+        self._index: tuple[Any, str] | None = None
+
+    @property
+    def index_source(self) -> str | None:
+        """Where the index came from, if one was opened."""
+        return None if self._index is None else self._index[1]
+
+    def retriever(self) -> Any:
+        if self._index is None:
+            self._index = _open_index(self.data_dir, self.cfg.index, self.cfg.progress)
+        return self._index[0]
+
+    def run(self, model_dir: Path) -> list[SystemRun]:
+        """Every system the config asks for, in the report's order."""
+        cfg, runs = self.cfg, []
+        context_dir = None if cfg.context_model is None else Path(cfg.context_model)
+        if "retrieval" in cfg.baselines:
+            self.retriever()
+            runs.append(_run_retrieval(*self._index, self.titles))
+        if "base" in cfg.baselines:
+            runs.append(self.model("base", model_dir, base_only=True))
+        runs.append(self.model("tuned", model_dir))
+        if context_dir is not None:
+            runs.append(self.model("context", context_dir))
+        if cfg.hybrid_threshold is not None:
+            writer = context_dir if context_dir is not None else model_dir
+            runs.append(self.model("hybrid", writer, copy_at=cfg.hybrid_threshold))
+        if cfg.compare is not None:
+            runs.append(self.model("compare", Path(cfg.compare)))
+        return runs
+
+    def model(self, name: str, path: Path, base_only: bool = False, copy_at: Any = None):
+        if path not in self.templates:  # the compare model, read where it is first needed
+            self.templates[path] = _template_name(read_config(path))
+        shown = self.retriever() if uses_context(self.templates[path]) else None
+        cfg = self.cfg
+        return _run_model(
+            name,
+            path,
+            self.titles,
+            self.asked,
+            cfg.generation,
+            cfg.backend,
+            cfg.progress,
+            base_only=base_only,
+            retriever=shown,
+            fast=cfg.fast,
+            copy_from=None if copy_at is None else (self.retriever(), copy_at),
+        )
 
 
 def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
