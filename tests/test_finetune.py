@@ -125,7 +125,7 @@ def test_the_embedded_model_is_named_on_the_card_by_its_hub_id() -> None:
     from huggingface_hub import ModelCardData
     from huggingface_hub.repocard import ModelCard
 
-    from productdesc.finetune import _card_metadata
+    from productdesc.card import card_metadata as _card_metadata
 
     def parsed(name):
         return ModelCard(f"---\n{_card_metadata(name)}\n---\n").data
@@ -141,8 +141,8 @@ def test_the_embedded_model_is_named_on_the_card_by_its_hub_id() -> None:
 def test_the_card_names_the_training_data_by_its_hub_id_where_it_had_one() -> None:
     from huggingface_hub.repocard import ModelCard
 
+    from productdesc.card import card_metadata as _card_metadata
     from productdesc.data.manifest import InputInfo
-    from productdesc.finetune import _card_metadata
 
     def datasets(**source):
         info = InputInfo(size=1, sha256="0" * 64, compression="none", **source)

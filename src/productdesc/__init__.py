@@ -30,7 +30,7 @@ _LAZY: dict[str, str] = {
     "TrainingConfig": "productdesc.config",
     "GenerationConfig": "productdesc.config",
     "LoraFineTuner": "productdesc.finetune",
-    "TrainResult": "productdesc.finetune",
+    "TrainResult": "productdesc.train_result",
     "Describer": "productdesc.generation.describer",
     "EvalConfig": "productdesc.evaluate.config",
     "Description": "productdesc.generation.describer",

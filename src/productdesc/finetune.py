@@ -34,7 +34,6 @@ One optimizer step then takes N x ``per_device_train_batch_size`` x
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,86 +49,34 @@ import attrs
 
 from productdesc._io import (
     atomic_write,
-    leftovers,
-    output_lock,
-    remove_leftovers,
     write_text_atomic,
 )
-from productdesc._version import __version__
 from productdesc.backends import checkpointing, distributed
-from productdesc.config import FineTuneConfig, TrainingConfig
-from productdesc.errors import OutputDirError, UserError
+from productdesc.card import batch_note, model_card
+from productdesc.config import FineTuneConfig
+from productdesc.errors import UserError
 
 # The run directory's names, re-exported here where code and tests have long imported them.
+from productdesc.run_output import ADAPTER_SCRATCH, locked_run_dir, prepare_output_dir
 from productdesc.rundir import (
     ADAPTER_CONFIG,
     CARD_FILE,
     CHECKPOINTS,
     CONFIG_FILE,
     HISTORY_FILE,
-    LOGS,
     MERGED,
     PLOT_FILE,
-    is_run,
 )
+from productdesc.train_result import TrainResult
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 __all__ = ["LoraFineTuner", "TrainResult", "loss_history"]
 
 logger = logging.getLogger(__name__)
-
-
-@attrs.frozen(kw_only=True)
-class TrainResult:
-    """What a finished run produced and measured.
-
-    Attributes:
-        output_dir: The adapter directory (load it with ``Describer.from_pretrained``).
-        merged_dir: The merged model directory, when ``merge=True``.
-        backend: The backend that trained (``"unsloth"`` or ``"transformers"``).
-        global_step: Optimizer steps done (including those before a resume).
-        first_loss: The first logged training loss.
-        train_loss: The last logged training loss.
-        initial_eval_loss: The base model's validation loss (before training), or ``None``.
-        eval_loss: The saved adapter's validation loss: the last one, or the best one when
-            ``training.early_stopping_patience`` kept the best checkpoint; ``None`` without
-            validation data.
-        train_examples: Training examples (prompt-completion pairs).
-        eval_examples: Validation examples.
-        runtime_s: Wall time of training in this process, seconds.
-        tokens_per_second: Training throughput (non-padding tokens), when logged; of all
-            processes together in a data-parallel run.
-        world_size: Processes that trained together (data parallel; 1 without a launcher).
-        history: :func:`loss_history` of the run.
-    """
-
-    output_dir: Path
-    merged_dir: Path | None
-    backend: str
-    global_step: int
-    first_loss: float | None
-    train_loss: float | None
-    initial_eval_loss: float | None
-    eval_loss: float | None
-    train_examples: int
-    eval_examples: int
-    runtime_s: float
-    tokens_per_second: float | None
-    world_size: int
-    history: tuple[dict[str, Any], ...] = attrs.field(repr=False)
-
-    def summary(self) -> str:
-        """One line: steps, time, first and last training loss, validation loss, tokens/s."""
-        return (
-            f"{self.global_step} steps in {self.runtime_s:.0f} s, training loss "
-            f"{_fmt(self.first_loss)} -> {_fmt(self.train_loss)}, validation loss "
-            f"{_fmt(self.initial_eval_loss)} -> {_fmt(self.eval_loss)}, "
-            f"{_fmt(self.tokens_per_second, '.0f')} tokens/s"
-        )
 
 
 class LoraFineTuner:
@@ -258,7 +205,7 @@ class LoraFineTuner:
         # Locked from the first look at ``out`` to the last write, and released when the run
         # returns or raises: a second run into ``out`` meanwhile fails at once in one line
         # instead of both passing the checks and one silently replacing the other's outputs.
-        with _locked_run_dir(out, create=not resume_from_checkpoint):
+        with locked_run_dir(out, create=not resume_from_checkpoint):
             return self._train(
                 out, train_data, eval_data, resume_from_checkpoint, merge, overwrite, callbacks
             )
@@ -278,7 +225,7 @@ class LoraFineTuner:
         report_to_names(self.config.training.report_to)  # a tracker's typo: before any load
         data_note = _describe_data(train_data)
         main = distributed.is_main_process()  # the one process that writes and logs
-        checkpoint = self._prepare_output_dir(out, resume_from_checkpoint, overwrite)
+        checkpoint = prepare_output_dir(out, resume_from_checkpoint, overwrite, self._run_config())
         if self._trained:
             self.load()  # a second run starts from a fresh adapter, not the last one's
         train_ds, eval_ds, manifest = self._datasets(train_data, eval_data)
@@ -290,7 +237,7 @@ class LoraFineTuner:
                 len(train_ds),
                 len(eval_ds) if eval_ds is not None else 0,
                 self.backend.name,
-                _batch_note(self.config.training, distributed.world_size()),
+                batch_note(self.config.training, distributed.world_size()),
             )
         started = time.perf_counter()
         trainer = self.backend.train(
@@ -339,7 +286,10 @@ class LoraFineTuner:
             history=tuple(history),
         )
         if main:
-            write_text_atomic(out / CARD_FILE, self._card(result, data_note, manifest))
+            write_text_atomic(
+                out / CARD_FILE,
+                model_card(self.config, result, data_note, manifest, self._run_config()),
+            )
             logger.info("done: %s; adapter in %s", result.summary(), out)
         distributed.barrier()  # no rank returns before the outputs are complete
         return result
@@ -417,52 +367,6 @@ class LoraFineTuner:
             )
         return datasets.Dataset.from_list(pairs)
 
-    def _prepare_output_dir(self, out: Path, resume: Any, overwrite: bool) -> str | None:
-        main = distributed.is_main_process()
-        checkpoint, clear = self._check_output_dir(out, resume, overwrite)
-        # Every rank checks the directory as it was, before rank 0 changes it.
-        distributed.barrier()
-        if main:  # under the lock: what a killed run left, no writer's at work
-            remove_leftovers(_leftovers(out))
-        if clear and main:
-            for sub in (CHECKPOINTS, MERGED, LOGS):
-                shutil.rmtree(out / sub, ignore_errors=True)
-        return checkpoint
-
-    def _check_output_dir(self, out: Path, resume: Any, overwrite: bool) -> tuple[str | None, bool]:
-        """``(checkpoint to resume from, whether to clear old checkpoints)``; changes nothing."""
-        config_file = out / CONFIG_FILE
-        if resume:
-            if not is_run(out):
-                raise OutputDirError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
-            previous = tomllib.loads(config_file.read_text(encoding="utf-8"))
-            differ = _differences(previous, self._run_config().to_dict())
-            if differ:
-                raise OutputDirError(
-                    f"{out} holds a run with another config ({', '.join(differ)} differ); "
-                    f"resume it with FineTuneConfig.from_toml({str(config_file)!r})"
-                )
-            return str(_checkpoint(out, resume)), False
-        if out.is_file():
-            raise OutputDirError(f"output directory {out} is a file")
-        if out.is_dir() and set(out.iterdir()) - set(_leftovers(out)):
-            if not overwrite:
-                raise OutputDirError(
-                    f"output directory {out} is not empty; choose a new one, continue the run "
-                    f"there (resume_from_checkpoint=True, CLI --resume) or overwrite it "
-                    f"(overwrite=True, CLI --overwrite)"
-                )
-            # Overwriting deletes checkpoints/ and merged/: only where the run's config proves
-            # a run made them, never in a folder that merely has directories of those names.
-            if not is_run(out):
-                raise OutputDirError(
-                    f"output directory {out} is not empty and holds no productdesc run (no "
-                    f"{CONFIG_FILE}), so overwrite (CLI --overwrite) would delete what is not "
-                    f"a run's; choose a new output directory (CLI --out)"
-                )
-            return None, True
-        return None, False
-
     def _run_config(self) -> FineTuneConfig:
         """The config as the run directory records it: the backend that trained, not
         ``"auto"``, so that loading the run later picks the same one."""
@@ -473,7 +377,7 @@ class LoraFineTuner:
 
         # Written in a scratch directory, then each file renamed into place: a reader (or a
         # crash) never sees a half-written adapter under its final name.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{_ADAPTER_SCRATCH}.", dir=out))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{ADAPTER_SCRATCH}.", dir=out))
         try:
             self.model.save_pretrained(str(tmp), safe_serialization=True)
             # The prompt trained on becomes the tokenizer's chat template (None: the template
@@ -497,74 +401,6 @@ class LoraFineTuner:
                 os.replace(path, out / path.name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    def _card(self, result: TrainResult, data_note: str, manifest: Any) -> str:
-        config = self.config
-        name = config.model.model_name
-        head = ["---", _card_metadata(name, manifest).rstrip(), "---"]
-        rows = [
-            ("optimizer steps", f"{result.global_step}"),
-            ("training examples", f"{result.train_examples}"),
-            ("validation examples", f"{result.eval_examples}"),
-            ("first training loss", _fmt(result.first_loss)),
-            ("final training loss", _fmt(result.train_loss)),
-            ("validation loss before training", _fmt(result.initial_eval_loss)),
-            ("final validation loss", _fmt(result.eval_loss)),
-            ("training time (this process)", f"{result.runtime_s:.0f} s"),
-            ("throughput", f"{_fmt(result.tokens_per_second, '.0f')} tokens/s"),
-            ("processes (data parallel)", f"{result.world_size}"),
-            ("rows per optimizer step", _batch_note(config.training, result.world_size)),
-            ("backend", result.backend),
-            ("library versions", _versions()),
-        ]
-        lines = [
-            *head,
-            "",
-            f"# {result.output_dir.name}: a LoRA adapter that describes products",
-            "",
-            f"Fine-tuned from `{name}` with the `{result.backend}` backend and the "
-            f"`{config.template}` prompt template by productdesc {__version__}.",
-            "",
-            "## Use",
-            "",
-            "```python",
-            "from productdesc import Describer",
-            "",
-            f'describer = Describer.from_pretrained("{result.output_dir}")',
-            'print(describer.describe("Nice for Mice"))',
-            "```",
-            "",
-            f'or `productdesc describe --model {result.output_dir} "Nice for Mice"`.',
-            "",
-            "## Data",
-            "",
-            f"- source: {data_note}",
-            f"- share of examples phrased as a question: {config.question_share:g}",
-        ]
-        if manifest is not None:
-            dropped = ", ".join(f"{k} {v}" for k, v in sorted(manifest.dropped.items())) or "none"
-            splits = ", ".join(f"{k} {v.rows}" for k, v in manifest.splits.items())
-            lines += [
-                f"- input: `{manifest.input.name}` (sha256 `{manifest.input.sha256}`), "
-                f"{manifest.lines} lines read, {manifest.kept} kept; dropped: {dropped}",
-                f"- splits: {splits}",
-            ]
-        lines += ["", "## Results", "", "| | |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
-        if (result.output_dir / PLOT_FILE).is_file():
-            lines += ["", f"![loss curve]({PLOT_FILE})"]
-        lines += [
-            "",
-            "## Configuration",
-            "",
-            f"The exact config, also in `{CONFIG_FILE}`:",
-            "",
-            "```toml",
-            self._run_config().to_toml().rstrip(),
-            "```",
-            "",
-        ]
-        return "\n".join(lines)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -639,126 +475,6 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
             fh.write(png)
 
 
-@contextlib.contextmanager
-def _locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
-    """Hold ``out``'s lock (:func:`~productdesc._io.output_lock`) on the main process for the
-    block, creating ``out`` first when ``create``; no lock where it is not a directory (a file,
-    or nothing to resume: the directory check then says which).
-
-    Raises:
-        OutputDirError: Another run holds the lock (in this process too), or ``out`` cannot
-            be created.
-    """
-    if not distributed.is_main_process():  # rank 0 alone writes the run
-        yield
-        return
-    if create and not out.exists():
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputDirError(f"cannot create output directory {out}: {exc}") from None
-    if not out.is_dir():
-        yield
-        return
-    with output_lock(out, "train"):
-        yield
-
-
-def _card_metadata(model_name: str, manifest: Any = None) -> str:
-    """The card's YAML metadata, as the Hub reads it: the base model's Hub id (the embedded
-    model's own, none for a local path), its license where it is known, and the training
-    data's Hub id where it was one (a prepared file or local directory has none)."""
-    from huggingface_hub import ModelCardData
-
-    from productdesc.models import EMBEDDED
-
-    embedded = EMBEDDED.get(model_name)
-    base = embedded.hub_id if embedded else None
-    if embedded is None and "/" in model_name and not Path(model_name).exists():
-        base = model_name
-    source = manifest.input if manifest is not None else None
-    if source is not None and not (source.format == "dataset" and "/" in source.name):
-        source = None  # a file, or a local dataset directory (its name only): no Hub id
-    tags = ["productdesc", "lora", "sft", "trl"]
-    if base:
-        tags.append(f"base_model:adapter:{base}")
-    return ModelCardData(
-        base_model=base,
-        library_name="peft",
-        pipeline_tag="text-generation",
-        license=embedded.license if embedded else None,
-        datasets=[source.name] if source is not None else None,
-        tags=tags,
-    ).to_yaml()
-
-
-def _versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = []
-    for name in ("torch", "transformers", "peft", "trl", "unsloth"):
-        with contextlib.suppress(PackageNotFoundError):
-            found.append(f"{name} {version(name)}")
-    return ", ".join([f"productdesc {__version__}", *found])
-
-
-# The name of _save_adapter's scratch folder (".adapter.XXXXXXXX"), which _leftovers matches.
-_ADAPTER_SCRATCH = "adapter"
-
-
-def _leftovers(out: Path) -> list[Path]:
-    """The temporary files and scratch folders (``_save_adapter``'s, ``save_merged``'s) a
-    killed run left in ``out``: a run removes them first, and a folder holding only them counts
-    as empty."""
-    return leftovers(
-        out, (CONFIG_FILE, HISTORY_FILE, PLOT_FILE, CARD_FILE), (_ADAPTER_SCRATCH, MERGED)
-    )
-
-
-def _checkpoint(out: Path, resume: Any) -> Path:
-    # A checkpoint a kill cut short (trainer_state.json empty or partial) is passed over.
-    from productdesc.backends._sft import TRAINER_STATE, is_complete_checkpoint
-
-    if resume is True:
-        complete = [
-            p for p in (out / CHECKPOINTS).glob("checkpoint-*") if is_complete_checkpoint(p)
-        ]
-        if not complete:
-            raise UserError(
-                f"no complete checkpoint in {out / CHECKPOINTS} to resume from (checkpoints are "
-                f"written every training.save_steps steps): start the run again with "
-                f"overwrite=True (CLI --overwrite)"
-            )
-        return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]))
-    path = Path(resume)
-    if not is_complete_checkpoint(path):
-        raise UserError(f"{path} is not a complete checkpoint (no whole {TRAINER_STATE})")
-    return path
-
-
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    found: list[str] = []
-    for key in keys:
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            found += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            found.append(f"{prefix}{key}")
-    return found
-
-
-def _batch_note(training: TrainingConfig, processes: int) -> str:
-    """``2 processes x 8 rows x 2 accumulation = 32 rows a step`` (the effective batch)."""
-    rows = training.per_device_train_batch_size
-    accumulation = training.gradient_accumulation_steps
-    total = processes * rows * accumulation
-    return (
-        f"{processes} process{'es' if processes > 1 else ''} x {rows} rows x {accumulation} "
-        f"accumulation = {total} rows a step"
-    )
-
-
 def _kept_eval_loss(trainer: Any, history: list[dict[str, Any]]) -> float | None:
     # With load_best_model_at_end the adapter saved is the best checkpoint, not the last step.
     if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
@@ -772,7 +488,3 @@ def _first(history: list[dict[str, Any]], key: str) -> float | None:
 
 def _last(history: list[dict[str, Any]], key: str) -> float | None:
     return next((h[key] for h in reversed(history) if key in h), None)
-
-
-def _fmt(value: float | None, spec: str = ".4f") -> str:
-    return "n/a" if value is None else format(value, spec)

@@ -327,7 +327,7 @@ def test_resume_passes_over_a_checkpoint_whose_trainer_state_a_kill_cut(
     # transformers writes trainer_state.json in place: killed while writing it, the file is
     # there, empty or cut short; resume picked it and died with a JSONDecodeError traceback.
     from productdesc.errors import UserError
-    from productdesc.finetune import _checkpoint
+    from productdesc.run_output import checkpoint_of as _checkpoint
 
     whole = _fake_checkpoint(tmp_path / "checkpoints", 4, json.dumps({"global_step": 4}))
     cut = _fake_checkpoint(tmp_path / "checkpoints", 6, torn)
