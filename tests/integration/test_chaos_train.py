@@ -344,7 +344,7 @@ def test_what_a_killed_run_left_is_removed_and_a_folder_of_only_that_is_empty(
 ) -> None:
     from productdesc._io import leftovers
     from productdesc.errors import OutputDirError
-    from productdesc.finetune import LoraFineTuner
+    from productdesc.run_output import prepare_output_dir
 
     # Killed before atomic_write's rename: the folder held only this, and every command
     # refused it (not empty; --overwrite: no run in it; --resume: nothing to resume).
@@ -360,13 +360,13 @@ def test_what_a_killed_run_left_is_removed_and_a_folder_of_only_that_is_empty(
         ".productdesc_config.toml.k3x_9q0a.tmp",
         ".adapter.a1b2c3d4",
     }
-    tuner = LoraFineTuner(tiny_config(tiny_llama))
-    assert tuner._prepare_output_dir(out, None, False) is None
+    config = tiny_config(tiny_llama)
+    assert prepare_output_dir(out, None, False, config) is None
     assert list(out.iterdir()) == []
     for path in mine:  # not a run's: the folder is not empty, and they stay
         path.write_text("mine")
     with pytest.raises(OutputDirError, match="is not empty"):
-        tuner._prepare_output_dir(out, None, False)
+        prepare_output_dir(out, None, False, config)
     assert sorted(out.iterdir()) == sorted(mine)
 
 
