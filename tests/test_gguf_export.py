@@ -72,7 +72,7 @@ def test_f32_file_gives_the_same_model_and_tokenizer(tiny_llama, source, tmp_pat
 
 @pytest.mark.parametrize(("outtype", "tolerance"), [("f16", 2e-3), ("bf16", 2e-2), ("q8_0", 2e-2)])
 def test_smaller_types_stay_close(tiny_llama, source, tmp_path, outtype, tolerance):
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     full = export_gguf(tiny_llama, tmp_path / "f32.gguf", outtype="f32")
     small = export_gguf(tiny_llama, tmp_path / f"{outtype}.gguf", outtype=outtype)
@@ -86,7 +86,7 @@ def test_smaller_types_stay_close(tiny_llama, source, tmp_path, outtype, toleran
 def test_an_adapter_is_merged_into_its_base_first(tiny_llama, source, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     base, tokenizer = source
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_an_adapter_is_merged_into_its_base_first(tiny_llama, source, tmp_path):
 
 def test_other_architectures_and_types_are_refused_clearly(tiny_llama, tmp_path):
     from productdesc.errors import UserError
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     with pytest.raises(UserError, match="choose one of"):
         export_gguf(tiny_llama, tmp_path / "x.gguf", outtype="q2_k")
@@ -134,7 +134,7 @@ def test_smollm2_round_trips(smollm2_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from productdesc import models
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     source = smollm2_dir
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
@@ -170,7 +170,7 @@ def test_a_sentencepiece_model_comes_back_through_resolve_model(
 
     from productdesc import models
     from productdesc.errors import UserError
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     tokenizer = AutoTokenizer.from_pretrained(sentencepiece_llama)
@@ -221,7 +221,7 @@ def test_a_sentencepiece_model_comes_back_through_resolve_model(
 def test_attention_biases_follow_the_rotary_reordering(tiny_llama, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     config = AutoConfig.from_pretrained(tiny_llama)
     config.attention_bias = True
@@ -247,7 +247,7 @@ def test_attention_biases_follow_the_rotary_reordering(tiny_llama, tmp_path):
 
 def test_the_pre_tokenizer_is_named_for_llama_cpp_or_refused(tiny_llama, tmp_path):
     from productdesc.errors import UserError
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     out = export_gguf(tiny_llama, tmp_path / "tiny.gguf", outtype="f32")
     pre = gguf.GGUFReader(out).fields["tokenizer.ggml.pre"]
@@ -265,7 +265,7 @@ def test_the_pre_tokenizer_is_named_for_llama_cpp_or_refused(tiny_llama, tmp_pat
 
 
 def test_the_metadata_llama_cpp_writes_is_there(tiny_llama, source, tmp_path):
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     out = export_gguf(tiny_llama, tmp_path / "tiny.gguf")
     _, tokenizer = source
@@ -284,7 +284,7 @@ def test_bos_and_eos_flags_are_what_the_tokenizer_does(tiny_llama, tmp_path):
     """tokenizer_config.json's flags, which the tokenizer ignores, do not reach the file."""
     from transformers import AutoTokenizer
 
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     flagged = tmp_path / "flagged"
     shutil.copytree(tiny_llama, flagged)
@@ -313,7 +313,7 @@ def test_k_quants_point_to_llama_quantize(tiny_llama, tmp_path, capsys, outtype,
 
 def test_scaled_rope_and_a_directory_as_output_are_refused(tiny_llama, tmp_path):
     from productdesc.errors import UserError
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     scaled = tmp_path / "llama31"
     shutil.copytree(tiny_llama, scaled)

@@ -14,6 +14,7 @@ MOVED = [
     ("productdesc.compile_cache", "use_compile_cache", "productdesc.generation.compile_cache"),
     ("productdesc.hybrid", "HybridDescriber", "productdesc.generation.hybrid"),
     ("productdesc.context", "open_index", "productdesc.retrieval.store"),
+    ("productdesc.gguf_export", "export_gguf", "productdesc.export"),
     ("productdesc.context", "neighbours", "productdesc.retrieval.neighbours"),
     ("productdesc.context", "bind_retriever", "productdesc.prompts.context"),
 ]
@@ -48,7 +49,15 @@ def test_the_package_itself_imports_no_old_path() -> None:
     src = Path(importlib.import_module("productdesc").__file__).parent
     old = [
         f"productdesc.{m}"
-        for m in ("describe", "fastgen", "fused_decode", "compile_cache", "hybrid", "context")
+        for m in (
+            "describe",
+            "fastgen",
+            "fused_decode",
+            "compile_cache",
+            "hybrid",
+            "context",
+            "gguf_export",
+        )
     ]
     users = {
         str(path.relative_to(src))

@@ -241,7 +241,7 @@ def test_modelfile_points_to_the_gguf_and_renders_the_prompt(alpaca_run) -> None
 
 
 def test_a_merged_dir_exports_with_its_runs_template(alpaca_run, tmp_path) -> None:
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     tuner, out, _ = alpaca_run
     gguf_file = export_gguf(out / "merged", tmp_path / "merged.gguf", outtype="f32")
@@ -288,7 +288,7 @@ def test_chat_template_run_keeps_the_tokenizers_own(tiny_llama: Path, tmp_path: 
 def test_smollm2_run_and_gguf_carry_the_alpaca_prompt(smollm2_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from productdesc.gguf_export import export_gguf
+    from productdesc.export import export_gguf
 
     base_template = AutoTokenizer.from_pretrained(smollm2_dir).chat_template
     assert "<|im_start|>" in base_template  # ChatML, which the adapter never saw

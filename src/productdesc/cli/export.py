@@ -13,7 +13,7 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    from productdesc.gguf_export import OUTTYPES
+    from productdesc.export import OUTTYPES
 
     parser = subparsers.add_parser(
         "export",
@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from productdesc.gguf_export import MODELFILE, export_gguf
+    from productdesc.export import MODELFILE, export_gguf
 
     started = time.perf_counter()
     out = export_gguf(args.model, args.out, outtype=args.outtype)
