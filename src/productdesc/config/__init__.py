@@ -15,9 +15,7 @@ projection, ``adamw_8bit``, lr 2e-4) except for batching: examples are packed, 8
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +26,34 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc._io import write_text_atomic
+from productdesc.config.fields import (
+    ALL_PROJECTIONS,
+    DTYPES,
+    OFF,
+    Dtype,
+    _finite,
+    _gradient_checkpointing,
+    _is_length_penalty,
+    _is_report_to,
+    _length_penalty,
+    _non_negative,
+    _not_bool,
+    _off_to_none,
+    _optional_positive,
+    _positive,
+    _report_to,
+    _to_float,
+    _to_tuple,
+)
+from productdesc.config.files import (
+    YAML_SUFFIXES,
+    _build,
+    _reject_unknown,
+    _yaml_error,
+    _yaml_loader,
+    read_config_file,
+    toml_value,
+)
 from productdesc.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -36,127 +62,19 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = [
+    "ALL_PROJECTIONS",
+    "DTYPES",
+    "OFF",
+    "YAML_SUFFIXES",
+    "Dtype",
     "FineTuneConfig",
     "GenerationConfig",
     "LoraSettings",
     "ModelConfig",
     "TrainingConfig",
+    "read_config_file",
+    "toml_value",
 ]
-
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _positive(cls_field_type: type = int):
-    return [v.instance_of(cls_field_type), v.gt(0)]
-
-
-def _non_negative(cls_field_type: type = int):
-    return [v.instance_of(cls_field_type), v.ge(0)]
-
-
-def _to_float(value: Any) -> Any:
-    # TOML and CLIs give "2e-4" or 1 where a float is meant; leave other types for the validator.
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, str)):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _to_tuple(value: Any) -> Any:
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    return value
-
-
-OFF = "off"  # how an optional field set to None is spelled in TOML, which has no null
-
-
-def _off_to_none(value: Any) -> Any:
-    return None if value == OFF else value
-
-
-def _optional_positive() -> Any:
-    return {"converter": _off_to_none, "validator": v.optional(_positive())}
-
-
-def _gradient_checkpointing(value: Any) -> Any:
-    if value in ("true", "True"):
-        return True
-    if value in ("false", "False"):
-        return False
-    return value
-
-
-def _length_penalty(value: Any) -> Any:
-    value = _off_to_none(value)
-    if isinstance(value, list):  # TOML and JSON have no tuples
-        value = tuple(value)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
-        value = (value[0], float(value[1]))
-    return value
-
-
-def _is_length_penalty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    ok = (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and isinstance(value[0], int)
-        and not isinstance(value[0], bool)
-        and value[0] >= 0
-        and isinstance(value[1], float)
-        and value[1] >= 1.0
-    )
-    if not ok:
-        raise ValueError(
-            f"'{attribute.name}' must be (start, factor): a token count >= 0 and a factor "
-            f">= 1.0, got {value!r}"
-        )
-
-
-def _not_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    # instance_of(int) passes True and False (bool is an int): `max_steps = true` trained 1 step.
-    if isinstance(value, bool):
-        raise TypeError(
-            f"'{attribute.name}' must be an integer, not {value!r}", attribute, int, value
-        )
-
-
-def _report_to(value: Any) -> Any:
-    # "tensorboard", "tensorboard,wandb" (a CLI flag), or a TOML list; a list stays a tuple.
-    if isinstance(value, str) and "," in value:
-        return tuple(part.strip() for part in value.split(","))
-    if isinstance(value, list):
-        return tuple(value)
-    return value.strip() if isinstance(value, str) else value
-
-
-def _is_report_to(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    names = (value,) if isinstance(value, str) else value
-    ok = (
-        isinstance(names, tuple)
-        and names
-        and all(isinstance(n, str) and n.replace("_", "").isalnum() for n in names)
-    )
-    if not ok:
-        raise ValueError(
-            f'\'{attribute.name}\' must be a tracker\'s name ("tensorboard", "wandb", '
-            f'"mlflow", "trackio", ...), a list of them, "all" or "none"; got {value!r}'
-        )
-    if len(names) > 1 and {"none", "all"} & set(names):
-        raise ValueError(f'\'{attribute.name}\': "none" and "all" stand alone; got {value!r}')
-
-
-def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
 
 
 @frozen(kw_only=True)
@@ -550,63 +468,6 @@ class FineTuneConfig:
         return type(self).from_dict(data)
 
 
-def toml_value(text: str) -> Any:
-    """``text`` read as a TOML value (``2e-4``, ``true``, ``"a"``, ``["a", "b"]``), else itself.
-
-    What ``productdesc train --set KEY=VALUE`` does with VALUE: text that is not TOML stays
-    text, so names need no quotes (``model.model_name=smollm2-135m``).
-    """
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-YAML_SUFFIXES = (".yaml", ".yml")
-"""File name endings that :meth:`FineTuneConfig.from_file` reads as YAML."""
-
-
-def read_config_file(path: Path) -> str:
-    """A config file's text; every way reading it fails is one line naming the file."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
-            f"offset {exc.start}); save it as UTF-8"
-        ) from None
-
-
-def _yaml_loader() -> type:
-    """PyYAML's safe loader with YAML 1.2's booleans (1.1 reads ``off`` and ``no`` as false)."""
-    import yaml
-
-    bool_tag = "tag:yaml.org,2002:bool"
-
-    class Loader(yaml.SafeLoader):
-        yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {
-            first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
-            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-        }
-
-    Loader.add_implicit_resolver(
-        bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-    )
-    return Loader
-
-
-def _yaml_error(exc: Exception) -> str:
-    """PyYAML's error (several lines, with a snippet) as one line with the position."""
-    problem = getattr(exc, "problem", None) or str(exc)
-    mark = getattr(exc, "problem_mark", None)
-    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    return " ".join(f"{problem}{where}".split())
-
-
 PRESETS: dict[str, dict[str, Any]] = {
     # Chosen by a sweep on a validation split of the 600 real records, on one H200
     # (docs/results/answer-quality): SmolLM2-135M in 16-bit, plain AdamW (no bitsandbytes),
@@ -636,43 +497,3 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 """Named recipes (:meth:`FineTuneConfig.preset`); keys as in :meth:`FineTuneConfig.to_dict`."""
-
-
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """``cls(**values)``; a rejected value is one line naming the field after ``prefix``.
-
-    attrs' own errors carry the field's whole ``Attribute`` (hundreds of characters) and
-    ``instance_of(int)`` passes booleans, so integer fields are checked for those here too.
-    """
-    try:
-        for attribute in attrs.fields(cls):
-            if attribute.name in values and attribute.type in ("int", "int | None"):
-                _not_bool(None, attribute, values[attribute.name])
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"config: {prefix}{_field_error(exc)}") from None
-
-
-def _field_error(exc: Exception) -> str:
-    if len(exc.args) == 4 and isinstance(exc.args[1], attrs.Attribute):
-        _, attribute, expected, value = exc.args
-        if isinstance(exc, TypeError):  # instance_of: (message, attribute, type, value)
-            types = expected if isinstance(expected, tuple) else (expected,)
-            wanted = " or ".join(_KINDS.get(t, t.__name__) for t in types)
-        else:  # in_: (message, attribute, options, value)
-            wanted = "one of " + ", ".join(map(repr, expected))
-        return f"'{attribute.name}' must be {wanted}, got {value!r}"
-    return str(exc)  # the other validators' messages: one line naming the field
-
-
-def _reject_unknown(cls: type, data: dict[str, Any], section: str) -> None:
-    known = set(attrs.fields_dict(cls))
-    unknown = sorted(map(str, set(data) - known))  # str: YAML keys can be numbers
-    if unknown:
-        where = f"[{section}]" if section else "top level"
-        raise UserError(
-            f"config: unknown key(s) {', '.join(unknown)} in {where}; known: {', '.join(sorted(known))}"
-        )
