@@ -39,7 +39,6 @@ import contextlib
 import copy
 import hmac
 import logging
-import re
 import threading
 import time
 import uuid
@@ -47,6 +46,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from productdesc.errors import UserError
+from productdesc.serve.requests import (
+    MAX_PROMPTS,
+    MAX_QUESTION_CHARS,
+    MAX_TITLE_CHARS,
+    RequestError,
+    _chat_title,
+    _check_lengths,
+    _completion_titles,
+    _max_tokens,
+    _overrides,
+    _sse,
+    split_user_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from starlette.applications import Starlette
@@ -68,36 +80,19 @@ __all__ = [
 
 MAX_NEW_TOKENS_CAP = 512
 """The longest answer a request may ask for (``max_tokens``); shorter is always allowed."""
-MAX_TITLE_CHARS = 1_000
-"""Characters in a title (the real titles are under 200)."""
-MAX_QUESTION_CHARS = 500
-"""Characters in a question."""
 MAX_PROMPT_TOKENS = 1_024
 """Tokens in a rendered prompt: with :data:`MAX_NEW_TOKENS_CAP`, inside 2048 positions."""
 MAX_BODY_BYTES = 256 * 1024
 """Bytes in a request body (a chat history included)."""
-MAX_PROMPTS = 16
-"""Prompts in one ``/v1/completions`` request (a list is answered as one batch)."""
 API_KEY_ENV = "PRODUCTDESC_API_KEY"
 """The environment variable ``productdesc serve`` reads the API key from."""
 TIMED_OUT = "\n[stopped: the server's time limit for one answer was reached]"
 """What ends a ``/describe`` answer cut by the time limit."""
 
 # Request fields that ask for something this server does not do: a 400 rather than silence.
-_UNSUPPORTED = ("suffix", "echo", "logprobs", "top_logprobs", "best_of", "tools", "functions")
 _DONE = object()
 
 logger = logging.getLogger(__name__)
-
-
-class _RequestError(Exception):
-    """A request the server refuses, with its HTTP status; becomes a JSON error body."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
 
 
 class _Slot:
@@ -113,137 +108,6 @@ class _Slot:
 
     # A streamed response whose body never started (the client left first) frees its place.
     __del__ = release
-
-
-def split_user_text(text: str) -> tuple[str, str | None]:
-    """A user's text as ``(title, question)``: the first line is the title, the rest a question.
-
-    Product titles are one line, so a message of one line asks for a description, and lines
-    after the first are a question about that product. A ``Product:`` label before the title
-    is dropped, so the message the ``"chat"`` template writes for a question
-    (``"Product: {title}\\n{question}"``) reads back as it was written.
-
-    >>> split_user_text("Nice for Mice")
-    ('Nice for Mice', None)
-    >>> split_user_text("Product: Nice for Mice\\nIs it good for toddlers?")
-    ('Nice for Mice', 'Is it good for toddlers?')
-    """
-    first, _, rest = text.strip().partition("\n")
-    title = first.strip()
-    if title[:8].lower() == "product:":
-        title = title[8:].strip()
-    question = rest.strip() or None
-    return title, question
-
-
-def _check_lengths(title: str, question: str | None, where: str) -> None:
-    if not title:
-        raise _RequestError(400, f"{where} has no product title", param=where)
-    for name, text, cap in (
-        ("title", title, MAX_TITLE_CHARS),
-        ("question", question, MAX_QUESTION_CHARS),
-    ):
-        if text is not None and len(text) > cap:
-            raise _RequestError(
-                400, f"'{name}' is {len(text)} characters; at most {cap}", param=where
-            )
-
-
-def _max_tokens(value: Any, cap: int, name: str) -> int:
-    """An answer length from a request: an integer, or a string of ASCII digits, 1 to ``cap``."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value):
-        # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= cap:
-        raise _RequestError(400, f"{name} must be an integer from 1 to {cap}", param=name)
-    return value
-
-
-def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise _RequestError(400, f"{name} must be a number from {low} to {high}", param=name)
-    return float(value)
-
-
-def _overrides(body: dict[str, Any], cap: int) -> dict[str, Any]:
-    """The :class:`~productdesc.config.GenerationConfig` fields an OpenAI request sets."""
-    for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, "", []):
-            raise _RequestError(400, f"'{name}' is not supported by this server", param=name)
-    if body.get("stop") not in (None, "", []):
-        raise _RequestError(
-            400, "'stop' is not supported: answers end where the model ends them", param="stop"
-        )
-    if body.get("n") not in (None, 1):
-        raise _RequestError(400, "only n=1 is supported", param="n")
-    if not isinstance(body.get("stream", False), bool):
-        raise _RequestError(400, "stream must be true or false", param="stream")
-    overrides: dict[str, Any] = {}
-    for name in ("max_completion_tokens", "max_tokens"):
-        if body.get(name) is not None:
-            overrides["max_new_tokens"] = _max_tokens(body[name], cap, name)
-    temperature = _number(body, "temperature", 0.0, 2.0)
-    if temperature is not None:
-        # 0 is greedy, as in OpenAI's API; above 0 samples at that temperature.
-        overrides["do_sample"] = temperature > 0
-        if temperature > 0:
-            overrides["temperature"] = temperature
-    top_p = _number(body, "top_p", 0.0, 1.0)
-    if top_p is not None:
-        if top_p == 0:
-            raise _RequestError(400, "top_p must be above 0", param="top_p")
-        overrides["top_p"] = top_p
-    return overrides
-
-
-def _message_text(content: Any) -> str:
-    """A chat message's text: a string, or the ``text`` parts of a list of content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise _RequestError(400, "only text content parts are supported", param="messages")
-            texts.append(str(part.get("text", "")))
-        return "".join(texts)
-    raise _RequestError(400, "a message's content must be a string or a list of parts")
-
-
-def _chat_title(body: dict[str, Any]) -> tuple[str, str | None]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _RequestError(400, "'messages' must be a non-empty list", param="messages")
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    if not users:
-        raise _RequestError(400, "'messages' has no user message", param="messages")
-    title, question = split_user_text(_message_text(users[-1].get("content")))
-    _check_lengths(title, question, "messages")
-    return title, question
-
-
-def _completion_titles(body: dict[str, Any]) -> list[tuple[str, str | None]]:
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise _RequestError(400, "'prompt' must be a string or a list of strings", param="prompt")
-    if len(prompts) > MAX_PROMPTS:
-        raise _RequestError(
-            400, f"'prompt' has {len(prompts)} prompts; at most {MAX_PROMPTS}", param="prompt"
-        )
-    pairs = [split_user_text(p) for p in prompts]
-    for title, question in pairs:
-        _check_lengths(title, question, "prompt")
-    return pairs
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    import json
-
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
 
 
 def create_app(
@@ -298,7 +162,7 @@ def create_app(
             local_tokenizer.append(copy.deepcopy(describer.tokenizer))
         return len(local_tokenizer[0](text)["input_ids"])
 
-    def openai_error(error: _RequestError) -> JSONResponse:
+    def openai_error(error: RequestError) -> JSONResponse:
         kind = {
             400: "invalid_request_error",
             401: "authentication_error",
@@ -314,7 +178,7 @@ def create_app(
         add_headers(response, error.status)
         return response
 
-    def plain_error(error: _RequestError) -> JSONResponse:
+    def plain_error(error: RequestError) -> JSONResponse:
         response = JSONResponse({"error": error.message}, status_code=error.status)
         add_headers(response, error.status)
         return response
@@ -329,13 +193,13 @@ def create_app(
         if api_key is not None and not hmac.compare_digest(
             request.headers.get("authorization", "").encode(), f"Bearer {api_key}".encode()
         ):
-            raise _RequestError(
+            raise RequestError(
                 401, "an 'Authorization: Bearer KEY' header with the key is required"
             )
 
     def take_slot() -> _Slot:
         if not slots.acquire(blocking=False):
-            raise _RequestError(
+            raise RequestError(
                 503, f"busy: {max_queue} requests are being answered or waiting; retry"
             )
         return _Slot(slots)
@@ -347,9 +211,9 @@ def create_app(
             try:
                 tokens = count_tokens(describer.template.render(title, question=question))
             except UserError as exc:
-                raise _RequestError(400, str(exc)) from None
+                raise RequestError(400, str(exc)) from None
             if tokens > max_prompt_tokens:
-                raise _RequestError(
+                raise RequestError(
                     400, f"the prompt is {tokens} tokens; at most {max_prompt_tokens}"
                 )
             total += tokens
@@ -360,18 +224,18 @@ def create_app(
 
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise _RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+            raise RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
         body = b""
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                raise _RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+                raise RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError):
-            raise _RequestError(400, "the request body is not valid JSON") from None
+            raise RequestError(400, "the request body is not valid JSON") from None
         if not isinstance(data, dict):
-            raise _RequestError(400, "the request body must be a JSON object")
+            raise RequestError(400, "the request body must be a JSON object")
         return data
 
     async def generate(pairs: list[tuple[str, str | None]], overrides: dict[str, Any]) -> list[Any]:
@@ -395,11 +259,11 @@ def create_app(
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except TimeoutError:
             logger.warning("an answer was not ready within the time limit (%s s)", timeout_s)
-            raise _RequestError(
+            raise RequestError(
                 504, f"no answer within the server's time limit of {timeout_s} s"
             ) from None
         except UserError as exc:
-            raise _RequestError(400, str(exc)) from None
+            raise RequestError(400, str(exc)) from None
 
     async def pieces_until(
         pieces: Iterator[str], deadline: float, slot: _Slot
@@ -430,10 +294,10 @@ def create_app(
             # stream() checks its options at once; generation starts on the first piece.
             pieces = describer.stream(title, question, **overrides)
         except UserError as exc:
-            raise _RequestError(400, str(exc)) from None
+            raise RequestError(400, str(exc)) from None
         try:
             slot = take_slot()
-        except _RequestError:
+        except RequestError:
             pieces.close()
             raise
         return pieces_until(pieces, time.monotonic() + timeout_s, slot)
@@ -473,7 +337,7 @@ def create_app(
             try:
                 check_key(request)
                 return await handler(await read_json(request))
-            except _RequestError as error:
+            except RequestError as error:
                 return openai_error(error)
 
         return endpoint
@@ -493,7 +357,7 @@ def create_app(
         head = {"id": ident, "object": "text_completion", "created": now, "model": model_name}
         if body.get("stream"):
             if len(pairs) > 1:
-                raise _RequestError(400, "stream needs a single prompt", param="prompt")
+                raise RequestError(400, "stream needs a single prompt", param="prompt")
 
             def chunk(text: str | None, finish: str | None) -> dict[str, Any]:
                 choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
@@ -556,7 +420,7 @@ def create_app(
     async def models(request: Request) -> Response:
         try:
             check_key(request)
-        except _RequestError as error:
+        except RequestError as error:
             return openai_error(error)
         return JSONResponse({"object": "list", "data": [model_card()]})
 
@@ -564,11 +428,11 @@ def create_app(
         try:
             check_key(request)
             if request.path_params["model"] != model_name:
-                raise _RequestError(
+                raise RequestError(
                     404,
                     f"no model {request.path_params['model']!r}; this server has {model_name!r}",
                 )
-        except _RequestError as error:
+        except RequestError as error:
             return openai_error(error)
         return JSONResponse(model_card())
 
@@ -578,7 +442,7 @@ def create_app(
             params = request.query_params
             title = params.get("title", "").strip()
             if not title:
-                raise _RequestError(400, "the 'title' query parameter is required")
+                raise RequestError(400, "the 'title' query parameter is required")
             question = params.get("question") or None
             _check_lengths(title, question, "title")
             overrides: dict[str, Any] = {}
@@ -588,7 +452,7 @@ def create_app(
                 )
             prompt_tokens([(title, question)])
             pieces = open_stream(title, question, overrides)
-        except _RequestError as error:
+        except RequestError as error:
             return plain_error(error)
 
         async def text() -> AsyncIterator[str]:
