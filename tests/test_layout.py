@@ -103,3 +103,27 @@ def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
     assert top_level == {}
     kernel_users = {name for name, deps in _graph().items() if KERNEL_MODULES & deps}
     assert kernel_users == {"productdesc.generation.fusion"}
+
+
+# Sizes a newcomer can read (issue 21), with the exceptions that remain, named so that a new
+# one fails here. The Triton kernel is one GPU program: split, it would be two launches.
+LONG_MODULES = {"productdesc.data.cleaning", "productdesc.data.runner"}
+LONG_FUNCTIONS = {"productdesc.generation.fused_decode._kernel"}
+SHORT_FUNCTION_PACKAGES = ("productdesc.finetune", "productdesc.evaluate", "productdesc.generation")
+
+
+def test_modules_and_functions_stay_short() -> None:
+    long_modules, long_functions = set(), set()
+    for path in (SRC / "productdesc").rglob("*.py"):
+        name = _module_name(path)
+        text = path.read_text(encoding="utf-8")
+        if len(text.splitlines()) > 500:
+            long_modules.add(name)
+        if not name.startswith(SHORT_FUNCTION_PACKAGES):
+            continue
+        for node in ast.walk(ast.parse(text)):
+            function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if function and node.end_lineno - node.lineno + 1 > 60:
+                long_functions.add(f"{name}.{node.name}")
+    assert long_modules == LONG_MODULES
+    assert long_functions == LONG_FUNCTIONS

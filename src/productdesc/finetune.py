@@ -220,26 +220,54 @@ class LoraFineTuner:
         overwrite: bool,
         callbacks: Sequence[Any],
     ) -> TrainResult:
+        """The run in named steps: set up, fit, save, describe."""
         from productdesc.backends._sft import report_to_names
 
         report_to_names(self.config.training.report_to)  # a tracker's typo: before any load
         data_note = _describe_data(train_data)
-        main = distributed.is_main_process()  # the one process that writes and logs
         checkpoint = prepare_output_dir(out, resume_from_checkpoint, overwrite, self._run_config())
         if self._trained:
             self.load()  # a second run starts from a fresh adapter, not the last one's
         train_ds, eval_ds, manifest = self._datasets(train_data, eval_data)
-        if main:
-            self._run_config().to_toml(out / CONFIG_FILE)
-            logger.info(
-                "training %s on %d examples (%d for validation) with the %s backend; %s",
-                self.config.model.model_name,
-                len(train_ds),
-                len(eval_ds) if eval_ds is not None else 0,
-                self.backend.name,
-                batch_note(self.config.training, distributed.world_size()),
-            )
+        self._announce(out, train_ds, eval_ds)
         started = time.perf_counter()
+        trainer = self._fit(out, train_ds, eval_ds, checkpoint, callbacks)
+        runtime = time.perf_counter() - started
+        history = loss_history(trainer.state.log_history)  # the same on every rank
+        merged = self._save(out, history, merge)
+        examples = len(train_ds), len(eval_ds) if eval_ds is not None else 0
+        world = distributed.world_size()
+        result = TrainResult.of_trainer(
+            trainer, history, out, merged, self.backend.name, runtime, examples, world
+        )
+        if distributed.is_main_process():
+            write_text_atomic(
+                out / CARD_FILE,
+                model_card(self.config, result, data_note, manifest, self._run_config()),
+            )
+            logger.info("done: %s; adapter in %s", result.summary(), out)
+        distributed.barrier()  # no rank returns before the outputs are complete
+        return result
+
+    def _announce(self, out: Path, train_ds: Any, eval_ds: Any) -> None:
+        """Write the run's config (main process) and say what is about to train."""
+        if not distributed.is_main_process():
+            return
+        self._run_config().to_toml(out / CONFIG_FILE)
+        logger.info(
+            "training %s on %d examples (%d for validation) with the %s backend; %s",
+            self.config.model.model_name,
+            len(train_ds),
+            len(eval_ds) if eval_ds is not None else 0,
+            self.backend.name,
+            batch_note(self.config.training, distributed.world_size()),
+        )
+
+    def _fit(
+        self, out: Path, train_ds: Any, eval_ds: Any, checkpoint: str | None, callbacks: Any
+    ) -> Any:
+        """Train with the backend; evaluate once more where the last step logged no validation
+        loss. Returns the trainer."""
         trainer = self.backend.train(
             self.model,
             self.tokenizer,
@@ -256,43 +284,21 @@ class LoraFineTuner:
             "eval_loss" in e and e.get("step") == step for e in trainer.state.log_history
         ):
             trainer.evaluate()  # the final validation loss, whatever eval_steps was
-        runtime = time.perf_counter() - started
         self.model = trainer.model  # the PEFT model itself, not its DDP wrapper
         self._trained = True
-        history = loss_history(trainer.state.log_history)  # the same on every rank
+        return trainer
+
+    def _save(self, out: Path, history: list[dict[str, Any]], merge: bool) -> Path | None:
+        """The adapter, the loss history and its plot, and the merged model when asked (main
+        process); returns where the merged model is."""
         merged = out / MERGED if merge else None
-        if main:
+        if distributed.is_main_process():
             self._save_adapter(out)
             write_text_atomic(out / HISTORY_FILE, json.dumps(history, indent=1) + "\n")
             _plot(history, out / PLOT_FILE)
             if merged is not None:  # in the dtype it trained in, not a wider one
                 self.backend.save_merged(out, merged, dtype=self.config.model.dtype)
-        result = TrainResult(
-            output_dir=out,
-            merged_dir=merged,
-            backend=self.backend.name,
-            global_step=step,
-            first_loss=_first(history, "loss"),
-            train_loss=_last(history, "loss"),
-            initial_eval_loss=next(
-                (h["eval_loss"] for h in history if h["step"] == 0 and "eval_loss" in h), None
-            ),
-            eval_loss=_kept_eval_loss(trainer, history),
-            train_examples=len(train_ds),
-            eval_examples=len(eval_ds) if eval_ds is not None else 0,
-            runtime_s=runtime,
-            tokens_per_second=_last(history, "tokens_per_second"),
-            world_size=distributed.world_size(),
-            history=tuple(history),
-        )
-        if main:
-            write_text_atomic(
-                out / CARD_FILE,
-                model_card(self.config, result, data_note, manifest, self._run_config()),
-            )
-            logger.info("done: %s; adapter in %s", result.summary(), out)
-        distributed.barrier()  # no rank returns before the outputs are complete
-        return result
+        return merged
 
     # -- helpers -----------------------------------------------------------------------------------
     def _template_for(self, tokenizer: Any) -> Any:
@@ -473,18 +479,3 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     if png is not None:
         with atomic_write(path, "wb") as fh:
             fh.write(png)
-
-
-def _kept_eval_loss(trainer: Any, history: list[dict[str, Any]]) -> float | None:
-    # With load_best_model_at_end the adapter saved is the best checkpoint, not the last step.
-    if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
-        return float(trainer.state.best_metric)
-    return _last(history, "eval_loss")
-
-
-def _first(history: list[dict[str, Any]], key: str) -> float | None:
-    return next((h[key] for h in history if key in h), None)
-
-
-def _last(history: list[dict[str, Any]], key: str) -> float | None:
-    return next((h[key] for h in reversed(history) if key in h), None)

@@ -49,6 +49,40 @@ class TrainResult:
     world_size: int
     history: tuple[dict[str, Any], ...] = attrs.field(repr=False)
 
+    @classmethod
+    def of_trainer(
+        cls,
+        trainer: Any,
+        history: list[dict[str, Any]],
+        out: Path,
+        merged: Path | None,
+        backend: str,
+        runtime: float,
+        examples: tuple[int, int],
+        world_size: int,
+    ) -> TrainResult:
+        """The run's numbers from its (TRL) ``trainer``, its loss ``history``
+        (:func:`~productdesc.finetune.loss_history`), the ``(training, validation)``
+        example counts and the number of processes."""
+        return cls(
+            output_dir=out,
+            merged_dir=merged,
+            backend=backend,
+            global_step=trainer.state.global_step,
+            first_loss=_first(history, "loss"),
+            train_loss=_last(history, "loss"),
+            initial_eval_loss=next(
+                (h["eval_loss"] for h in history if h["step"] == 0 and "eval_loss" in h), None
+            ),
+            eval_loss=_kept_eval_loss(trainer, history),
+            train_examples=examples[0],
+            eval_examples=examples[1],
+            runtime_s=runtime,
+            tokens_per_second=_last(history, "tokens_per_second"),
+            world_size=world_size,
+            history=tuple(history),
+        )
+
     def summary(self) -> str:
         """One line: steps, time, first and last training loss, validation loss, tokens/s."""
         return (
@@ -62,3 +96,18 @@ class TrainResult:
 def fmt(value: float | None, spec: str = ".4f") -> str:
     """``value`` in ``spec``, or ``"n/a"`` when there is none."""
     return "n/a" if value is None else format(value, spec)
+
+
+def _kept_eval_loss(trainer: Any, history: list[dict[str, Any]]) -> float | None:
+    # With load_best_model_at_end the adapter saved is the best checkpoint, not the last step.
+    if trainer.args.load_best_model_at_end and trainer.state.best_metric is not None:
+        return float(trainer.state.best_metric)
+    return _last(history, "eval_loss")
+
+
+def _first(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((h[key] for h in history if key in h), None)
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((h[key] for h in reversed(history) if key in h), None)

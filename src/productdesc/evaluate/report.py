@@ -271,6 +271,26 @@ def _num_td(value_ci: tuple[str, str]) -> str:
     )
 
 
+def _html_differences(result: EvalResult) -> list[str]:
+    """The paired-bootstrap differences section, or nothing where no pair was compared."""
+    if not result.differences:
+        return []
+    diff_cols = [m for m in _DIFF_METRICS if any(m in t for t in result.differences.values())]
+    labels = {m.name: m.label for m in METRICS}
+    rows = [
+        [
+            f"<th>{_h(pair)}</th>",
+            *(_num_td(_cell(m, table.get(m), signed=True)) for m in diff_cols),
+        ]
+        for pair, table in result.differences.items()
+    ]
+    return [
+        "<h2>Differences (paired bootstrap)</h2>",
+        _html_table(["systems", *(_h(labels[m]) for m in diff_cols)], rows),
+        '<p class="note">An interval that excludes 0 is a difference these records support.</p>',
+    ]
+
+
 def render_html(result: EvalResult, png: bytes | None = None, *, title: str = "Evaluation") -> str:
     """The report as one self-contained HTML page (the loss PNG inlined as base64)."""
     columns = _columns(result)
@@ -298,21 +318,7 @@ def render_html(result: EvalResult, png: bytes | None = None, *, title: str = "E
         f"{_reference_words(result):.1f} words. Length ratio: total answer words / total "
         "reference words. Small grey: 95% bootstrap interval.</p>"
     )
-    if result.differences:
-        diff_cols = [m for m in _DIFF_METRICS if any(m in t for t in result.differences.values())]
-        labels = {m.name: m.label for m in METRICS}
-        rows = [
-            [
-                f"<th>{_h(pair)}</th>",
-                *(_num_td(_cell(m, table.get(m), signed=True)) for m in diff_cols),
-            ]
-            for pair, table in result.differences.items()
-        ]
-        parts += [
-            "<h2>Differences (paired bootstrap)</h2>",
-            _html_table(["systems", *(_h(labels[m]) for m in diff_cols)], rows),
-            '<p class="note">An interval that excludes 0 is a difference these records support.</p>',
-        ]
+    parts += _html_differences(result)
     parts.append("<h2>Training loss</h2>")
     if png is not None:
         encoded = base64.b64encode(png).decode("ascii")

@@ -184,22 +184,7 @@ def evaluate(
     logger.info("evaluating %d %s records of %s", len(records), cfg.split, data_dir)
     systems = _Systems(records, data_dir, cfg, templates)
     runs = systems.run(model_dir)
-    meta = {
-        "model_dir": str(model_dir),
-        "data_dir": str(data_dir),
-        "compare_dir": None if cfg.compare is None else str(cfg.compare),
-        "context_dir": None if cfg.context_model is None else str(cfg.context_model),
-        "index": systems.index_source,
-        "split": cfg.split,
-        "limit": cfg.limit,
-        "questions": cfg.questions,
-        "hybrid_threshold": cfg.hybrid_threshold,
-        "generation": attrs.asdict(cfg.generation),
-        "run_config": run_config_text,
-        "productdesc_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "samples": cfg.samples,
-    }
+    meta = _meta(model_dir, data_dir, cfg, systems.index_source, run_config_text)
     result = score_runs(
         records,
         runs,
@@ -213,6 +198,28 @@ def evaluate(
 
         write_report(result, out_dir)
     return result
+
+
+def _meta(
+    model_dir: Path, data_dir: Path, cfg: EvalConfig, index: str | None, run_config: str | None
+) -> dict[str, Any]:
+    """What the results record about how they were made."""
+    return {
+        "model_dir": str(model_dir),
+        "data_dir": str(data_dir),
+        "compare_dir": None if cfg.compare is None else str(cfg.compare),
+        "context_dir": None if cfg.context_model is None else str(cfg.context_model),
+        "index": index,
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "questions": cfg.questions,
+        "hybrid_threshold": cfg.hybrid_threshold,
+        "generation": attrs.asdict(cfg.generation),
+        "run_config": run_config,
+        "productdesc_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "samples": cfg.samples,
+    }
 
 
 def _check(model_dir: Path, data_dir: Path, cfg: EvalConfig) -> tuple[dict[Path, str], str | None]:
