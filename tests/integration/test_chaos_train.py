@@ -42,7 +42,7 @@ WRITES = {"open", "save", "serialize_file"}  # the changes that write a file
 # finds nothing to resume (exit 2), the first command again with --overwrite. The child
 # writes what each step did to OUT.json; a step that ran to the end, its changes to OUT.changes.
 DRIVER = r"""
-import json, os, signal, sys
+import json, os, signal, sys, traceback
 
 import datasets, peft, safetensors.torch, torch, transformers, trl  # once, before any fork
 import productdesc.backends._sft, productdesc.backends.transformers, productdesc.finetune
@@ -106,6 +106,8 @@ def forked(run, *args):
         code = 1
         try:
             code = run(*args)
+        except BaseException:
+            traceback.print_exc()  # into the step's .err file: its last line says what failed
         finally:
             sys.stderr.flush()
             os._exit(code)
