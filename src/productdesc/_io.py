@@ -13,6 +13,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from productdesc.errors import OutputDirError
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **open_kwargs) -> Iterator[IO]:
@@ -133,8 +135,6 @@ def output_lock(directory: str | os.PathLike[str], what: str = "productdesc") ->
         OutputDirError: Another process holds the lock, or the directory cannot be opened.
     """
     import fcntl
-
-    from productdesc.errors import OutputDirError
 
     path = Path(directory)
     try:

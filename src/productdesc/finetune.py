@@ -51,10 +51,16 @@ from productdesc._io import (
     atomic_write,
     write_text_atomic,
 )
-from productdesc.backends import checkpointing, distributed
+from productdesc.backends import checkpointing, distributed, get_backend
+from productdesc.backends._sft import report_to_names
 from productdesc.card import batch_note, model_card
 from productdesc.config import FineTuneConfig
+from productdesc.data.dataset import AmazonTitlesDataset
 from productdesc.errors import UserError
+from productdesc.models import resolve_model
+from productdesc.plotting import plot_loss
+from productdesc.prompts import get_template
+from productdesc.prompts.context import bind_retriever
 
 # The run directory's names, re-exported here where code and tests have long imported them.
 from productdesc.run_output import ADAPTER_SCRATCH, locked_run_dir, prepare_output_dir
@@ -103,7 +109,6 @@ class LoraFineTuner:
     """
 
     def __init__(self, config: FineTuneConfig | None = None, *, retriever: Any = None) -> None:
-        from productdesc.backends import get_backend
 
         if config is None:
             config = FineTuneConfig()
@@ -221,7 +226,6 @@ class LoraFineTuner:
         callbacks: Sequence[Any],
     ) -> TrainResult:
         """The run in named steps: set up, fit, save, describe."""
-        from productdesc.backends._sft import report_to_names
 
         report_to_names(self.config.training.report_to)  # a tracker's typo: before any load
         data_note = _describe_data(train_data)
@@ -302,7 +306,6 @@ class LoraFineTuner:
 
     # -- helpers -----------------------------------------------------------------------------------
     def _template_for(self, tokenizer: Any) -> Any:
-        from productdesc.prompts import get_template
 
         name = self.config.template
         try:
@@ -330,7 +333,6 @@ class LoraFineTuner:
         if self.template is None:
             self.load()
         # Context templates (issue 9) get their index here; leave-one-out is the template's job.
-        from productdesc.prompts.context import bind_retriever
 
         default = prepared.directory if prepared is not None else None
         self.template = bind_retriever(self.template, self.retriever, default=default)
@@ -379,7 +381,6 @@ class LoraFineTuner:
         return attrs.evolve(self.config, backend=self.backend.name)
 
     def _save_adapter(self, out: Path) -> None:
-        from productdesc.models import resolve_model
 
         # Written in a scratch directory, then each file renamed into place: a reader (or a
         # crash) never sees a half-written adapter under its final name.
@@ -413,8 +414,6 @@ class LoraFineTuner:
 def _rows(data: Any, split: str) -> tuple[Any, Any]:
     """``(rows, prepared)``: a prepared directory's split and the directory, or ``data`` itself."""
     if isinstance(data, (str, os.PathLike)):
-        from productdesc.data.dataset import AmazonTitlesDataset
-
         path = Path(data)
         if not path.is_dir():
             raise UserError(f"training data not found: {path} is not a directory")
@@ -469,7 +468,6 @@ def loss_history(log_history: Iterable[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    from productdesc.plotting import plot_loss
 
     try:
         png = plot_loss(history)

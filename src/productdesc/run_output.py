@@ -13,6 +13,7 @@ from typing import Any
 
 from productdesc._io import leftovers, output_lock, remove_leftovers
 from productdesc.backends import distributed
+from productdesc.backends._sft import TRAINER_STATE, is_complete_checkpoint
 from productdesc.config import FineTuneConfig
 from productdesc.errors import OutputDirError, UserError
 from productdesc.rundir import (
@@ -136,7 +137,6 @@ def run_leftovers(out: Path) -> list[Path]:
 
 def checkpoint_of(out: Path, resume: Any) -> Path:
     # A checkpoint a kill cut short (trainer_state.json empty or partial) is passed over.
-    from productdesc.backends._sft import TRAINER_STATE, is_complete_checkpoint
 
     if resume is True:
         complete = [

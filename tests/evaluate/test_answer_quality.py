@@ -279,7 +279,7 @@ def test_hybrid_copies_sure_matches_and_writes_the_rest_in_order() -> None:
 
 # -- evaluate: questions and the hybrid system ---------------------------------------------------
 def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, monkeypatch) -> None:
-    import productdesc.generation.describer
+    import productdesc.evaluate.runner
     from productdesc import AmazonTitlesDataset, PrepareConfig
     from productdesc.evaluate import evaluate
     from productdesc.prompts import QUESTIONS
@@ -303,7 +303,7 @@ def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, mo
             writers.append(_Writer())
             return writers[-1]
 
-    monkeypatch.setattr(productdesc.generation.describer, "Describer", Loader)
+    monkeypatch.setattr(productdesc.evaluate.runner, "Describer", Loader)  # what evaluate calls
     result = evaluate(
         model, data, baselines=["retrieval"], questions=True, hybrid_threshold=0.0, n_resamples=50
     )

@@ -78,10 +78,12 @@ class FakeDescriber:
 
 @pytest.fixture
 def fake_describer(monkeypatch: pytest.MonkeyPatch) -> type[FakeDescriber]:
-    import productdesc.generation.describer
+    import productdesc.evaluate.runner
 
     FakeDescriber.calls = []
-    monkeypatch.setattr(productdesc.generation.describer, "Describer", FakeDescriber)
+    monkeypatch.setattr(
+        productdesc.evaluate.runner, "Describer", FakeDescriber
+    )  # what evaluate calls
     return FakeDescriber
 
 

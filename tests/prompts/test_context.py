@@ -392,13 +392,15 @@ class FakeDescriber:
 
 
 def test_evaluate_reports_tuned_plus_context(prepared: Path, tmp_path: Path, monkeypatch) -> None:
-    import productdesc.generation.describer
+    import productdesc.evaluate.runner
     from productdesc.cli import main
     from productdesc.data.dataset import AmazonTitlesDataset
     from productdesc.evaluate import evaluate
 
     FakeDescriber.calls = []
-    monkeypatch.setattr(productdesc.generation.describer, "Describer", FakeDescriber)
+    monkeypatch.setattr(
+        productdesc.evaluate.runner, "Describer", FakeDescriber
+    )  # what evaluate calls
     plain, with_context = tmp_path / "plain", tmp_path / "ctx"
     for path, template in ((plain, "alpaca"), (with_context, "context")):
         path.mkdir()

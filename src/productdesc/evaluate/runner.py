@@ -42,6 +42,7 @@ import attrs
 
 from productdesc._version import __version__
 from productdesc.config import FineTuneConfig, GenerationConfig
+from productdesc.data.dataset import AmazonTitlesDataset
 from productdesc.errors import UserError
 from productdesc.evaluate.config import BASELINES, EvalConfig
 from productdesc.evaluate.metrics import (
@@ -49,9 +50,13 @@ from productdesc.evaluate.metrics import (
     bootstrap_difference,
     score_system,
 )
+from productdesc.evaluate.report import write_report
 from productdesc.evaluate.result import EvalResult, SystemRun
+from productdesc.generation.describer import Describer
+from productdesc.generation.hybrid import HybridDescriber
 from productdesc.prompts import seeded_question
 from productdesc.prompts.context import uses_context
+from productdesc.retrieval.store import INDEX_DIR, open_index
 from productdesc.rundir import (
     ADAPTER_CONFIG,
     CONFIG_FILE,
@@ -194,8 +199,6 @@ def evaluate(
         loss_history=read_loss_history(model_dir),
     )
     if out_dir is not None:
-        from productdesc.evaluate.report import write_report
-
         write_report(result, out_dir)
     return result
 
@@ -332,7 +335,6 @@ class _Systems:
 
 
 def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
-    from productdesc.data.dataset import AmazonTitlesDataset
 
     dataset = AmazonTitlesDataset.from_prepared(data_dir)
     records, skipped = [], 0
@@ -352,7 +354,6 @@ def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[st
 
 def _open_index(data_dir: Path, index: Any, progress: bool) -> tuple[Any, str]:
     """The retrieval index and a note of where it came from."""
-    from productdesc.retrieval.store import INDEX_DIR, open_index
 
     if index is not None:
         return open_index(index), str(index)
@@ -396,8 +397,6 @@ def _run_model(
     fast: bool | None = None,
     copy_from: tuple[Any, float] | None = None,
 ) -> SystemRun:
-    from productdesc.generation.describer import Describer
-    from productdesc.generation.hybrid import HybridDescriber
 
     # Only a model that shows context gets the index (its prompt needs it; others refuse it).
     extra = {} if retriever is None else {"retriever": retriever}

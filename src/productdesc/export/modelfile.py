@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from productdesc._version import __version__
+from productdesc.config import GenerationConfig
+from productdesc.prompts import get_template
 from productdesc.rundir import read_config
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,7 +43,6 @@ def modelfile(
         generation: The decoding settings (``None``: the describer's defaults). Ollama has no
             ``no_repeat_ngram_size``, ``min_new_tokens`` or length penalty: a comment says so.
     """
-    from productdesc.config import GenerationConfig
 
     gen = generation if generation is not None else GenerationConfig()
     lines = [
@@ -90,8 +91,6 @@ def modelfile_for(model_dir: Path, out: Path, run: Path | None) -> str:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     template = None
     if run is not None:
-        from productdesc.prompts import get_template
-
         config = read_config(run)
         prompt = get_template(config.template, tokenizer=tokenizer, **config.template_options)
         template = prompt.ollama_template()

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from productdesc.backends import get_backend
 from productdesc.config import GenerationConfig
 from productdesc.errors import UserError
 from productdesc.generation.decoding import (
@@ -37,7 +38,10 @@ from productdesc.generation.decoding import (
 )
 from productdesc.generation.description import Description
 from productdesc.generation.loading import load_for_describer
+from productdesc.generation.static_decoder import StaticGreedyDecoder
 from productdesc.generation.streaming import stream_answer
+from productdesc.prompts import get_template
+from productdesc.prompts.context import bind_retriever
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -133,13 +137,10 @@ class Describer:
         torch_compile: bool = False,
         retriever: Any = None,
     ) -> None:
-        from productdesc.prompts.context import bind_retriever
 
         if template is None and retriever is not None:
             template = "context"
         if isinstance(backend, str):
-            from productdesc.backends import get_backend
-
             backend = get_backend(backend)
         if backend is not None:
             model = backend.prepare_for_inference(model)
@@ -166,8 +167,6 @@ class Describer:
         # to pay for: recording a shape's CUDA graphs costs less than one call of generate.
         self._fast_always = required or not torch_compile
         if fast:
-            from productdesc.generation.static_decoder import StaticGreedyDecoder
-
             try:
                 # On CPU, compiling costs more than a job saves: the static-cache loop runs
                 # eagerly.
@@ -477,7 +476,6 @@ class Describer:
 
 
 def _resolve_template(template: Any, tokenizer: Any) -> Any:
-    from productdesc.prompts import get_template
 
     if template is None:
         template = "alpaca"

@@ -9,7 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from productdesc.backends import get_backend
 from productdesc.errors import UserError
+from productdesc.plugins import backends
+from productdesc.prompts import get_template
+from productdesc.prompts.context import check_retriever
+from productdesc.retrieval.store import open_index
 from productdesc.rundir import read_config
 
 __all__ = ["load_for_describer"]
@@ -46,22 +51,17 @@ def load_for_describer(
             template_options = run_config.template_options
     if template is None and retriever is not None:
         template = "context"
-    from productdesc.prompts.context import check_retriever
-    from productdesc.retrieval.store import open_index
 
     # A missing or needless index, or a bad directory, fails before the model loads.
     check_retriever(template if template is not None else "alpaca", retriever)
     if retriever is not None:
         retriever = open_index(retriever)
-    from productdesc.backends import get_backend
 
     backend_obj = get_backend(backend)
     model, tokenizer = backend_obj.load_for_inference(
         path, load_in_4bit=load_in_4bit, dtype=dtype, adapter=not base_only
     )
     if template_options:
-        from productdesc.prompts import get_template
-
         template = get_template(template, tokenizer=tokenizer, **template_options)
     if merge_lora is None:
         merge_lora = not load_in_4bit and model.device.type == "cuda"
@@ -76,7 +76,6 @@ def load_for_describer(
 def _recorded_backend(name: str) -> str:
     """The backend a run recorded, where it is installed here; else ``"auto"``, so that a run
     trained with Unsloth on a GPU machine still loads (with transformers) on a laptop."""
-    from productdesc.plugins import backends
 
     if name == "auto" or (name in backends and backends.get(name).is_available()):
         return name
