@@ -48,6 +48,17 @@ def test_import_productdesc_imports_no_torch() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_cli_and_the_templates_import_no_numpy() -> None:
+    """A bare install (no extras) runs ``--help`` and renders prompts: retrieval, which needs
+    numpy, is imported only where an index is used."""
+    code = (
+        "import sys, productdesc.cli, productdesc.prompts, productdesc.export\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         productdesc.Nope  # noqa: B018
