@@ -38,7 +38,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -74,11 +73,6 @@ from productdesc.rundir import (
     PLOT_FILE,
 )
 from productdesc.train_result import TrainResult
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 __all__ = ["LoraFineTuner", "TrainResult", "loss_history"]
 

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Literal
 
 import attrs
 from attrs import validators as v
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
-
 
 __all__ = ["ALL_PROJECTIONS", "DTYPES", "OFF", "Dtype"]
 

@@ -7,13 +7,9 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from productdesc.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
-
 
 __all__ = ["UNSUPPORTED", "add_vocab"]
 
