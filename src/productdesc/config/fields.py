@@ -8,7 +8,9 @@ from typing import Any, Literal
 import attrs
 from attrs import validators as v
 
-__all__ = ["ALL_PROJECTIONS", "DTYPES", "OFF", "Dtype"]
+from productdesc.errors import UserError
+
+__all__ = ["ALL_PROJECTIONS", "DTYPES", "OFF", "Dtype", "evolve_checked"]
 
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -125,3 +127,20 @@ def _is_report_to(instance: Any, attribute: attrs.Attribute, value: Any) -> None
 def _finite(instance: Any, attribute: attrs.Attribute, value: float) -> None:
     if not math.isfinite(value):
         raise ValueError(f"'{attribute.name}' must be a finite number, got {value!r}")
+
+
+def evolve_checked(base: Any, what: str, **overrides: Any) -> Any:
+    """``base`` (an attrs instance) with ``overrides`` applied and validated; an unknown key
+    or a bad value is a :class:`~productdesc.errors.UserError` naming the field, its message
+    starting with ``what`` (``"generation"``, ``"evaluation"``)."""
+    if not overrides:
+        return base
+    known = attrs.fields_dict(type(base))
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise UserError(f"unknown {what} option(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    try:
+        return attrs.evolve(base, **overrides)
+    except (TypeError, ValueError) as exc:
+        # attrs' messages start with the field's name, e.g. "'max_new_tokens' must be > 0: 0".
+        raise UserError(f"{what} option: {exc}") from exc

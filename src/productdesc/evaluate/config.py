@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import attrs
 from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.config import GenerationConfig
-from productdesc.errors import UserError
+from productdesc.config.fields import evolve_checked
 
 __all__ = ["BASELINES", "EvalConfig"]
 
@@ -77,13 +76,4 @@ class EvalConfig:
         """``config`` (or the defaults) with ``options`` set; an unknown or bad option is a
         :class:`~productdesc.errors.UserError` naming it.
         """
-        known = attrs.fields_dict(cls)
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise UserError(
-                f"unknown evaluation option(s) {', '.join(unknown)}; known: {', '.join(known)}"
-            )
-        try:
-            return attrs.evolve(config if config is not None else cls(), **options)
-        except (TypeError, ValueError) as exc:
-            raise UserError(f"evaluation option: {exc}") from exc
+        return evolve_checked(config if config is not None else cls(), "evaluation", **options)

@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import attrs
-
 from productdesc.config import GenerationConfig
+from productdesc.config.fields import evolve_checked
 from productdesc.errors import UserError
 
 __all__ = [
@@ -92,16 +91,4 @@ def evolve_generation(base: GenerationConfig, **overrides: Any) -> GenerationCon
     Raises:
         UserError: An unknown option, or a value the :class:`GenerationConfig` field rejects.
     """
-    if not overrides:
-        return base
-    known = attrs.fields_dict(GenerationConfig)
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise UserError(
-            f"unknown generation option(s) {', '.join(unknown)}; known: {', '.join(known)}"
-        )
-    try:
-        return attrs.evolve(base, **overrides)
-    except (TypeError, ValueError) as exc:
-        # attrs' messages start with the field's name, e.g. "'max_new_tokens' must be > 0: 0".
-        raise UserError(f"generation option: {exc}") from exc
+    return evolve_checked(base, "generation", **overrides)
