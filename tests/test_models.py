@@ -141,3 +141,35 @@ def test_embedded_smollm2_is_converted_once(smollm2_dir: Path) -> None:
     before = (smollm2_dir / "model.safetensors").stat().st_mtime_ns
     assert resolve_model("smollm2-135m").path == str(smollm2_dir)
     assert (smollm2_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+def _unigram_tokenizer(scores: list[float]):
+    """A fast tokenizer over a Unigram model of Gemma's shape: control pieces, then ``scores``."""
+    from tokenizers import Tokenizer, normalizers
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    control = [(p, -1000.0) for p in ("<pad>", "<eos>", "<bos>", "<unk>")]
+    pieces = ["or", "ld", "▁w", "orld", "▁", "w", "o", "r", "l", "d", *"abcdefghi", "▁world"]
+    backend = Tokenizer(Unigram([*control, *zip(pieces, scores, strict=True)], unk_id=3))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def test_sentencepiece_bpe_read_as_unigram_is_rebuilt_with_its_merges(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    # Gemma's GGUF: each piece scored by its negative merge rank, read by transformers as Unigram.
+    tokenizer = _unigram_tokenizer([-float(rank) for rank in range(1, 21)])
+    assert tokenizer.tokenize(" world") == ["▁w", "or", "ld"]  # as Gemma's "world" was split
+    assert models._bpe_from_ranked_unigram(tokenizer)
+    assert tokenizer.tokenize(" world") == ["▁world"]
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).tokenize(" world") == ["▁world"]
+
+
+def test_a_real_unigram_vocabulary_is_left_alone() -> None:
+    tokenizer = _unigram_tokenizer([-1.5 - rank / 7 for rank in range(20)])  # log-probabilities
+    before = tokenizer.tokenize(" world")
+    assert not models._bpe_from_ranked_unigram(tokenizer)
+    assert tokenizer.tokenize(" world") == before

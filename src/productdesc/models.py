@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +61,9 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "PRODUCTDESC_CACHE"
 _MARKER = "productdesc_source.json"  # written last into a converted model: its presence = complete
 # Part of every cached conversion's name: bump it when the conversion changes, and caches
-# made before are not used (2: BOS kept for SentencePiece vocabularies).
-_FORMAT = 2
+# made before are not used (2: BOS kept for SentencePiece vocabularies; 3: SentencePiece BPE
+# vocabularies read as Unigram rebuilt as BPE).
+_FORMAT = 3
 
 SourceKind = Literal["hub", "local", "gguf", "embedded"]
 
@@ -279,6 +282,7 @@ def convert_gguf(gguf_path: str | os.PathLike[str], target: str | os.PathLike[st
     for role in ("eos", "bos"):
         if ids.get(role) is not None:
             setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(ids[role]))
+    _bpe_from_ranked_unigram(tokenizer)
     if add_bos and tokenizer.bos_token is not None:
         _add_bos_on_encoding(tokenizer)
     preferred = [ids.get("pad"), ids.get("unk")]
@@ -365,6 +369,39 @@ def _add_bos_on_encoding(tokenizer: Any) -> None:
         pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
         special_tokens=[(bos, tokenizer.bos_token_id)],
     )
+
+
+def _bpe_from_ranked_unigram(tokenizer: Any) -> bool:
+    """Rebuild a SentencePiece-BPE vocabulary that transformers read as Unigram (Gemma's).
+
+    A GGUF file stores a SentencePiece BPE model's merge order as scores (the negative rank of
+    each piece). transformers' reader for Gemma treats them as Unigram log-probabilities, which
+    splits "world" into "w", "or", "ld", and once saved the tokenizer reloads as a BPE without
+    merges, one character a token: text the model never saw in pretraining. This derives the
+    merges from the ranks, as transformers does for Llama's GGUF vocabularies. Returns whether
+    the tokenizer was rebuilt.
+    """
+    from tokenizers import models
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not isinstance(backend.model, models.Unigram):
+        return False
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    pieces = json.loads(backend.to_str())["model"]["vocab"]
+    # Ranks are whole numbers falling with the id over the ordinary pieces; control and byte
+    # pieces share a score. Unigram log-probabilities fall too, but are not whole numbers.
+    shared = {score for score, n in Counter(score for _, score in pieces).items() if n > 1}
+    ranks = [score for _, score in pieces if score not in shared]
+    falling = all(a > b for a, b in itertools.pairwise(ranks))
+    if len(ranks) < 2 or not falling or any(score != int(score) for score in ranks):
+        return False
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+    merges = generate_merges(vocab, dict(pieces))
+    unk = tokenizer.unk_token if tokenizer.unk_token in vocab else None
+    backend.model = models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
+    logger.info("rebuilt the GGUF's SentencePiece vocabulary as BPE (%d merges)", len(merges))
+    return True
 
 
 def ensure_distinct_pad(
