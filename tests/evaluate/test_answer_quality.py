@@ -278,11 +278,11 @@ def test_hybrid_copies_sure_matches_and_writes_the_rest_in_order() -> None:
 
 
 # -- evaluate: questions and the hybrid system ---------------------------------------------------
-def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, monkeypatch) -> None:
+def _tutus_and_loader(tmp_path: Path, monkeypatch) -> tuple[Path, Path, list]:
+    """Prepared data of eight tutus, a model directory, and the (path, writer) of each
+    describer that evaluate loads."""
     import productdesc.evaluate.runner
     from productdesc import AmazonTitlesDataset, PrepareConfig
-    from productdesc.evaluate import evaluate
-    from productdesc.prompts import QUESTIONS
 
     lines = [
         json.dumps({"uid": f"u{i}", "title": f"Girls Ballet Tutu {c}", "content": f"A {c} tutu."})
@@ -295,23 +295,51 @@ def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, mo
     )
     model = tmp_path / "model"
     model.mkdir()
-    writers: list[_Writer] = []
+    loaded: list[tuple[Path, _Writer]] = []
 
     class Loader:
         @staticmethod
         def from_pretrained(path, **kwargs):
-            writers.append(_Writer())
-            return writers[-1]
+            loaded.append((Path(path), _Writer()))
+            return loaded[-1][1]
 
     monkeypatch.setattr(productdesc.evaluate.runner, "Describer", Loader)  # what evaluate calls
+    return data, model, loaded
+
+
+def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, monkeypatch) -> None:
+    from productdesc.evaluate import evaluate
+    from productdesc.prompts import QUESTIONS
+
+    data, model, loaded = _tutus_and_loader(tmp_path, monkeypatch)
     result = evaluate(
         model, data, baselines=["retrieval"], questions=True, hybrid_threshold=0.0, n_resamples=50
     )
     assert list(result.runs) == ["retrieval", "tuned", "hybrid"]
-    titles, questions = writers[0].asked[0]
+    titles, questions = loaded[0][1].asked[0]
     starts = tuple(q.split("{title}")[0] for q in QUESTIONS)
     assert len(questions) == len(titles) and all(q.startswith(starts) for q in questions)
     assert [q for t, q in zip(titles, questions, strict=True) if t not in q] == []
     # threshold 0: every title with a match is copied, so the hybrid is retrieval here
     assert result.runs["hybrid"].outputs == result.runs["retrieval"].outputs
     assert result.meta["questions"] is True
+
+
+def test_the_hybrid_writes_with_the_tuned_model_beside_a_context_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from productdesc import FineTuneConfig
+    from productdesc.evaluate import evaluate
+    from productdesc.rundir import CONFIG_FILE
+
+    data, model, loaded = _tutus_and_loader(tmp_path, monkeypatch)
+    context = tmp_path / "context"
+    context.mkdir()
+    FineTuneConfig(template="context").to_toml(context / CONFIG_FILE)
+    result = evaluate(
+        model, data, baselines=[], context_model=context, hybrid_threshold=1e9, n_resamples=50
+    )
+    assert list(result.runs) == ["tuned", "context", "hybrid"]
+    assert [path.name for path, _ in loaded] == ["model", "context", "model"]
+    assert result.runs["hybrid"].outputs == result.runs["tuned"].outputs  # nothing copied
+    assert result.runs["hybrid"].label.endswith("else tuned)")

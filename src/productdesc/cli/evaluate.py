@@ -72,7 +72,7 @@ def add_parser(subparsers: Any) -> None:
         type=float,
         metavar="SCORE",
         help="also evaluate copying the nearest train title's description where its BM25 score "
-        "is at least SCORE, and the context (else tuned) model's answer otherwise",
+        "is at least SCORE, and the tuned model's answer otherwise",
     )
     add_fast_option(parser)
     add_generation_options(

@@ -45,7 +45,7 @@ class EvalConfig:
             template's instruction (the same question for every system).
         hybrid_threshold: Also evaluate ``hybrid``: copy the nearest train title's
             description where its retrieval score is at least this, else answer with the
-            context model (or the tuned model without one).
+            tuned model.
         fast: The describers' fast path (see :class:`~productdesc.generation.describer.Describer`).
     """
 

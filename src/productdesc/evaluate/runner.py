@@ -16,7 +16,7 @@ Systems, all answering the same records, the generating ones with the same decod
   the nearest train products (reported as "tuned + context");
 * ``compare``: optionally, a second fine-tuned model, for A/B;
 * ``hybrid``: optionally, the nearest train title's description where its retrieval score
-  reaches a threshold, else the context model's answer (else the tuned model's); see
+  reaches a threshold, else the tuned model's answer; see
   :mod:`productdesc.generation.hybrid`.
 
 With ``questions=True`` every generating system is asked a seeded paraphrase of a user's
@@ -308,8 +308,10 @@ class _Systems:
         if context_dir is not None:
             runs.append(self.model("context", context_dir))
         if cfg.hybrid_threshold is not None:
-            writer = context_dir if context_dir is not None else model_dir
-            runs.append(self.model("hybrid", writer, copy_at=cfg.hybrid_threshold))
+            # The tuned model writes what is not copied: those titles' neighbours are other
+            # products, and beside them the context model wrote worse on held-out records
+            # (docs/results/answer-quality).
+            runs.append(self.model("hybrid", model_dir, copy_at=cfg.hybrid_threshold))
         if cfg.compare is not None:
             runs.append(self.model("compare", Path(cfg.compare)))
         return runs
@@ -421,7 +423,7 @@ def _run_model(
     )
     label = LABELS[name]
     if copy_from is not None:
-        label = f"hybrid (copy at BM25 >= {copy_from[1]:g}, else {'tuned + context' if retriever is not None else 'tuned'})"
+        label = f"hybrid (copy at BM25 >= {copy_from[1]:g}, else tuned)"
     elif retriever is not None and not label.endswith(CONTEXT_SUFFIX):
         label += CONTEXT_SUFFIX
     return SystemRun(
