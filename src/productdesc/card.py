@@ -9,6 +9,7 @@ from typing import Any
 
 from productdesc._version import __version__
 from productdesc.config import FineTuneConfig, TrainingConfig
+from productdesc.models import EMBEDDED
 from productdesc.rundir import CONFIG_FILE, PLOT_FILE
 from productdesc.train_result import TrainResult, fmt
 
@@ -96,8 +97,6 @@ def card_metadata(model_name: str, manifest: Any = None) -> str:
     model's own, none for a local path), its license where it is known, and the training
     data's Hub id where it was one (a prepared file or local directory has none)."""
     from huggingface_hub import ModelCardData
-
-    from productdesc.models import EMBEDDED
 
     embedded = EMBEDDED.get(model_name)
     base = embedded.hub_id if embedded else None

@@ -227,9 +227,7 @@ def open_input(
 
 
 def _dataset(spec: str, fields: tuple[str, str, str], split: str | None) -> InputFile:
-    from productdesc.data.formats import open_dataset
-
-    dataset, split = open_dataset(spec, split, fields)
+    dataset, split = formats.open_dataset(spec, split, fields)
     return InputFile(Path(spec), None, "none", "dataset", split, spec, dataset=dataset)
 
 

@@ -33,6 +33,8 @@ from typing import IO, Any
 
 import orjson
 
+from productdesc._io import atomic_write
+
 __all__ = ["FULL_SIZE", "synthetic_records", "write_trn"]
 
 FULL_SIZE = 2_248_619  # lines in the real trn.json
@@ -236,8 +238,6 @@ def write_trn(
         The path written.
     """
     from tqdm.auto import tqdm
-
-    from productdesc._io import atomic_write
 
     path = Path(path)
     dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE

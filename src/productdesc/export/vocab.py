@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from productdesc.errors import UserError
+from productdesc.models import tokenizer_adds_bos
 
 __all__ = ["UNSUPPORTED", "add_vocab"]
 
@@ -177,8 +178,6 @@ def _byte_level_vocab(tokenizer: Any, n_vocab: int) -> tuple[list[bytes], list[f
 def add_vocab(writer: Any, model_dir: Path, n_vocab: int) -> None:
     import gguf
     from transformers import AutoTokenizer
-
-    from productdesc.models import tokenizer_adds_bos
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model, pre, tokens, scores, types = _vocab(model_dir, n_vocab, tokenizer)

@@ -10,6 +10,7 @@ from typing import Any
 from productdesc.config import GenerationConfig
 from productdesc.config.fields import evolve_checked
 from productdesc.errors import UserError
+from productdesc.models import ensure_distinct_pad
 
 __all__ = [
     "MODEL_PROCESSORS",
@@ -46,7 +47,6 @@ def stop_and_pad_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     end tokens of the model's own ``generation_config`` (Llama 3's ``<|eot_id|>`` beside
     ``<|end_of_text|>``) stop an answer too, so a base model prompted directly also ends.
     """
-    from productdesc.models import ensure_distinct_pad
 
     if tokenizer.eos_token_id is None:
         raise UserError(

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from productdesc.errors import UserError
+from productdesc.generation.description import Description
 
 __all__ = ["HybridDescriber", "fit_copy_threshold"]
 
@@ -109,7 +110,6 @@ class HybridDescriber:
         ended (``stopped_at_eos``): it is a whole description. The others are the describer's,
         generated together in one :meth:`~productdesc.generation.describer.Describer.describe_batch`.
         """
-        from productdesc.generation.describer import Description
 
         if questions is not None and len(questions) != len(titles):
             raise UserError(f"got {len(titles)} titles but {len(questions)} questions")

@@ -50,6 +50,7 @@ from attrs import validators as v
 from tqdm.auto import tqdm
 
 from productdesc._io import atomic_write, write_text_atomic
+from productdesc.data.dataset import AmazonTitlesDataset
 from productdesc.errors import UserError
 
 __all__ = ["Analyzer", "Hit", "RetrievalIndex", "normalize_title"]
@@ -298,7 +299,6 @@ class RetrievalIndex:
 
         Keyword arguments go to :meth:`build`.
         """
-        from productdesc.data.dataset import AmazonTitlesDataset
 
         dataset = AmazonTitlesDataset.from_prepared(data_dir)
         return cls.build(dataset.iter_split(split), **kwargs)
