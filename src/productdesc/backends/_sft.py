@@ -1,6 +1,7 @@
 """TRL ``SFTTrainer`` set up from a :class:`~productdesc.config.TrainingConfig`, CPU included.
 
-Both built-in backends train through :func:`build_trainer`. Imported only when training starts.
+Both built-in backends train through :func:`build_trainer`. Its imports of TRL and the
+rest of the stack happen when training starts.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from productdesc.backends import distributed
 from productdesc.backends._device import resolve_dtype
 from productdesc.errors import UserError
 from productdesc.rundir import LOGS
@@ -279,8 +281,6 @@ def build_trainer(
         UserError: ``training.early_stopping_patience`` is set but there is no validation data.
     """
     from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
-
-    from productdesc.backends import distributed
 
     patience = training.early_stopping_patience
     if patience is not None:

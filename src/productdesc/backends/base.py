@@ -20,7 +20,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from productdesc import plugins
+from productdesc.backends import distributed
 from productdesc.backends._device import cuda_available, resolve_dtype
+from productdesc.backends._sft import build_trainer
 from productdesc.errors import UserError
 from productdesc.models import ResolvedModel, ensure_distinct_pad, loading_errors, resolve_model
 from productdesc.rundir import ADAPTER_CONFIG as ADAPTER_CONFIG  # its old home; still imported
@@ -97,8 +100,6 @@ class Backend(abc.ABC):
         Raises:
             ModelNotAvailableError: The weights cannot be found or downloaded.
         """
-        from productdesc.backends import distributed
-
         # Under a launch: join the process group first, which gives this rank its own GPU
         # (cuda:LOCAL_RANK) to load onto; rank 0 alone downloads or converts the model.
         distributed.init()
@@ -158,8 +159,6 @@ class Backend(abc.ABC):
 
         With validation data, a fresh run first logs the base model's validation loss (step 0).
         """
-        from productdesc.backends._sft import build_trainer
-
         trainer = build_trainer(
             model,
             tokenizer,
@@ -315,10 +314,8 @@ def get_backend(name: str = "auto") -> Backend:
         UserError: An unknown name (the message lists the known ones), or a backend whose
             libraries are not installed.
     """
-    from productdesc.plugins import PluginError, backends
-
     if name == "auto":
-        unsloth = backends.get("unsloth") if "unsloth" in backends else None
+        unsloth = plugins.backends.get("unsloth") if "unsloth" in plugins.backends else None
         if unsloth is not None and unsloth.is_available():
             try:
                 return unsloth()
@@ -328,8 +325,8 @@ def get_backend(name: str = "auto") -> Backend:
                 )
         name = "transformers"
     try:
-        cls = backends.get(name)
-    except PluginError as exc:
+        cls = plugins.backends.get(name)
+    except plugins.PluginError as exc:
         raise UserError(f"backend: {exc}") from None
     if not cls.is_available():
         raise UserError(

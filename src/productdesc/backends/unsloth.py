@@ -23,6 +23,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from productdesc.backends import _varlen
 from productdesc.backends.base import Backend
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,8 +47,6 @@ def _import_unsloth() -> Any:
     # Unsloth reports usage statistics over the network unless told not to.
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth
-
-    from productdesc.backends import _varlen
 
     _varlen.install()
     return unsloth

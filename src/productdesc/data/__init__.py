@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from productdesc.data.cleaning import (
     CleaningStepError,
     Dedupe,
@@ -28,7 +26,7 @@ from productdesc.data.cleaning import (
     default_steps,
 )
 from productdesc.data.config import PrepareConfig
-from productdesc.data.dataset import AmazonTitlesDataset, PreparedDataset
+from productdesc.data.dataset import AmazonTitlesDataset, PreparedDataset, sample_path
 from productdesc.data.manifest import Manifest
 from productdesc.data.reader import READ_REASONS
 from productdesc.data.split import SPLIT_NAMES, Splitter
@@ -56,10 +54,3 @@ __all__ = [
     "default_steps",
     "sample_path",
 ]
-
-
-def sample_path() -> Path:
-    """The ``trn.json`` sample shipped in the package: 120 hand-written records in the
-    dump's exact format, with HTML entities (some double-escaped), duplicates and empty
-    descriptions, so that a prepare of it shows every cleaning step at work."""
-    return Path(__file__).parent / "sample" / "trn_sample.jsonl"

@@ -43,6 +43,7 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.errors import UserError
+from productdesc.plugins import cleaners
 
 __all__ = [
     "DEDUPE_MODES",
@@ -482,8 +483,6 @@ def is_keyed(step: Any) -> bool:
 
 def step_name(step: Any) -> str:
     """The registry name of ``step``'s class, else ``"module:QualName"`` (of a function too)."""
-    from productdesc.plugins import cleaners
-
     for info in cleaners.infos():
         if info.obj is type(step):
             return info.name

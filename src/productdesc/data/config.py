@@ -17,6 +17,7 @@ from productdesc.data.cleaning import (
     step_options,
 )
 from productdesc.data.split import SPLIT_NAMES, parse_split
+from productdesc.plugins import cleaners
 
 __all__ = ["RECORD_FIELDS", "PrepareConfig", "parse_columns"]
 
@@ -68,8 +69,6 @@ def _to_steps(value: Any) -> Any:
     # Names resolve through the plugin registry, so `steps=("html_unescape", MyStep())` works.
     if value is None or not isinstance(value, (list, tuple)):
         return value
-    from productdesc.plugins import cleaners
-
     return tuple(cleaners.get(s)() if isinstance(s, str) else s for s in value)
 
 

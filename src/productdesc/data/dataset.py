@@ -30,7 +30,14 @@ from productdesc.data.runner import Run
 from productdesc.data.writer import write_prepared
 from productdesc.errors import DataFormatError, UserError
 
-__all__ = ["AmazonTitlesDataset", "PrepareConfig", "PreparedDataset"]
+__all__ = ["AmazonTitlesDataset", "PrepareConfig", "PreparedDataset", "sample_path"]
+
+
+def sample_path() -> Path:
+    """The ``trn.json`` sample shipped in the package: 120 hand-written records in the
+    dump's exact format, with HTML entities (some double-escaped), duplicates and empty
+    descriptions, so that a prepare of it shows every cleaning step at work."""
+    return Path(__file__).parent / "sample" / "trn_sample.jsonl"
 
 
 class AmazonTitlesDataset:
@@ -72,8 +79,6 @@ class AmazonTitlesDataset:
     @classmethod
     def sample(cls, config: PrepareConfig | None = None) -> AmazonTitlesDataset:
         """The small ``trn.json`` sample shipped in the package (see :func:`sample_path`)."""
-        from productdesc.data import sample_path
-
         return cls(sample_path(), config)
 
     def __iter__(self) -> Iterator[Record]:

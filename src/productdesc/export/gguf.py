@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from productdesc._io import write_text_atomic
+from productdesc.backends import get_backend
 from productdesc.errors import UserError
 from productdesc.export.modelfile import MODELFILE, modelfile_for
 from productdesc.export.vocab import UNSUPPORTED as _UNSUPPORTED
@@ -87,8 +88,6 @@ def export_gguf(
         return _export(source, out, outtype, name, run)
     if not has_adapter(source):
         raise UserError(f"{source} holds neither a model (config.json) nor a LoRA adapter")
-    from productdesc.backends import get_backend
-
     # The adapter has to be merged into unquantized weights first, in float32 so that the
     # file's own rounding is the only one; the merge lives in a temporary folder beside the
     # output and goes when the file is written.

@@ -43,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from productdesc.plugins import templates
 from productdesc.prompts.alpaca import ALPACA_PREAMBLE, ALPACA_PROMPT, PromptTemplate
 from productdesc.prompts.base import QUESTIONS, BaseTemplate, TemplateError, seeded_question
 from productdesc.prompts.chat import ChatTemplate
@@ -84,8 +85,6 @@ def get_template(name: str, tokenizer: Any = None, **options: Any) -> BaseTempla
         productdesc.plugins.PluginError: No template is registered as ``name``.
         TemplateError: An option the template does not have, or a bad value.
     """
-    from productdesc.plugins import templates
-
     cls = templates.get(name)
     if attrs.has(cls):
         known = {f.alias for f in attrs.fields(cls) if f.init} - {"tokenizer", "tokenizer_bos"}

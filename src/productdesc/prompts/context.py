@@ -10,6 +10,7 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.errors import UserError
+from productdesc.plugins import templates
 from productdesc.prompts.alpaca import ALPACA_PREAMBLE, PromptTemplate
 from productdesc.prompts.base import TemplateError, _text
 
@@ -239,8 +240,6 @@ def uses_context(template: Any) -> bool:
     ``with_retriever(retriever)``, as :class:`~productdesc.prompts.ContextTemplate` does.
     """
     if isinstance(template, str):
-        from productdesc.plugins import templates
-
         template = templates.get(template)
     return bool(getattr(template, "uses_context", False))
 
