@@ -105,6 +105,47 @@ def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
     assert kernel_users == {"productdesc.generation.fusion"}
 
 
+# Inside a function the package imports its own modules only where the import itself is the
+# point: the Triton kernel module (its import compiles nothing, but needs triton), and the
+# retrieval index that a context template opens (numpy, which a bare `--help` does without).
+LOCAL_OWN_IMPORTS = {
+    "productdesc.generation.fusion": {"productdesc.generation.fused_decode"},
+    "productdesc.prompts.context": {
+        "productdesc.retrieval.neighbours",
+        "productdesc.retrieval.store",
+    },
+}
+
+
+def test_own_modules_are_imported_at_the_top_outside_the_cli() -> None:
+    local: dict[str, set[str]] = {}
+    modules = set(_graph())
+    for path in (SRC / "productdesc").rglob("*.py"):
+        name = _module_name(path)
+        if name.startswith("productdesc.cli"):
+            continue  # a command imports what it runs, so --help stays instant
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found = {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.Import):
+                    found = {alias.name for alias in node.names}
+                else:
+                    continue
+                own = {m for m in found & modules if m.startswith("productdesc")}
+                if own:
+                    local.setdefault(name, set()).update(own)
+    # The deepest name that was imported: `from productdesc.data import x` names the package.
+    local = {
+        name: {m for m in deps if not any(o.startswith(f"{m}.") for o in deps)}
+        for name, deps in local.items()
+    }
+    assert local == LOCAL_OWN_IMPORTS
+
+
 # Sizes a newcomer can read (issue 21), with the exceptions that remain, named so that a new
 # one fails here. The Triton kernel is one GPU program: split, it would be two launches.
 LONG_MODULES = {"productdesc.data.cleaning", "productdesc.data.runner"}
