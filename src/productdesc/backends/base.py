@@ -25,9 +25,10 @@ from productdesc.backends import distributed
 from productdesc.backends._device import cuda_available, resolve_dtype
 from productdesc.backends._sft import build_trainer
 from productdesc.errors import UserError
-from productdesc.models import ResolvedModel, ensure_distinct_pad, loading_errors, resolve_model
+from productdesc.models import ResolvedModel, loading_errors, resolve_model
 from productdesc.rundir import ADAPTER_CONFIG as ADAPTER_CONFIG  # its old home; still imported
 from productdesc.rundir import adapter_base, has_adapter
+from productdesc.tokenizers import ensure_distinct_pad
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from productdesc.errors import UserError
-from productdesc.models import tokenizer_adds_bos
+from productdesc.tokenizers import tokenizer_adds_bos
 
 __all__ = ["UNSUPPORTED", "add_vocab"]
 

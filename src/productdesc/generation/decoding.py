@@ -10,7 +10,7 @@ from typing import Any
 from productdesc.config import GenerationConfig
 from productdesc.config.fields import evolve_checked
 from productdesc.errors import UserError
-from productdesc.models import ensure_distinct_pad
+from productdesc.tokenizers import ensure_distinct_pad
 
 __all__ = [
     "MODEL_PROCESSORS",

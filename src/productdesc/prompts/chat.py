@@ -8,7 +8,6 @@ import attrs
 from attrs import field, frozen
 from attrs import validators as v
 
-from productdesc.models import tokenizer_adds_bos
 from productdesc.prompts.base import (
     BaseTemplate,
     TemplateError,
@@ -17,6 +16,7 @@ from productdesc.prompts.base import (
     _strip_echo,
     _text,
 )
+from productdesc.tokenizers import tokenizer_adds_bos
 
 __all__ = ["ChatTemplate"]
 
