@@ -168,7 +168,7 @@ def summarise(results: list[dict], text_stats: dict, args: argparse.Namespace) -
 def worker(spec: dict, out_path: str) -> None:
     import attrs
 
-    from productdesc.backends import distributed
+    from productdesc import distributed
     from productdesc.config import FineTuneConfig
     from productdesc.finetune import LoraFineTuner
 

@@ -72,6 +72,43 @@ def test_the_circle_finder_finds_one() -> None:
     assert _a_circle({"a": {"b"}, "b": set()}) is None
 
 
+def _floors(graph: dict[str, set[str]]) -> dict[str, int]:
+    """Each package's floor (1: imports nothing of ours), counting a top-level package or
+    module of productdesc as one node, as a newcomer reads the tree."""
+
+    def top(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    packages: dict[str, set[str]] = {}
+    for name, deps in graph.items():
+        packages.setdefault(top(name), set()).update(top(d) for d in deps if top(d) != top(name))
+    floors: dict[str, int] = {}
+
+    def floor(name: str) -> int:
+        if name not in floors:
+            floors[name] = 1 + max((floor(d) for d in packages[name]), default=0)
+        return floors[name]
+
+    for name in packages:
+        floor(name)
+    return floors
+
+
+def test_the_package_is_at_most_eight_floors_tall() -> None:
+    floors = _floors(_graph())
+    assert max(floors.values()) <= 8, sorted(floors.items(), key=lambda kv: -kv[1])[:4]
+    assert floors["productdesc.errors"] == 1
+
+
+def test_the_floor_count_sees_a_chain() -> None:
+    graph = {"productdesc.a": {"productdesc.b.x"}, "productdesc.b.x": {"productdesc.c"}}
+    assert _floors({**graph, "productdesc.c": set()}) == {
+        "productdesc.a": 3,
+        "productdesc.b": 2,
+        "productdesc.c": 1,
+    }
+
+
 def test_the_trainer_setup_and_the_report_sit_below_what_calls_them() -> None:
     graph = _graph()
     assert "productdesc.backends.base" not in graph["productdesc.backends._sft"]

@@ -17,6 +17,7 @@ MOVED = [
     ("productdesc.gguf_export", "export_gguf", "productdesc.export"),
     ("productdesc.context", "neighbours", "productdesc.retrieval.neighbours"),
     ("productdesc.context", "bind_retriever", "productdesc.prompts.context"),
+    ("productdesc.backends.distributed", "is_main_process", "productdesc.distributed"),
 ]
 
 
@@ -56,6 +57,7 @@ def test_the_package_itself_imports_no_old_path() -> None:
             "hybrid",
             "context",
             "gguf_export",
+            "backends.distributed",
         )
     }
     users = {name for name, deps in _graph().items() if deps & old}

@@ -29,7 +29,7 @@ The same code runs data-parallel under ``torchrun --nproc-per-node N`` or ``acce
 (or ``productdesc train --nproc N``): every process builds the same examples, the Trainer gives
 each its share of every step's batch (DDP), and only rank 0 writes the outputs above and logs.
 One optimizer step then takes N x ``per_device_train_batch_size`` x
-``gradient_accumulation_steps`` rows. See :mod:`productdesc.backends.distributed`.
+``gradient_accumulation_steps`` rows. See :mod:`productdesc.distributed`.
 """
 
 from __future__ import annotations
@@ -46,11 +46,12 @@ from typing import Any
 
 import attrs
 
+from productdesc import distributed
 from productdesc._io import (
     atomic_write,
     write_text_atomic,
 )
-from productdesc.backends import checkpointing, distributed, get_backend
+from productdesc.backends import checkpointing, get_backend
 from productdesc.backends._sft import report_to_names
 from productdesc.card import batch_note, model_card
 from productdesc.config import FineTuneConfig

@@ -11,9 +11,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from productdesc._io import leftovers, output_lock, remove_leftovers
-from productdesc.backends import distributed
-from productdesc.backends._sft import TRAINER_STATE, is_complete_checkpoint
+from productdesc import distributed
+from productdesc._io import leftovers, remove_leftovers
+from productdesc._lock import output_lock
 from productdesc.config import FineTuneConfig
 from productdesc.errors import OutputDirError, UserError
 from productdesc.rundir import (
@@ -24,6 +24,8 @@ from productdesc.rundir import (
     LOGS,
     MERGED,
     PLOT_FILE,
+    TRAINER_STATE,
+    is_complete_checkpoint,
     is_run,
 )
 
@@ -99,7 +101,7 @@ def check_output_dir(
 
 @contextlib.contextmanager
 def locked_run_dir(out: Path, *, create: bool) -> Iterator[None]:
-    """Hold ``out``'s lock (:func:`~productdesc._io.output_lock`) on the main process for the
+    """Hold ``out``'s lock (:func:`~productdesc._lock.output_lock`) on the main process for the
     block, creating ``out`` first when ``create``; no lock where it is not a directory (a file,
     or nothing to resume: the directory check then says which).
 

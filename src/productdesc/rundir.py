@@ -11,6 +11,7 @@ renaming one (or adding one) is a change here, not a search through the package:
         loss.png                  PLOT_FILE
         README.md                 CARD_FILE: the model card
         checkpoints/              CHECKPOINTS
+            checkpoint-N/         complete once its TRAINER_STATE is whole JSON
         merged/                   MERGED: with merge=True
         logs/                     LOGS: TensorBoard's event files
 
@@ -39,9 +40,11 @@ __all__ = [
     "LOGS",
     "MERGED",
     "PLOT_FILE",
+    "TRAINER_STATE",
     "adapter_base",
     "config_of",
     "has_adapter",
+    "is_complete_checkpoint",
     "is_run",
     "read_config",
     "read_config_text",
@@ -57,6 +60,7 @@ HISTORY_FILE = "loss_history.json"
 PLOT_FILE = "loss.png"
 CARD_FILE = "README.md"
 CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"  # the last file transformers writes into a checkpoint
 MERGED = "merged"
 LOGS = "logs"
 
@@ -163,3 +167,19 @@ def read_loss_history(model_dir: str | os.PathLike[str]) -> list[dict[str, Any]]
         logger.warning("%s is not a list of {step, loss, ...}; the report has no loss curve", path)
         return None
     return rows
+
+
+def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether the Trainer finished writing checkpoint ``path``: its ``trainer_state.json``,
+    the last file it writes there, is whole JSON.
+
+    The file's presence is not enough: transformers writes it in place, not atomically, so a
+    run killed while writing it leaves it empty or cut short, and a resume from there would
+    fail in ``json.loads``. The files written before it are whole once it exists (a kill
+    loses no data the process wrote; a power cut could, as nothing is fsynced).
+    """
+    try:
+        state = json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(state, dict) and "global_step" in state

@@ -144,7 +144,7 @@ def test_two_concurrent_prepares_into_one_folder_one_fails_at_once(
 def test_a_held_lock_refuses_prepare_and_leaves_the_folder(
     prepared: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from productdesc._io import output_lock
+    from productdesc._lock import output_lock
 
     before = tree(prepared)
     with output_lock(prepared, "train"):
@@ -157,14 +157,14 @@ def test_a_held_lock_refuses_prepare_and_leaves_the_folder(
 
 def test_the_lock_goes_with_the_process_that_took_it(tmp_path: Path) -> None:
     """Killed with SIGKILL, the holder leaves no stale lock; a forked child never holds it."""
-    from productdesc._io import output_lock
+    from productdesc._lock import output_lock
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import os, sys, time\n"
-            "from productdesc._io import output_lock\n"
+            "from productdesc._lock import output_lock\n"
             "with output_lock(sys.argv[1]):\n"
             "    if os.fork() == 0:\n"  # one that outlives its parent, like a pool worker
             "        os.write(1, b'child %d\\n' % os.getpid()); time.sleep(30); os._exit(0)\n"

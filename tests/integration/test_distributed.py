@@ -39,7 +39,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
-    from productdesc.backends import distributed
+    from productdesc import distributed
     from productdesc.config import FineTuneConfig
     from productdesc.finetune import LoraFineTuner
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from productdesc._io import output_lock
+from productdesc._lock import output_lock
 from productdesc.errors import OutputDirError, UserError
 from productdesc.finetune import LoraFineTuner
 from test_finetune import RECORDS, tiny_config
@@ -50,7 +50,7 @@ CHILD = textwrap.dedent(
 def _lock_is_free(directory: Path) -> bool:
     """Whether another process can take ``directory``'s lock now."""
     code = (
-        "import sys\nfrom productdesc._io import output_lock\n"
+        "import sys\nfrom productdesc._lock import output_lock\n"
         "with output_lock(sys.argv[1]):\n    pass\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -6,14 +6,13 @@ rest of the stack happen when training starts.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from productdesc.backends import distributed
+from productdesc import distributed
 from productdesc.backends._device import resolve_dtype
 from productdesc.errors import UserError
 from productdesc.rundir import LOGS
@@ -208,25 +207,6 @@ def trainer_class() -> type:
 
     SFTTrainer.__qualname__ = f"productdesc.{base.__qualname__}"
     return SFTTrainer
-
-
-TRAINER_STATE = "trainer_state.json"  # the last file transformers writes into a checkpoint
-
-
-def is_complete_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether the Trainer finished writing checkpoint ``path``: its ``trainer_state.json``,
-    the last file it writes there, is whole JSON.
-
-    The file's presence is not enough: transformers writes it in place, not atomically, so a
-    run killed while writing it leaves it empty or cut short, and a resume from there would
-    fail in ``json.loads``. The files written before it are whole once it exists (a kill
-    loses no data the process wrote; a power cut could, as nothing is fsynced).
-    """
-    try:
-        state = json.loads((Path(path) / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(state, dict) and "global_step" in state
 
 
 def epoch_seeded_length_sampler(sampler: Any, seed: int) -> Any:

@@ -20,8 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from productdesc import plugins
-from productdesc.backends import distributed
+from productdesc import distributed, plugins
 from productdesc.backends._device import cuda_available, resolve_dtype
 from productdesc.backends._sft import build_trainer
 from productdesc.errors import UserError
@@ -96,7 +95,7 @@ class Backend(abc.ABC):
         """Load the base model and tokenizer a run trains, pad token made distinct from EOS.
 
         Under ``torchrun`` or ``accelerate launch`` each process loads its own copy onto its own
-        GPU (see :mod:`~productdesc.backends.distributed`).
+        GPU (see :mod:`~productdesc.distributed`).
 
         Raises:
             ModelNotAvailableError: The weights cannot be found or downloaded.

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from productdesc.backends import distributed
+from productdesc import distributed
 from productdesc.errors import UserError
 
 

@@ -1,6 +1,6 @@
 """Writing a prepared directory: shards, rejects and manifest, never a half-done mixture.
 
-A run holds the directory's lock (:func:`~productdesc._io.output_lock`) from its first check
+A run holds the directory's lock (:func:`~productdesc._lock.output_lock`) from its first check
 to its last rename, and writes everything, the manifest last, into a hidden staging directory
 inside the output directory. Renaming that directory to ``.publishing`` commits the run; then
 the old files and manifest are removed and the new files moved in, the manifest last. A run
@@ -24,7 +24,8 @@ from typing import IO, Any
 
 import orjson
 
-from productdesc._io import atomic_write, output_lock
+from productdesc._io import atomic_write
+from productdesc._lock import output_lock
 from productdesc._version import __version__
 from productdesc.data.config import PrepareConfig
 from productdesc.data.manifest import (
