@@ -19,7 +19,6 @@ from productdesc.data.cleaning import (
     KeepChars,
     KeyedStep,
     NormalizeUnicode,
-    Pipeline,
     Record,
     Step,
     TextStep,
@@ -28,6 +27,7 @@ from productdesc.data.cleaning import (
 from productdesc.data.config import PrepareConfig
 from productdesc.data.dataset import AmazonTitlesDataset, PreparedDataset, sample_path
 from productdesc.data.manifest import Manifest
+from productdesc.data.pipeline import Pipeline
 from productdesc.data.reader import READ_REASONS
 from productdesc.data.split import SPLIT_NAMES, Splitter
 

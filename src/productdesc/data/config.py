@@ -8,14 +8,8 @@ import attrs
 from attrs import field, frozen
 from attrs import validators as v
 
-from productdesc.data.cleaning import (
-    DEDUPE_MODES,
-    Pipeline,
-    default_steps,
-    is_keyed,
-    step_name,
-    step_options,
-)
+from productdesc.data.cleaning import DEDUPE_MODES, default_steps
+from productdesc.data.pipeline import Pipeline, is_keyed, step_name, step_options
 from productdesc.data.split import SPLIT_NAMES, parse_split
 from productdesc.plugins import cleaners
 
@@ -174,7 +168,7 @@ class PrepareConfig:
         return default_steps(self.keep_chars, self.min_length, self.dedupe)
 
     def pipeline(self) -> Pipeline:
-        """A fresh :class:`~productdesc.data.cleaning.Pipeline` of :meth:`pipeline_steps`."""
+        """A fresh :class:`~productdesc.data.pipeline.Pipeline` of :meth:`pipeline_steps`."""
         return Pipeline(self.pipeline_steps())
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 Work is cut into chunks of whole lines (byte ranges of a plain file, each worker reading its
 own; decompressed blocks of a gzip file). A worker parses every line, runs the per-record
-steps (:meth:`Pipeline.process <productdesc.data.cleaning.Pipeline.process>`), writes the
+steps (:meth:`Pipeline.process <productdesc.data.pipeline.Pipeline.process>`), writes the
 surviving records' JSON lines, grouped by split, to a spill file, and sends back only counts,
 a few rejected lines, and for each surviving record its line number, split and keyed-step
 keys (an 8-byte hash for :class:`~productdesc.data.cleaning.Dedupe`). The parent takes the
 chunks in input order, judges the keys (:meth:`Pipeline.admit_all
-<productdesc.data.cleaning.Pipeline.admit_all>`), and appends the survivors to the shards in
+<productdesc.data.pipeline.Pipeline.admit_all>`), and appends the survivors to the shards in
 runs of consecutive lines. The output is the same for any number of workers and chunk size.
 """
 
