@@ -511,16 +511,16 @@ def test_stale_staging_of_a_killed_run_is_removed(
 _KILLED_WORKER = r"""
 import os, signal, sys
 from productdesc.cli import main
-from productdesc.data import runner
+from productdesc.data import worker
 
-work = runner._Worker.__call__
+work = worker.Worker.__call__
 
 def dies_at_the_first_task(self, seq, task):
     if seq == 0:
         os.kill(os.getpid(), signal.SIGKILL)
     return work(self, seq, task)
 
-runner._Worker.__call__ = dies_at_the_first_task
+worker.Worker.__call__ = dies_at_the_first_task
 sys.exit(main(["prepare", *sys.argv[1:]]))
 """
 

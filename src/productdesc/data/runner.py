@@ -17,14 +17,9 @@ import contextlib
 import gzip
 import hashlib
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
 import tempfile
-import threading
-import time
 from array import array
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -42,38 +37,22 @@ from productdesc.data.reader import (
     InputFile,
     TruncatedStream,
     byte_ranges,
-    parse_line,
-    split_lines,
     stream_blocks,
 )
-from productdesc.data.split import SPLIT_NAMES, Splitter
+from productdesc.data.worker import (
+    LATE,
+    Chunk,
+    Worker,
+    init_worker,
+    mp_context,
+    run_task,
+    unspill,
+)
 from productdesc.errors import DataFormatError, UserError
 
 __all__ = ["Kept", "Run"]
 
 logger = logging.getLogger(__name__)
-
-_LATE = 255  # split marker of a record dropped by a step after a keyed one
-
-
-class _Chunk(NamedTuple):
-    """What a worker sends back for one chunk (line numbers are chunk-local, 0-based).
-
-    *Pending* records are those the parent must still judge: every record the per-record
-    steps kept, and the few dropped after a keyed step (whose keys still count).
-    """
-
-    lines: int
-    dropped: dict[str, int]  # drops decided in the worker
-    rejects: list[tuple[int, str, str, str]]  # (line, reason, detail, raw text)
-    rows: list[int]  # line of each pending record, in input order
-    keys: list[Any]  # its keys (bare with Pipeline.single_keyed, else tuples)
-    splits: bytearray  # its split index, or _LATE
-    blobs: tuple[bytes, ...]  # per split: the JSON lines of its pending records, joined
-    spill: str | None  # or the file they were written to, one after the other
-    ends: tuple[array, ...]  # per split: end offset of each of those lines in the blob
-    late: dict[int, tuple[str, str, str]]  # pending index -> (reason, detail, raw) if _LATE
-    error: tuple[int, str] | None  # (line, message) of a step that raised
 
 
 class Kept(NamedTuple):
@@ -83,7 +62,7 @@ class Kept(NamedTuple):
         blobs: Per split, the JSON lines (each ending in ``\\n``) the workers produced.
         ends: Per split, the end offset of each line in its blob.
         skip: Per split, sorted positions of the lines a keyed step dropped.
-        splits: Split of each pending record in input order (``_LATE``: not in a blob).
+        splits: Split of each pending record in input order (``LATE``: not in a blob).
         dropped: Input-order indices, into ``splits``, of the records that did not survive.
     """
 
@@ -105,7 +84,7 @@ class Kept(NamedTuple):
         """``(split, JSON line)`` of the survivors, in input order."""
         cursor = [0] * len(self.blobs)
         for i, split in enumerate(self.splits):
-            if split == _LATE:
+            if split == LATE:
                 continue
             position = cursor[split]
             cursor[split] += 1
@@ -115,163 +94,6 @@ class Kept(NamedTuple):
                     split,
                     self.blobs[split][ends[position - 1] if position else 0 : ends[position]],
                 )
-
-
-class _Worker:
-    """Processes chunks; built once per worker process.
-
-    Args:
-        config: The run's config.
-        path: The plain input file (workers read their byte ranges), or ``None``.
-        spill_dir: Where to write each chunk's JSON lines for the parent, which reads them
-            from the page cache: cheaper for both sides than pickling megabytes through a
-            pipe. ``None`` keeps them in the result (one process).
-    """
-
-    def __init__(self, config: PrepareConfig, path: str | None, spill_dir: str | None) -> None:
-        self.pipeline = config.pipeline()
-        self.split_index = Splitter(config.split).index
-        self.limit = config.rejects_per_reason
-        self.fields = config.column_names()
-        self.fd = os.open(path, os.O_RDONLY) if path is not None else None
-        self.spill_dir = spill_dir
-
-    def __call__(self, seq: int, task: tuple[int, int] | bytes) -> _Chunk:
-        if isinstance(task, bytes):
-            data = task
-        else:
-            start, end = task
-            data = os.pread(self.fd, end - start, start)
-        chunk = self.process(data)
-        if self.spill_dir is None or chunk.error is not None:
-            return chunk
-        spill = os.path.join(self.spill_dir, f"chunk-{seq:08d}")
-        with open(spill, "wb") as fh:
-            for blob in chunk.blobs:
-                fh.write(blob)
-        return chunk._replace(blobs=(), spill=spill)
-
-    def process(self, data: bytes) -> _Chunk:
-        lines = split_lines(data)
-        dropped: dict[str, int] = {}
-        rejects: list[tuple[int, str, str, str]] = []
-        rows: list[int] = []
-        keys: list[Any] = []
-        splits = bytearray()
-        parts: tuple[list[bytes], ...] = tuple([] for _ in SPLIT_NAMES)
-        ends = tuple(array("Q") for _ in SPLIT_NAMES)
-        sizes = [0] * len(SPLIT_NAMES)
-        late: dict[int, tuple[str, str, str]] = {}
-        limit = self.limit
-        process = self.pipeline.process
-        bare = self.pipeline.single_keyed
-        split_index = self.split_index
-        dumps = orjson.dumps
-        fields = self.fields
-
-        def failed(i: int, message: str) -> _Chunk:
-            blobs = tuple(b"" for _ in SPLIT_NAMES)
-            return _Chunk(
-                len(lines),
-                dropped,
-                rejects,
-                [],
-                [],
-                bytearray(),
-                blobs,
-                None,
-                ends,
-                {},
-                (i, message),
-            )
-
-        for i, raw in enumerate(lines):
-            record = parse_line(raw, fields)
-            if type(record) is not Drop:
-                try:
-                    record_keys, record = process(record)
-                except CleaningStepError as exc:
-                    return failed(i, str(exc))
-                if type(record) is not Drop:
-                    try:
-                        line = dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-                    except TypeError as exc:
-                        return failed(
-                            i, f"a cleaning step returned a record JSON cannot hold: {exc}"
-                        )
-                    split = split_index(record["title"])
-                    parts[split].append(line)
-                    sizes[split] += len(line)
-                    ends[split].append(sizes[split])
-                elif record_keys:  # dropped after a keyed step: its keys still count
-                    split = _LATE
-                    late[len(rows)] = (record.reason, record.detail, _text(raw))
-                else:
-                    split = -1
-                if split >= 0:
-                    rows.append(i)
-                    keys.append(record_keys[0] if bare else record_keys)
-                    splits.append(split)
-                    continue
-            n = dropped.get(record.reason, 0)
-            dropped[record.reason] = n + 1
-            if n < limit:
-                rejects.append((i, record.reason, record.detail, _text(raw)))
-        blobs = tuple(b"".join(p) for p in parts)
-        return _Chunk(
-            len(lines), dropped, rejects, rows, keys, splits, blobs, None, ends, late, None
-        )
-
-
-def _unspill(path: str, ends: tuple[array, ...]) -> tuple[memoryview, ...]:
-    with open(path, "rb") as fh:
-        data = memoryview(fh.read())
-    os.unlink(path)
-    blobs = []
-    start = 0
-    for split_ends in ends:
-        stop = start + (split_ends[-1] if split_ends else 0)
-        blobs.append(data[start:stop])
-        start = stop
-    return tuple(blobs)
-
-
-def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\r").decode("utf-8", "backslashreplace")
-
-
-_WORKER: _Worker | None = None
-
-
-def _init_worker(config: PrepareConfig, path: str | None, spill_dir: str, parent: int) -> None:
-    global _WORKER
-    # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, so a
-    # worker printing its own KeyboardInterrupt traceback would only add noise.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # An executor's worker waits on its task queue for good once the parent is gone (killed:
-    # no shutdown comes), keeping the parent's pipes and the folder's spill files open.
-    # The parent's pid as it forked: one that died before this line would be missed by getppid.
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-    _WORKER = _Worker(config, path, spill_dir)
-
-
-def _exit_with(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
-
-
-def _run_task(seq: int, task: tuple[int, int] | bytes) -> _Chunk:
-    assert _WORKER is not None
-    return _WORKER(seq, task)
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    # fork: workers inherit the pipeline as built (steps defined in a notebook or __main__
-    # work); elsewhere the platform default (spawn) pickles it.
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context()
 
 
 class Run:
@@ -352,13 +174,13 @@ class Run:
 
         return tqdm(desc=f"prepare {self.source.name}", unit="rec", unit_scale=True)
 
-    def _absorb(self, chunk: _Chunk) -> Kept:
+    def _absorb(self, chunk: Chunk) -> Kept:
         base = self.lines + 1  # 1-based line numbers, as editors show them
         if chunk.error is not None:
             line, message = chunk.error
             raise CleaningStepError(f"line {base + line}: {message}")
         if chunk.spill is not None:
-            chunk = chunk._replace(blobs=_unspill(chunk.spill, chunk.ends))
+            chunk = chunk._replace(blobs=unspill(chunk.spill, chunk.ends))
         self.lines += chunk.lines
         self.dropped.update(chunk.dropped)
         for line, reason, detail, raw in chunk.rejects:
@@ -372,7 +194,7 @@ class Run:
             split = chunk.splits[i]
             line = base + chunk.rows[i]
             drop = decided.get(i)
-            if split == _LATE:
+            if split == LATE:
                 reason, detail, raw = chunk.late[i]
                 if drop is None:
                     drop = Drop(reason, detail)
@@ -397,7 +219,7 @@ class Run:
             kept.append({"line": entry["line"], "reason": reason, **entry})
 
     # -- dispatch -------------------------------------------------------------------------------
-    def _results(self) -> Iterator[tuple[_Chunk, int]]:
+    def _results(self) -> Iterator[tuple[Chunk, int]]:
         """Chunk results in input order, with the input position (bytes) each one ends at."""
         # Workers read their own byte ranges of a plain file; a stream or a gzip file is read
         # (and decompressed) here, in blocks handed to them, as is a table, as JSON lines.
@@ -410,7 +232,7 @@ class Run:
             tasks = self._stream_tasks() if jsonl else self._table_tasks()
         workers = self.config.workers
         if workers == 1:
-            worker = _Worker(self.config, path, None)
+            worker = Worker(self.config, path, None)
             try:
                 for seq, (task, position) in enumerate(tasks):
                     yield worker(seq, task), position
@@ -424,8 +246,8 @@ class Run:
         # every pending future with BrokenProcessPool instead.
         pool = ProcessPoolExecutor(
             workers,
-            _mp_context(),
-            initializer=_init_worker,
+            mp_context(),
+            initializer=init_worker,
             initargs=(self.config, path, spill_dir, os.getpid()),
         )
         try:
@@ -445,13 +267,13 @@ class Run:
 
     def _pooled(
         self, pool: ProcessPoolExecutor, tasks: Iterator[tuple[Any, int]]
-    ) -> Iterator[tuple[_Chunk, int]]:
+    ) -> Iterator[tuple[Chunk, int]]:
         # A bounded window of tasks in flight keeps memory flat whatever the file size
         # (Executor.map would read the whole input ahead).
         window: deque[tuple[Future, int]] = deque()
         try:
             for seq, (task, position) in enumerate(tasks):
-                window.append((pool.submit(_run_task, seq, task), position))
+                window.append((pool.submit(run_task, seq, task), position))
                 if len(window) >= 3 * self.config.workers:
                     yield window[0][0].result(), window[0][1]
                     window.popleft()
