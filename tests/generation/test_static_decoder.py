@@ -128,6 +128,8 @@ GUARDS = [
     {"repetition_penalty": 1.3},
     {"no_repeat_ngram_size": 3, "repetition_penalty": 1.3},
     {"no_repeat_ngram_size": 4, "repetition_penalty": 1.1},
+    {"exponential_decay_length_penalty": (5, 1.5)},
+    {"no_repeat_ngram_size": 4, "exponential_decay_length_penalty": (8, 1.2)},
 ]
 
 TITLES = ["soft cotton blanket", "mouse", "the prophet book hardcover edition great gift for kids"]
@@ -153,7 +155,11 @@ def test_a_guard_against_loops_gives_generates_tokens(model_and_tokenizer, guard
         assert torch.equal(decode(decoder, enc, **settings), plain)
 
 
-@pytest.mark.parametrize("guard", GUARDS, ids=str)
+# The length penalty counts new tokens only, which padding does not change.
+COUNTING_GUARDS = [g for g in GUARDS if g.keys() != {"exponential_decay_length_penalty"}]
+
+
+@pytest.mark.parametrize("guard", COUNTING_GUARDS, ids=str)
 def test_a_guard_counts_the_left_padding_as_generate_does(tiny_llama, guard):
     """generate's processors see the padded batch: the pad is a token a padded row holds
     (penalised) and n-grams run over its padding. With the pad made a likely token, some
@@ -920,3 +926,33 @@ def test_fast_path_gives_generates_text_with_smollm2s_real_weights(smollm2_dir):
     layers = model.config.num_hidden_layers
     assert all("_pd_fused" in vars(layer.mlp) for layer in model.model.layers[:layers])
     assert all(answer.strip() for answer in plain)
+
+
+@pytest.mark.parametrize(("start", "factor"), [(0, 1.05), (3, 1.5), (6, 0.9)])
+def test_the_length_penalty_computes_transformers_processor(start, factor):
+    """For the token after each count of new tokens, before, at and past ``start``; two end
+    ids, and scores of both signs (the penalty grows an end id's score by its size)."""
+    from transformers import ExponentialDecayLengthPenalty as Decay
+
+    from productdesc.generation.guard import decayed
+
+    torch.manual_seed(0)
+    vocab, rows, prompt_len, ends = 7, 3, 4, [2, 5]
+    stops = torch.zeros(vocab, dtype=torch.bool)
+    stops[ends] = True
+    processor = Decay((start, factor), ends, prompt_len)
+    changed = 0
+    for new in range(12):
+        scores = torch.randn(rows, vocab) * 3
+        ids = torch.zeros(rows, prompt_len + new, dtype=torch.long)
+        got = decayed(
+            scores.clone(),
+            stops,
+            torch.tensor(new),
+            torch.tensor(start),
+            torch.tensor(factor, dtype=torch.float64),
+        )
+        want = processor(ids, scores.clone())
+        assert torch.equal(got, want), new
+        changed += not torch.equal(got, scores)
+    assert changed == 11 - start  # every count past start, and only those

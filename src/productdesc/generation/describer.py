@@ -111,10 +111,9 @@ class Describer:
             :func:`~productdesc.generation.fusion.grouped_decode_attention`, and the q/k/v and gate/up
             weights of its Llama layers become views of one tensor each (``state_dict``
             unchanged). Models with sliding-window layers decode with ``generate`` (with
-            ``fast=True`` they raise). ``repetition_penalty`` and ``no_repeat_ngram_size``
-            are computed inside the fast path's step, as ``generate`` computes them;
-            sampling, ``exponential_decay_length_penalty`` and :meth:`stream` always use
-            ``generate``.
+            ``fast=True`` they raise). ``repetition_penalty``, ``no_repeat_ngram_size`` and
+            ``exponential_decay_length_penalty`` are computed inside the fast path's step, as
+            ``generate`` computes them; sampling and :meth:`stream` always use ``generate``.
         torch_compile: Compile the fast path's step and the prompt's forward with
             ``torch.compile`` before recording them: about twice the decoding speed, for a
             warm-up of minutes on a GPU (:doc:`/benchmarks`, "Cold start";
@@ -384,11 +383,7 @@ class Describer:
         """
         import torch
 
-        greedy = (
-            not gen.do_sample
-            and gen.exponential_decay_length_penalty is None
-            and not model_processors(self.model)
-        )
+        greedy = not gen.do_sample and not model_processors(self.model)
         fast = fast and self._fast is not None
         if fast and greedy and streamer is None and stopping_criteria is None:
             return self._fast.generate(
@@ -400,6 +395,7 @@ class Describer:
                 pad_token_id=self._pad_id,
                 repetition_penalty=gen.repetition_penalty,
                 no_repeat_ngram_size=gen.no_repeat_ngram_size,
+                exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
             )
         with torch.inference_mode():
             out = self.model.generate(

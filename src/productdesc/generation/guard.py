@@ -1,20 +1,24 @@
 """The no-loop guard on the device: ``generate``'s repetition penalty and no-repeat n-grams,
-computed from a fixed-size buffer of each row's tokens, so that a decode step with them stays
-one recordable CUDA graph (fixed shapes, no value read back to the host)."""
+computed from a fixed-size buffer of each row's tokens, and its exponential length penalty,
+so that a decode step with them stays one recordable CUDA graph (fixed shapes, no value read
+back to the host)."""
 
 from __future__ import annotations
 
-__all__ = ["guarded", "pick"]
+__all__ = ["decayed", "guarded", "pick"]
 
 
-def pick(logits, done, eos_bias, stops, pad, guard):
+def pick(logits, done, eos_bias, stops, pad, guard, decay=None):
     """Greedy next token (B, 1) from last-position ``logits``, under the ``guard``
-    (:func:`guarded`) if any; rows already ``done`` get pad."""
+    (:func:`guarded`) and the length penalty (:func:`decayed`) if any; rows already ``done``
+    get pad."""
     import torch
 
     scores = logits.float() + eos_bias
     if guard is not None:
         scores = guarded(scores, *guard)
+    if decay is not None:
+        scores = decayed(scores, stops, *decay)
     token = scores.argmax(-1)
     token = torch.where(done, pad, token)
     return token[:, None], done | stops[token]
@@ -51,3 +55,19 @@ def guarded(scores, seen, seen_len, penalty, ngram):
         banned.scatter_(1, torch.where(matches, windows[..., -1], vocab), True)
         scores = scores.masked_fill(banned[:, :vocab], float("-inf"))
     return scores
+
+
+def decayed(scores, stops, step, start, factor):
+    """``scores`` (B, V) after transformers' ``ExponentialDecayLengthPenalty((start,
+    factor))`` for the token after ``step`` new ones: past ``start`` new tokens, each end id
+    (``stops``, a (V,) mask) gains ``|score| * (factor ** (step - start) - 1)``.
+
+    The power is taken in float64 and rounded once, as transformers computes it in Python;
+    ``step``, ``start`` and ``factor`` are tensors, so that a new setting records no new graph.
+    """
+    import torch
+
+    past = (step - start).double()
+    growth = (factor**past - 1).float()
+    bonus = torch.where(stops, scores.abs() * growth, 0.0)
+    return torch.where(past > 0, scores + bonus, scores)

@@ -24,11 +24,19 @@ class Slot:
     new token, written at ``seen_len``) and, in its other cells, the vocabulary size, an id
     no token has, which the guard's pass over the whole buffer (fixed shapes) skips.
     ``guard`` is what the step gets: ``(seen, seen_len, penalty, ngram)``, ``penalty``
-    ``None`` when off.
+    ``None`` when off. With ``decays``, ``decay`` is the length penalty's ``(step, start,
+    factor)`` (:func:`~productdesc.generation.guard.decayed`).
     """
 
     def __init__(
-        self, model: Any, batch: int, total: int, steps: int, ngram: int, penalize: bool
+        self,
+        model: Any,
+        batch: int,
+        total: int,
+        steps: int,
+        ngram: int,
+        penalize: bool,
+        decays: bool = False,
     ) -> None:
         import torch
         from transformers import StaticCache
@@ -64,6 +72,10 @@ class Slot:
             self.seen_len = torch.zeros(1, dtype=torch.long, device=device)
             penalty = torch.ones((), device=device) if penalize else None
             self.guard = (self.seen, self.seen_len, penalty, ngram)
+        self.decay: tuple | None = None
+        if decays:
+            start = torch.zeros((), dtype=torch.long, device=device)
+            self.decay = (self.step, start, torch.ones((), dtype=torch.float64, device=device))
 
     def start_call(
         self,
@@ -73,11 +85,13 @@ class Slot:
         attention_mask: torch.Tensor,
         given: torch.Tensor,
         penalty: float,
+        decay: tuple[int, float] | None = None,
     ) -> torch.Tensor:
         """Set the buffers for a call, in place (a graph reads these addresses): which ids end
         an answer, the pad, the mask over a shared start of ``start`` tokens and the rest of
-        each prompt, and the guard; return the prompt's positions (the shared start holds
-        0 .. ``start - 1``; pads get any position, masked)."""
+        each prompt, the guard and the length penalty's ``decay`` (``(start, factor)``);
+        return the prompt's positions (the shared start holds 0 .. ``start - 1``; pads get
+        any position, masked)."""
         prompt_len = start + attention_mask.shape[1]
         self.stops.zero_()
         self.stops[stop_ids] = True
@@ -89,6 +103,9 @@ class Slot:
         self.mask[:, start:prompt_len] = attention_mask
         self.done.zero_()
         self.start_guard(given, prompt_len, penalty)
+        if self.decay is not None and decay is not None:
+            self.decay[1].fill_(decay[0])
+            self.decay[2].fill_(decay[1])
         return start + (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def start_guard(self, given: torch.Tensor, prompt_len: int, penalty: float) -> None:

@@ -154,7 +154,7 @@ class StaticGreedyDecoder:
         self.max_shapes = max_shapes
         # One slot per shape and guard, reused: CUDA graphs are recorded against fixed
         # buffer addresses.
-        self._slots: collections.OrderedDict[tuple[int, int, int, bool], Slot] = (
+        self._slots: collections.OrderedDict[tuple[int, int, int, bool, bool], Slot] = (
             collections.OrderedDict()
         )
         # Keys and values of shared prompt starts, one row each, per layer.
@@ -162,20 +162,20 @@ class StaticGreedyDecoder:
         self._compile_mode = compile_mode
         self._compiled_prefill = compile_mode is not None and compile_prefill
         self._kind = model_kind(model) if compile_mode is not None else None
-        self._functions: dict[tuple[int, bool], tuple[Any, Any]] = {}
+        self._functions: dict[tuple[int, bool, bool], tuple[Any, Any]] = {}
 
-    def _step_and_prefill(self, ngram: int, penalize: bool) -> tuple[Any, Any]:
+    def _step_and_prefill(self, ngram: int, penalize: bool, decays: bool) -> tuple[Any, Any]:
         """The one-token step and the prompt's forward for a guard: compiled (once), each
         guard its own code (:func:`~productdesc.generation.compile_cache.own_code`), since its ops are in the graph and every
         guard would otherwise add its compilations to one list; eager without a
         ``compile_mode``."""
         import torch
 
-        functions = self._functions.get((ngram, penalize))
+        functions = self._functions.get((ngram, penalize, decays))
         if functions is not None:
             return functions
         step = prefill = self._next_tokens
-        key = (self._kind, ngram, penalize)
+        key = (self._kind, ngram, penalize, decays)
         if self._compile_mode is not None:
             use_compile_cache()
             step = own_code(self._next_tokens, ("step", *key))
@@ -185,18 +185,29 @@ class StaticGreedyDecoder:
             # with fullgraph it would stop every call.
             prefill = own_code(self._next_tokens, ("prefill", *key))
             prefill = torch.compile(prefill, mode=self._compile_mode)
-        self._functions[(ngram, penalize)] = step, prefill
+        self._functions[(ngram, penalize, decays)] = step, prefill
         return step, prefill
 
     def _next_tokens(
-        self, tokens, position, cache_position, mask, cache, done, eos_bias, stops, pad, guard
+        self,
+        tokens,
+        position,
+        cache_position,
+        mask,
+        cache,
+        done,
+        eos_bias,
+        stops,
+        pad,
+        guard,
+        decay=None,
     ):
         """Feed ``tokens`` (B, T) into ``cache``; return the next tokens (B, 1) and ``done`` (B,).
 
         ``eos_bias`` (added to the logits: -inf at EOS, or all zeros) holds EOS back before
-        ``min_new_tokens``; ``stops`` (V,) marks the end ids, ``pad`` is the pad id; ``guard`` is the slot's
-        (:class:`Slot`) or ``None``. Tensors, not Python numbers, so that changing them
-        never recompiles.
+        ``min_new_tokens``; ``stops`` (V,) marks the end ids, ``pad`` is the pad id; ``guard`` and
+        ``decay`` are the slot's (:class:`Slot`) or ``None``. Tensors, not Python numbers, so
+        that changing them never recompiles.
         """
         logits = self.model(
             input_ids=tokens,
@@ -207,7 +218,7 @@ class StaticGreedyDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1, :]
-        return pick(logits, done, eos_bias, stops, pad, guard)
+        return pick(logits, done, eos_bias, stops, pad, guard, decay)
 
     def _run_steps(self, slot: Slot, step: Any) -> None:
         """``check_every`` calls of ``step`` on ``slot``'s buffers, in place (what a graph
@@ -230,6 +241,7 @@ class StaticGreedyDecoder:
                 slot.stops,
                 slot.pad,
                 slot.guard,
+                slot.decay,
             )
             slot.take(token, done)
             slot.out[:, j] = token[:, 0]
@@ -271,15 +283,17 @@ class StaticGreedyDecoder:
         min_new_tokens: int = 0,
         repetition_penalty: float = 1.0,
         no_repeat_ngram_size: int = 0,
+        exponential_decay_length_penalty: tuple[int, float] | None = None,
     ) -> torch.Tensor:
         """New tokens for a left-padded batch: ``(B, <= max_new_tokens)``, pad after EOS.
 
         ``eos_token_id`` may be several ids, as in ``generate``: a row ends at any of them.
 
-        ``repetition_penalty`` and ``no_repeat_ngram_size`` are ``generate``'s, computed on
-        the device inside the step: the tokens they count are those ``generate`` counts, the
-        whole given prompt, its left padding included (see
-        :func:`~productdesc.generation.guard.guarded`).
+        ``repetition_penalty``, ``no_repeat_ngram_size`` and
+        ``exponential_decay_length_penalty`` are ``generate``'s, computed on the device inside
+        the step: the tokens they count are those ``generate`` counts, the whole given prompt,
+        its left padding included (see :func:`~productdesc.generation.guard.guarded` and
+        :func:`~productdesc.generation.guard.decayed`).
         """
         import torch
 
@@ -299,7 +313,8 @@ class StaticGreedyDecoder:
         # (the surplus of the last run is cut off).
         runs = -(-(max_new_tokens - 1) // self.check_every)
         total = prompt_len + runs * self.check_every
-        guard = no_repeat_ngram_size, repetition_penalty != 1.0
+        decay = exponential_decay_length_penalty
+        guard = no_repeat_ngram_size, repetition_penalty != 1.0, decay is not None
         step, prefill = self._step_and_prefill(*guard)
         with torch.inference_mode(), _fused_products(self._kernel):
             slot, known = self._slot(batch, total, guard)
@@ -310,7 +325,7 @@ class StaticGreedyDecoder:
                 *(repetition_penalty, "known" if known else "new"),
             )
             positions = slot.start_call(
-                stop_ids, pad_token_id, start, attention_mask, given, repetition_penalty
+                stop_ids, pad_token_id, start, attention_mask, given, repetition_penalty, decay
             )
             if prefix:
                 self._write_prefix(slot.cache, prefix, batch)
@@ -374,7 +389,7 @@ class StaticGreedyDecoder:
                 _fuse_projections(self.model)
             self._weights = self._state()
 
-    def _slot(self, batch: int, total: int, guard: tuple[int, bool]) -> tuple[Slot, bool]:
+    def _slot(self, batch: int, total: int, guard: tuple[int, bool, bool]) -> tuple[Slot, bool]:
         """The kept slot of this shape (its cache emptied) and ``True``, or a new one and
         ``False``; the least recently used is dropped beyond ``max_shapes``."""
         key = (batch, total, *guard)
