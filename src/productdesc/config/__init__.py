@@ -248,6 +248,9 @@ class GenerationConfig:
         exponential_decay_length_penalty: ``(start, factor)``: after ``start`` new tokens,
             EOS's score grows by ``factor`` a token (transformers' processor of that name), so
             an answer that would run past the budget ends near it instead (``None``: off).
+            The default ``(256, 1.05)`` ended every held-out answer of the tuned SmolLM2 within
+            the 384-token budget (95% without it) at the same ROUGE-L, and leaves answers
+            shorter than 256 tokens (about 190 words; references average 98) untouched.
         batch_size: Titles per batch in ``describe_batch``.
     """
 
@@ -266,7 +269,7 @@ class GenerationConfig:
     )
     no_repeat_ngram_size: int = field(default=4, validator=_non_negative())
     exponential_decay_length_penalty: tuple[int, float] | None = field(
-        default=None, converter=_length_penalty, validator=v.optional(_is_length_penalty)
+        default=(256, 1.05), converter=_length_penalty, validator=v.optional(_is_length_penalty)
     )
     batch_size: int = field(default=8, validator=_positive())
 
