@@ -21,6 +21,7 @@ NAMES = (
     rundir.PLOT_FILE,
     rundir.CARD_FILE,
     rundir.CHECKPOINTS,
+    rundir.TRAINER_STATE,
     rundir.MERGED,
     rundir.LOGS,
 )
