@@ -95,6 +95,17 @@ def test_length_penalty_ends_answers_near_the_budget(tiny_describer) -> None:
     assert all(d.stopped_at_eos for d in details)
 
 
+def test_min_new_tokens_holds_past_the_length_penalty_start(tiny_describer) -> None:
+    """transformers' penalty would turn EOS's -inf (held back) into NaN, which wins: the
+    describer starts the penalty where min_new_tokens lets EOS through instead."""
+    eos = tiny_describer.tokenizer.eos_token_id
+    for title in TITLES:
+        ids = _new_ids(
+            tiny_describer, title, min_new_tokens=20, exponential_decay_length_penalty=(2, 3.0)
+        )
+        assert eos in ids and ids.index(eos) >= 20, title
+
+
 # -- presets -------------------------------------------------------------------------------------
 def test_gpu_small_preset_is_a_valid_config_that_round_trips(tmp_path: Path) -> None:
     config = FineTuneConfig.preset("gpu-small")

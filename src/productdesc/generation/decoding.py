@@ -16,6 +16,7 @@ __all__ = [
     "MODEL_PROCESSORS",
     "evolve_generation",
     "hf_generation_config",
+    "length_penalty",
     "model_processors",
     "stop_and_pad_ids",
 ]
@@ -63,6 +64,20 @@ def stop_and_pad_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     return tuple(stops), tokenizer.pad_token_id
 
 
+def length_penalty(gen: GenerationConfig) -> tuple[int, float] | None:
+    """``gen``'s ``exponential_decay_length_penalty``, its start moved to where
+    ``min_new_tokens`` lets EOS through if that is later.
+
+    transformers adds ``|score| * (factor ** k - 1)`` to EOS's score, which is -inf while
+    ``min_new_tokens`` holds EOS back: -inf + inf is NaN, the NaN wins the argmax, and the
+    answer ends before ``min_new_tokens``. Both of the describer's paths get this start.
+    """
+    decay = gen.exponential_decay_length_penalty
+    if decay is None or decay[0] >= gen.min_new_tokens - 1:
+        return decay
+    return gen.min_new_tokens - 1, decay[1]
+
+
 def hf_generation_config(gen: GenerationConfig, stop_ids: Sequence[int], pad_id: int) -> Any:
     """transformers' ``GenerationConfig`` for ``gen``, ending at ``stop_ids``, padding with
     ``pad_id``."""
@@ -79,7 +94,7 @@ def hf_generation_config(gen: GenerationConfig, stop_ids: Sequence[int], pad_id:
         top_k=gen.top_k,
         repetition_penalty=gen.repetition_penalty,
         no_repeat_ngram_size=gen.no_repeat_ngram_size,
-        exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
+        exponential_decay_length_penalty=length_penalty(gen),
         eos_token_id=list(stop_ids),
         pad_token_id=pad_id,
     )

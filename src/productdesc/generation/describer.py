@@ -33,6 +33,7 @@ from productdesc.errors import UserError
 from productdesc.generation.decoding import (
     evolve_generation,
     hf_generation_config,
+    length_penalty,
     model_processors,
     stop_and_pad_ids,
 )
@@ -395,7 +396,7 @@ class Describer:
                 pad_token_id=self._pad_id,
                 repetition_penalty=gen.repetition_penalty,
                 no_repeat_ngram_size=gen.no_repeat_ngram_size,
-                exponential_decay_length_penalty=gen.exponential_decay_length_penalty,
+                exponential_decay_length_penalty=length_penalty(gen),
             )
         with torch.inference_mode():
             out = self.model.generate(
