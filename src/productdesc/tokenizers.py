@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections import Counter
 from typing import Any
 
@@ -62,7 +63,7 @@ def bpe_from_ranked_unigram(tokenizer: Any) -> bool:
     merges from the ranks, as transformers does for Llama's GGUF vocabularies. Returns whether
     the tokenizer was rebuilt.
     """
-    from tokenizers import models
+    from tokenizers import AddedToken, models
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not isinstance(backend.model, models.Unigram):
@@ -81,6 +82,16 @@ def bpe_from_ranked_unigram(tokenizer: Any) -> bool:
     merges = generate_merges(vocab, dict(pieces))
     unk = tokenizer.unk_token if tokenizer.unk_token in vocab else None
     backend.model = models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True)
+    # Control pieces (<start_of_turn>, ...) share the control score and have no merges: as
+    # special tokens they stay whole, as SentencePiece keeps them.
+    control = pieces[0][1]
+    backend.add_special_tokens(
+        [
+            AddedToken(piece, special=True, normalized=False)
+            for piece, score in pieces
+            if score == control and re.fullmatch(r"<[^<>\s]+>", piece)
+        ]
+    )
     logger.info("rebuilt the GGUF's SentencePiece vocabulary as BPE (%d merges)", len(merges))
     return True
 

@@ -40,6 +40,7 @@ import attrs
 from attrs import field, frozen
 from attrs import validators as v
 
+from productdesc._moved import forward
 from productdesc.data.text import collapse_whitespace, normalise_text, rare_chars, stable_hash64
 from productdesc.errors import UserError
 
@@ -61,6 +62,9 @@ __all__ = [
     "normalise_text",
     "stable_hash64",
 ]
+
+# Pipeline, step_name and step_options moved to productdesc.data.pipeline (until 0.2).
+__getattr__ = forward(__name__, "productdesc.data.pipeline")
 
 Record = dict[str, Any]
 TEXT_FIELDS = ("title", "content")
