@@ -255,15 +255,15 @@ def loading_errors(model: ResolvedModel) -> Iterator[None]:
 def _embedded_dir(name: str) -> Path:
     spec = EMBEDDED[name]
     target = cache_root() / "models" / f"{name}-{spec.variant}-v{_FORMAT}"
-    if spec.parts and _converted(target):  # the pieces are read only to convert them
+    if not spec.parts:
+        return convert_gguf(_package_file(name, spec, spec.package, spec.filename), target)
+    if _converted(target):  # the pieces are read only to convert them
         return target
-    if spec.parts:
-        pieces = [
-            _package_file(name, spec, package, f"{spec.filename}.part{i:02d}")
-            for i, package in enumerate(spec.parts)
-        ]
-        return convert_gguf(_joined(name, spec, pieces), target)
-    return convert_gguf(_package_file(name, spec, spec.package, spec.filename), target)
+    pieces = [
+        _package_file(name, spec, package, f"{spec.filename}.part{i:02d}")
+        for i, package in enumerate(spec.parts)
+    ]
+    return convert_gguf(_joined(name, spec, pieces), target)
 
 
 def _package_file(name: str, spec: EmbeddedModel, package: str, filename: str) -> Path:

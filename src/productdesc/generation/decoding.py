@@ -48,7 +48,6 @@ def stop_and_pad_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     end tokens of the model's own ``generation_config`` (Llama 3's ``<|eot_id|>`` beside
     ``<|end_of_text|>``) stop an answer too, so a base model prompted directly also ends.
     """
-
     if tokenizer.eos_token_id is None:
         raise UserError(
             "the tokenizer has no EOS token, so generation would never stop; "

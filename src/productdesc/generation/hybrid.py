@@ -110,7 +110,6 @@ class HybridDescriber:
         ended (``stopped_at_eos``): it is a whole description. The others are the describer's,
         generated together in one :meth:`~productdesc.generation.describer.Describer.describe_batch`.
         """
-
         if questions is not None and len(questions) != len(titles):
             raise UserError(f"got {len(titles)} titles but {len(questions)} questions")
         hits = self.index.search_batch(list(titles), 1) if titles else []

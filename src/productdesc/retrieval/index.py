@@ -299,7 +299,6 @@ class RetrievalIndex:
 
         Keyword arguments go to :meth:`build`.
         """
-
         dataset = AmazonTitlesDataset.from_prepared(data_dir)
         return cls.build(dataset.iter_split(split), **kwargs)
 
