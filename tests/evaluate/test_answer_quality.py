@@ -333,6 +333,8 @@ def test_evaluate_asks_seeded_questions_and_scores_the_hybrid(tmp_path: Path, mo
     assert [q for t, q in zip(titles, questions, strict=True) if t not in q] == []
     # threshold 0: every title with a match is copied, so the hybrid is retrieval here
     assert result.runs["hybrid"].outputs == result.runs["retrieval"].outputs
+    assert set(result.runs["hybrid"].new_tokens) == {0}
+    assert all(result.runs["hybrid"].stopped_at_eos)
     assert result.meta["questions"] is True
 
 
@@ -351,6 +353,8 @@ def test_the_hybrid_writes_with_the_tuned_model_beside_a_context_model(
         model, data, baselines=[], context_model=context, hybrid_threshold=1e9, n_resamples=50
     )
     assert list(result.runs) == ["tuned", "context", "hybrid"]
-    assert [path.name for path, _ in loaded] == ["model", "context", "model"]
+    # the hybrid reuses the tuned answers: no model is loaded, nothing generated again
+    assert [path.name for path, _ in loaded] == ["model", "context"]
     assert result.runs["hybrid"].outputs == result.runs["tuned"].outputs  # nothing copied
+    assert result.runs["hybrid"].new_tokens == result.runs["tuned"].new_tokens
     assert result.runs["hybrid"].label.endswith("else tuned)")

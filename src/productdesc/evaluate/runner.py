@@ -53,7 +53,7 @@ from productdesc.evaluate.metrics import (
 from productdesc.evaluate.report import write_report
 from productdesc.evaluate.result import EvalResult, SystemRun
 from productdesc.generation.describer import Describer
-from productdesc.generation.hybrid import HybridDescriber
+from productdesc.generation.hybrid import sure_copies
 from productdesc.prompts import seeded_question
 from productdesc.prompts.context import uses_context
 from productdesc.retrieval.store import INDEX_DIR, open_index
@@ -304,19 +304,48 @@ class _Systems:
             runs.append(_run_retrieval(*self._index, self.titles))
         if "base" in cfg.baselines:
             runs.append(self.model("base", model_dir, base_only=True))
-        runs.append(self.model("tuned", model_dir))
+        tuned = self.model("tuned", model_dir)
+        runs.append(tuned)
         if context_dir is not None:
             runs.append(self.model("context", context_dir))
         if cfg.hybrid_threshold is not None:
-            # The tuned model writes what is not copied: those titles' neighbours are other
-            # products, and beside them the context model wrote worse on held-out records
-            # (docs/results/answer-quality).
-            runs.append(self.model("hybrid", model_dir, copy_at=cfg.hybrid_threshold))
+            runs.append(self.hybrid(tuned, cfg.hybrid_threshold))
         if cfg.compare is not None:
             runs.append(self.model("compare", Path(cfg.compare)))
         return runs
 
-    def model(self, name: str, path: Path, base_only: bool = False, copy_at: Any = None):
+    def hybrid(self, writer: SystemRun, threshold: float) -> SystemRun:
+        """The hybrid system: the nearest train title's description where retrieval is sure,
+        ``writer``'s answer elsewhere.
+
+        The tuned model writes what is not copied (those titles' neighbours are other products,
+        and beside them the context model wrote worse on held-out records,
+        docs/results/answer-quality), and it has answered every title already: its answers are
+        taken, not generated again, so the hybrid differs from it only where it copies.
+        """
+        start = time.perf_counter()
+        copies = sure_copies(self.retriever(), self.titles, threshold)
+        searched = time.perf_counter() - start
+        assert writer.stopped_at_eos is not None and writer.new_tokens is not None
+        logger.info(
+            "hybrid: %d of %d answers copied", sum(c is not None for c in copies), len(copies)
+        )
+        return SystemRun(
+            "hybrid",
+            f"hybrid (copy at BM25 >= {threshold:g}, else {writer.label})",
+            [w if c is None else c.text for c, w in zip(copies, writer.outputs, strict=True)],
+            stopped_at_eos=[
+                w if c is None else True for c, w in zip(copies, writer.stopped_at_eos, strict=True)
+            ],
+            new_tokens=[
+                w if c is None else 0 for c, w in zip(copies, writer.new_tokens, strict=True)
+            ],
+            # what its answers cost here: the search, and the writer's whole run
+            seconds=searched + writer.seconds,
+            source=f"{writer.source}, copies from {self.index_source}",
+        )
+
+    def model(self, name: str, path: Path, base_only: bool = False):
         if path not in self.templates:  # the compare model, read where it is first needed
             self.templates[path] = _template_name(read_config(path))
         shown = self.retriever() if uses_context(self.templates[path]) else None
@@ -332,7 +361,6 @@ class _Systems:
             base_only=base_only,
             retriever=shown,
             fast=cfg.fast,
-            copy_from=None if copy_at is None else (self.retriever(), copy_at),
         )
 
 
@@ -397,7 +425,6 @@ def _run_model(
     base_only: bool = False,
     retriever: Any = None,
     fast: bool | None = None,
-    copy_from: tuple[Any, float] | None = None,
 ) -> SystemRun:
 
     # Only a model that shows context gets the index (its prompt needs it; others refuse it).
@@ -405,10 +432,11 @@ def _run_model(
     describer = Describer.from_pretrained(
         path, backend=backend, base_only=base_only, generation=generation, fast=fast, **extra
     )
-    answerer = describer if copy_from is None else HybridDescriber(describer, *copy_from)
     try:
         start = time.perf_counter()
-        details = answerer.describe_batch(titles, questions, progress=progress, return_details=True)
+        details = describer.describe_batch(
+            titles, questions, progress=progress, return_details=True
+        )
         seconds = time.perf_counter() - start
     finally:
         del describer
@@ -422,9 +450,7 @@ def _run_model(
         sum(tokens) / seconds if seconds > 0 else float("nan"),
     )
     label = LABELS[name]
-    if copy_from is not None:
-        label = f"hybrid (copy at BM25 >= {copy_from[1]:g}, else tuned)"
-    elif retriever is not None and not label.endswith(CONTEXT_SUFFIX):
+    if retriever is not None and not label.endswith(CONTEXT_SUFFIX):
         label += CONTEXT_SUFFIX
     return SystemRun(
         name,

@@ -27,7 +27,7 @@ from typing import Any
 from productdesc.errors import UserError
 from productdesc.generation.description import Description
 
-__all__ = ["HybridDescriber", "fit_copy_threshold"]
+__all__ = ["HybridDescriber", "fit_copy_threshold", "sure_copies"]
 
 
 def fit_copy_threshold(
@@ -63,6 +63,26 @@ def fit_copy_threshold(
         if not tied_next and gain > best_gain:
             best_gain, best = gain, float(scores[i])
     return best
+
+
+def sure_copies(index: Any, titles: Sequence[str], threshold: float) -> list[Description | None]:
+    """For each title, the nearest known product's description where its retrieval score is at
+    least ``threshold`` (``source == "retrieval"``, no new tokens, ended), else ``None``: the
+    titles a :class:`HybridDescriber` copies, and what it copies.
+
+    Args:
+        index: The known products (anything with a ``search_batch`` like
+            :class:`~productdesc.retrieval.RetrievalIndex`'s).
+        titles: The titles to answer.
+        threshold: The BM25 score to reach; ``inf`` copies nothing.
+    """
+    hits = index.search_batch(list(titles), 1) if titles else []
+    return [
+        Description(text=found[0].content, stopped_at_eos=True, new_tokens=0, source="retrieval")
+        if found and found[0].score >= threshold
+        else None
+        for found in hits
+    ]
 
 
 class HybridDescriber:
@@ -112,16 +132,8 @@ class HybridDescriber:
         """
         if questions is not None and len(questions) != len(titles):
             raise UserError(f"got {len(titles)} titles but {len(questions)} questions")
-        hits = self.index.search_batch(list(titles), 1) if titles else []
-        results: list[Any] = [None] * len(titles)
-        todo = []
-        for i, found in enumerate(hits):
-            if found and found[0].score >= self.threshold:
-                results[i] = Description(
-                    text=found[0].content, stopped_at_eos=True, new_tokens=0, source="retrieval"
-                )
-            else:
-                todo.append(i)
+        results: list[Any] = sure_copies(self.index, titles, self.threshold)
+        todo = [i for i, copied in enumerate(results) if copied is None]
         if todo:
             asked = None if questions is None else [questions[i] for i in todo]
             written = self.describer.describe_batch(
