@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,8 +20,13 @@ import orjson
 import pytest
 
 from productdesc import plugins
+from productdesc.backends import backends
 from productdesc.cli import main
+from productdesc.data import cleaners
 from productdesc.plugins import PluginError, PluginWarning, Registry
+from productdesc.prompts import templates
+
+REGISTRIES = {"cleaners": cleaners, "templates": templates, "backends": backends}
 
 GROUP = "productdesc_tests.cleaners"  # a group of our own, so installed plugins don't interfere
 BUILTIN_TARGET = "productdesc.data.cleaning:HtmlUnescape"
@@ -34,7 +40,11 @@ def _check(obj: object) -> str | None:
 
 
 def _registry(group: str = GROUP) -> Registry:
-    return Registry(group, "cleaning step", {"html_unescape": BUILTIN_TARGET}, _check)
+    from productdesc.data.cleaning import HtmlUnescape
+
+    registry = Registry(group, "cleaning step", _check)
+    registry.builtin("html_unescape")(HtmlUnescape)
+    return registry
 
 
 @pytest.fixture
@@ -199,12 +209,48 @@ def test_builtins_are_registered_like_plugins() -> None:
     }
     for group, names in expected.items():
         builtin = {
-            i.name for i in getattr(plugins, group).infos() if i.source == "productdesc (built-in)"
+            i.name for i in REGISTRIES[group].infos() if i.source == "productdesc (built-in)"
         }
         assert builtin == names, group
     from productdesc.prompts import PromptTemplate
 
-    assert plugins.templates.get("alpaca") is PromptTemplate
+    assert templates.get("alpaca") is PromptTemplate
+
+
+def test_a_builtin_registers_where_it_is_defined() -> None:
+    """Each built-in names the module it lives in, and that module's package holds its
+    registry: plugins.py knows none of them."""
+    homes = {
+        "cleaners": "productdesc.data.",
+        "templates": "productdesc.prompts.",
+        "backends": "productdesc.backends.",
+    }
+    for group, registry in REGISTRIES.items():
+        assert registry.group == f"productdesc.{group}"  # entry-point group names stay
+        for info in registry.infos():
+            if info.source == "productdesc (built-in)":
+                assert info.obj.__module__.startswith(homes[group]), info
+                assert info.target == f"{info.obj.__module__}:{info.obj.__qualname__}", info
+    source = Path(plugins.__file__).read_text(encoding="utf-8")
+    imports = re.findall(r"^from (productdesc[.\w]*) import", source, flags=re.M)
+    assert sorted(imports) == ["productdesc._moved", "productdesc.errors"]
+
+
+def test_a_builtin_registered_after_the_registry_was_read_is_refused() -> None:
+    from productdesc.data.cleaning import HtmlUnescape
+
+    registry = _registry()
+    registry.names()
+    with pytest.raises(RuntimeError, match="registered after"):
+        registry.builtin("late")(HtmlUnescape)
+    with pytest.raises(PluginError, match="expected a class"):
+        Registry(GROUP, "cleaning step", _check).builtin("f")(len)
+
+
+def test_the_old_registry_paths_warn_and_give_the_same_registries() -> None:
+    for name, registry in REGISTRIES.items():
+        with pytest.warns(DeprecationWarning, match=rf"productdesc\.plugins\.{name} moved"):
+            assert getattr(plugins, name) is registry
 
 
 # -- the real registries in a fresh process ---------------------------------------------------
@@ -332,9 +378,7 @@ def _prepare(tmp_path: Path, name: str, source: Path, steps: tuple[str, ...]) ->
 @needs_example
 def test_example_plugins_are_picked_up() -> None:
     sources = {
-        info.name: info.source
-        for registry in (plugins.cleaners, plugins.templates)
-        for info in registry.infos()
+        info.name: info.source for registry in (cleaners, templates) for info in registry.infos()
     }
     assert sources["strip_boilerplate"].startswith("productdesc-plugin-example ")
     assert sources["alpaca_pt"].startswith("productdesc-plugin-example ")

@@ -1,20 +1,22 @@
 """Extension points: small registries fed by ``importlib.metadata`` entry points.
 
-Three groups exist, one registry each:
+Three groups exist, one registry each, kept beside what it registers:
 
-=========================  =================  ==============================================
-entry-point group          registry           what an entry point names
-=========================  =================  ==============================================
-``productdesc.cleaners``   :data:`cleaners`   a cleaning step class (see ``data.cleaning``)
-``productdesc.templates``  :data:`templates`  a prompt template class (see ``prompts``)
-``productdesc.backends``   :data:`backends`   a fine-tuning backend class (see ``backends``)
-=========================  =================  ==============================================
+=========================  ===========================================  ======================
+entry-point group          registry                                     an entry point names
+=========================  ===========================================  ======================
+``productdesc.cleaners``   :data:`productdesc.data.cleaning.cleaners`   a cleaning step class
+``productdesc.templates``  :data:`productdesc.prompts.base.templates`   a prompt template class
+``productdesc.backends``   :data:`productdesc.backends.base.backends`   a backend class
+=========================  ===========================================  ======================
 
-Built-ins register exactly as third-party plugins do: they are listed below as
-``"module:attribute"`` strings and loaded by the same code as entry points, so a built-in
-and a plugin are indistinguishable once loaded (datasette's ``DEFAULT_PLUGINS`` pattern).
-Loading is lazy: nothing is imported until a registry is first read, so ``import
-productdesc`` stays cheap and a broken plugin can never break it.
+This module holds only the :class:`Registry`: it knows none of the modules above it. Each
+built-in registers itself where it is defined (``@templates.builtin("alpaca")`` above
+:class:`~productdesc.prompts.PromptTemplate`), as a PEFT tuner does in its own package, and
+its package imports every built-in module, so a registry is whole once its package is
+imported. A built-in and a plugin are indistinguishable once loaded. Entry points load
+lazily, when a registry is first read, so ``import productdesc`` stays cheap and a broken
+plugin can never break it.
 
 A plugin package declares, in its ``pyproject.toml``::
 
@@ -27,7 +29,6 @@ Set ``PRODUCTDESC_DISABLE_PLUGIN_AUTOLOAD=1`` to load only the built-ins (as pyt
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -36,17 +37,15 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from productdesc._moved import forward
 from productdesc.errors import UserError
 
-__all__ = [
-    "PluginError",
-    "PluginInfo",
-    "PluginWarning",
-    "Registry",
-    "backends",
-    "cleaners",
-    "templates",
-]
+__all__ = ["PluginError", "PluginInfo", "PluginWarning", "Registry", "class_with"]
+
+# The registries moved beside what they register (until 0.2): cleaners, templates, backends.
+__getattr__ = forward(
+    __name__, "productdesc.data.cleaning", "productdesc.prompts.base", "productdesc.backends.base"
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,40 +72,47 @@ class PluginInfo(NamedTuple):
     target: str  # "module:attribute"
 
 
-def _resolve(target: str) -> Any:
-    module_name, _, attr = target.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
 class Registry(Generic[T]):
     """Name -> object mapping for one extension point.
 
     Args:
         group: The entry-point group, e.g. ``"productdesc.cleaners"``.
         kind: What the objects are, for messages ("cleaning step").
-        builtins: Built-in ``name -> "module:attribute"`` targets.
-        check: Returns an error message for an object of the wrong type, or ``None``.
+        check: Returns an error message for an object of the wrong type, or ``None``
+            (e.g. :func:`class_with`).
     """
 
-    def __init__(
-        self,
-        group: str,
-        kind: str,
-        builtins: dict[str, str],
-        check: Callable[[Any], str | None],
-    ) -> None:
+    def __init__(self, group: str, kind: str, check: Callable[[Any], str | None]) -> None:
         self.group = group
         self.kind = kind
-        self._builtins = dict(builtins)
         self._check = check
         self._items: dict[str, PluginInfo] = {}
         self._loaded = False
         self._lock = threading.RLock()
 
     # -- registration ---------------------------------------------------------------------
+    def builtin(self, name: str) -> Callable[[T], T]:
+        """A class decorator that registers a built-in under ``name``, where it is defined.
+
+        Built-ins come before every entry point: a plugin that reuses the name is skipped with
+        a warning. So a built-in must register when its module is imported, before the
+        registry is first read; later is a bug in productdesc, and raises.
+        """
+
+        def register(obj: T) -> T:
+            problem = self._check(obj)
+            if problem:
+                raise PluginError(f"built-in {self.kind} {name!r}: {problem}")
+            with self._lock:
+                if self._loaded:
+                    raise RuntimeError(
+                        f"built-in {self.kind} {name!r} registered after {self.group!r} was read"
+                    )
+                self._add(PluginInfo(name, obj, _BUILTIN_SOURCE, _qualname(obj)))
+            return obj
+
+        return register
+
     def register(self, name: str, obj: T, *, source: str = "code", target: str = "") -> T:
         """Register ``obj`` under ``name``; a name already taken is an error.
 
@@ -144,15 +150,12 @@ class Registry(Generic[T]):
             if self._loaded:
                 return
             self._loaded = True
-            for name, target in self._builtins.items():
-                # A broken built-in is our bug: let it raise.
-                self._add(PluginInfo(name, _resolve(target), _BUILTIN_SOURCE, target))
             if os.environ.get(DISABLE_AUTOLOAD_ENV):
                 return
             for ep in entry_points(group=self.group):
                 dist = getattr(ep, "dist", None)
                 if dist is not None and dist.name == "productdesc":
-                    continue  # our own built-ins, already added from the table above
+                    continue  # our own built-ins, already registered where they are defined
                 self._load_entry_point(ep, dist)
 
     def _load_entry_point(self, ep: Any, dist: Any) -> None:
@@ -200,7 +203,9 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
 
 
-def _is_class_with(*methods: str) -> Callable[[Any], str | None]:
+def class_with(*methods: str) -> Callable[[Any], str | None]:
+    """A registry's ``check``: the object must be a class with these callable attributes."""
+
     def check(obj: Any) -> str | None:
         if not isinstance(obj, type):
             return f"expected a class, got {type(obj).__name__}"
@@ -210,41 +215,3 @@ def _is_class_with(*methods: str) -> Callable[[Any], str | None]:
         return None
 
     return check
-
-
-cleaners: Registry[type] = Registry(
-    "productdesc.cleaners",
-    "cleaning step",
-    {
-        "html_unescape": "productdesc.data.cleaning:HtmlUnescape",
-        "normalize_unicode": "productdesc.data.cleaning:NormalizeUnicode",
-        "keep_chars": "productdesc.data.cleaning:KeepChars",
-        "drop_short": "productdesc.data.cleaning:DropShort",
-        "dedupe": "productdesc.data.cleaning:Dedupe",
-    },
-    _is_class_with("__call__"),
-)
-"""Cleaning steps: ``name -> step class``."""
-
-templates: Registry[type] = Registry(
-    "productdesc.templates",
-    "prompt template",
-    {
-        "alpaca": "productdesc.prompts.alpaca:PromptTemplate",
-        "chat": "productdesc.prompts.chat:ChatTemplate",
-        "context": "productdesc.prompts.context:ContextTemplate",
-    },
-    _is_class_with("render", "parse"),
-)
-"""Prompt templates: ``name -> template class``."""
-
-backends: Registry[type] = Registry(
-    "productdesc.backends",
-    "backend",
-    {
-        "transformers": "productdesc.backends.transformers:TransformersBackend",
-        "unsloth": "productdesc.backends.unsloth:UnslothBackend",
-    },
-    _is_class_with("load_model", "load_for_inference", "train"),
-)
-"""Fine-tuning backends: ``name -> backend class``."""

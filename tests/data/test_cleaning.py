@@ -21,8 +21,12 @@ from productdesc.data import (
     TextStep,
     default_steps,
 )
-from productdesc.data.cleaning import CleaningStepError, collapse_whitespace, normalise_text
-from productdesc.plugins import cleaners
+from productdesc.data.cleaning import (
+    CleaningStepError,
+    cleaners,
+    collapse_whitespace,
+    normalise_text,
+)
 
 
 def rec(title: str, content: str = "some content", uid: str | None = "u1") -> dict:

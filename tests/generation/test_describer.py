@@ -296,8 +296,8 @@ def test_a_run_trained_with_a_backend_not_installed_here_loads_with_another(
     """A run trained with Unsloth on a GPU machine, loaded where Unsloth is missing."""
     import shutil
 
+    from productdesc.backends import backends
     from productdesc.generation.describer import Describer
-    from productdesc.plugins import backends
 
     path, peft_model, tokenizer = adapter_dir
     gen = GenerationConfig(max_new_tokens=MAX_NEW)

@@ -111,14 +111,16 @@ def test_cli_reference_has_every_command_and_option(built_docs: Path) -> None:
 
 
 def _config_classes() -> list[type]:
-    from productdesc import config, plugins
+    from productdesc import config
+    from productdesc.data import cleaners
     from productdesc.data.config import PrepareConfig
+    from productdesc.prompts import templates
 
     classes = [getattr(config, name) for name in config.__all__]
     classes = [c for c in classes if isinstance(c, type) and attrs.has(c)]
     builtins = [
         info.obj
-        for registry in (plugins.cleaners, plugins.templates)
+        for registry in (cleaners, templates)
         for info in registry.infos()
         if info.source.endswith("(built-in)") and attrs.has(info.obj)
     ]

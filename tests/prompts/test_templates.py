@@ -19,6 +19,7 @@ from productdesc.prompts import (
     PromptTemplate,
     TemplateError,
     get_template,
+    templates,
 )
 
 TRAINING_TEXT = (
@@ -370,13 +371,13 @@ def test_chat_training_pairs(tokenizer):
 
 # -- registry and contract ----------------------------------------------------------------------
 def test_builtins_are_registered_by_name():
-    assert plugins.templates.get("alpaca") is PromptTemplate
-    assert plugins.templates.get("chat") is ChatTemplate
+    assert templates.get("alpaca") is PromptTemplate
+    assert templates.get("chat") is ChatTemplate
 
 
 @pytest.mark.parametrize("name", ["alpaca", "chat"])
 def test_every_template_offers_the_contract(name):
-    cls = plugins.templates.get(name)
+    cls = templates.get(name)
     assert cls.name == name
     for method in ("for_tokenizer", "render", "render_pair", "parse", "training_pairs"):
         assert callable(getattr(cls, method))

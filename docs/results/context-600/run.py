@@ -138,8 +138,7 @@ def register_same_description_template() -> None:
     registered in every process that trains or loads such a run)."""
     from attrs import field, frozen
 
-    from productdesc.plugins import templates
-    from productdesc.prompts import ContextTemplate
+    from productdesc.prompts import ContextTemplate, templates
 
     @frozen(kw_only=True)
     class SameDescriptionContext(ContextTemplate):

@@ -9,6 +9,10 @@ Importing this package is cheap; torch and the training libraries load when a ba
 
 from __future__ import annotations
 
-from productdesc.backends.base import Backend, get_backend, resolve_dtype
+# The built-in backends register themselves in ``backends`` when imported: import them here, so
+# that the registry is whole wherever this package is used.
+from productdesc.backends import transformers as _transformers  # noqa: F401
+from productdesc.backends import unsloth as _unsloth  # noqa: F401
+from productdesc.backends.base import Backend, backends, get_backend, resolve_dtype
 
-__all__ = ["Backend", "get_backend", "resolve_dtype"]
+__all__ = ["Backend", "backends", "get_backend", "resolve_dtype"]

@@ -3,9 +3,9 @@
 A backend hides whether Unsloth or plain transformers + PEFT is underneath; the fine-tuner and
 the describer only call the public methods of :class:`Backend`. A new backend subclasses it,
 implements the hooks (``_load``, ``_add_adapter``, ``_attach_adapter``) and registers itself in
-:data:`productdesc.plugins.backends` (entry-point group ``productdesc.backends``).
+:data:`backends` (entry-point group ``productdesc.backends``).
 
-Module-level imports stay light (no torch): the registry imports this module to list backends.
+Module-level imports stay light (no torch): listing the backends imports this module.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from productdesc import distributed, plugins
+from productdesc import distributed
 from productdesc.backends._device import cuda_available, resolve_dtype
 from productdesc.backends._sft import build_trainer
 from productdesc.errors import UserError
 from productdesc.models import ResolvedModel, loading_errors, resolve_model
+from productdesc.plugins import PluginError, Registry, class_with
 from productdesc.rundir import ADAPTER_CONFIG as ADAPTER_CONFIG  # its old home; still imported
 from productdesc.rundir import adapter_base, has_adapter
 from productdesc.tokenizers import ensure_distinct_pad
@@ -34,9 +35,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from productdesc.config import LoraSettings, ModelConfig, TrainingConfig
 
-__all__ = ["Backend", "cuda_available", "get_backend", "resolve_dtype"]
+__all__ = ["Backend", "backends", "cuda_available", "get_backend", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
+
+backends: Registry[type] = Registry(
+    "productdesc.backends", "backend", class_with("load_model", "load_for_inference", "train")
+)
+"""Fine-tuning backends: ``name -> backend class`` (entry-point group ``productdesc.backends``)."""
 
 
 def want_4bit(requested: bool) -> bool:
@@ -315,7 +321,7 @@ def get_backend(name: str = "auto") -> Backend:
             libraries are not installed.
     """
     if name == "auto":
-        unsloth = plugins.backends.get("unsloth") if "unsloth" in plugins.backends else None
+        unsloth = backends.get("unsloth") if "unsloth" in backends else None
         if unsloth is not None and unsloth.is_available():
             try:
                 return unsloth()
@@ -325,8 +331,8 @@ def get_backend(name: str = "auto") -> Backend:
                 )
         name = "transformers"
     try:
-        cls = plugins.backends.get(name)
-    except plugins.PluginError as exc:
+        cls = backends.get(name)
+    except PluginError as exc:
         raise UserError(f"backend: {exc}") from None
     if not cls.is_available():
         raise UserError(

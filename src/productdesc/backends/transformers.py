@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from productdesc.backends.base import Backend
+from productdesc.backends.base import Backend, backends
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["TransformersBackend"]
 
 
+@backends.builtin("transformers")
 class TransformersBackend(Backend):
     """Plain Hugging Face: transformers, PEFT, TRL (and bitsandbytes for 4-bit on GPU)."""
 

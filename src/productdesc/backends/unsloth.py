@@ -24,7 +24,7 @@ import sys
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from productdesc.backends import _varlen
-from productdesc.backends.base import Backend
+from productdesc.backends.base import Backend, backends
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -52,6 +52,7 @@ def _import_unsloth() -> Any:
     return unsloth
 
 
+@backends.builtin("unsloth")
 class UnslothBackend(Backend):
     """Unsloth's fast LoRA path (``FastLanguageModel``); imports unsloth when created."""
 

@@ -37,8 +37,12 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from productdesc import plugins
+    from productdesc.backends import backends
+    from productdesc.data import cleaners
+    from productdesc.prompts import templates
 
-    registries = [getattr(plugins, name) for name in args.group or REGISTRIES]
+    named = {"cleaners": cleaners, "templates": templates, "backends": backends}
+    registries = [named[name] for name in args.group or REGISTRIES]
     # The registry logs each skipped plugin (shown on stderr by the CLI's logging); the
     # warning copy is only counted here, not printed a second time.
     with warnings.catch_warnings(record=True) as caught:

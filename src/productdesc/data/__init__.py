@@ -22,6 +22,7 @@ from productdesc.data.cleaning import (
     Record,
     Step,
     TextStep,
+    cleaners,
     default_steps,
 )
 from productdesc.data.config import PrepareConfig
@@ -51,6 +52,7 @@ __all__ = [
     "Splitter",
     "Step",
     "TextStep",
+    "cleaners",
     "default_steps",
     "sample_path",
 ]

@@ -14,7 +14,8 @@ record goes. That is the whole protocol for a third-party step::
                 return Drop("boilerplate")
             return record
 
-and it is registered under ``productdesc.cleaners`` (see :mod:`productdesc.plugins`).
+and it is registered in :data:`cleaners` (entry-point group ``productdesc.cleaners``; see
+:mod:`productdesc.plugins`).
 Text rewrites subclass :class:`TextStep` and implement ``transform(text) -> text``.
 
 A step that compares a record with the *earlier* ones (:class:`Dedupe`) cannot run on its own
@@ -43,6 +44,7 @@ from attrs import validators as v
 from productdesc._moved import forward
 from productdesc.data.text import collapse_whitespace, normalise_text, rare_chars, stable_hash64
 from productdesc.errors import UserError
+from productdesc.plugins import Registry, class_with
 
 __all__ = [
     "DEDUPE_MODES",
@@ -57,6 +59,7 @@ __all__ = [
     "Record",
     "Step",
     "TextStep",
+    "cleaners",
     "collapse_whitespace",
     "default_steps",
     "normalise_text",
@@ -67,6 +70,9 @@ __all__ = [
 __getattr__ = forward(__name__, "productdesc.data.pipeline")
 
 Record = dict[str, Any]
+
+cleaners: Registry[type] = Registry("productdesc.cleaners", "cleaning step", class_with("__call__"))
+"""Cleaning steps: ``name -> step class`` (entry-point group ``productdesc.cleaners``)."""
 TEXT_FIELDS = ("title", "content")
 DEDUPE_MODES = ("text", "title", "uid", "off")
 
@@ -174,6 +180,7 @@ def _decode_common_entities(text: str) -> str:
     return "".join(out)
 
 
+@cleaners.builtin("html_unescape")
 @frozen
 class HtmlUnescape(TextStep):
     """HTML entities to characters, repeated until the text stops changing.
@@ -209,6 +216,7 @@ _PUNCTUATION = {
 }
 
 
+@cleaners.builtin("normalize_unicode")
 @frozen
 class NormalizeUnicode(TextStep):
     """Unicode normalisation (NFKC by default) and whitespace collapse.
@@ -245,6 +253,7 @@ def _check_extra(instance: Any, attribute: attrs.Attribute, value: str) -> None:
         raise ValueError(f"{attribute.name!r} must not contain whitespace (spaces are kept)")
 
 
+@cleaners.builtin("keep_chars")
 @frozen
 class KeepChars(TextStep):
     """Remove every character but letters (accented too), digits, spaces, ``,`` and ``.``.
@@ -287,6 +296,7 @@ class KeepChars(TextStep):
 
 
 # -- 4. empty and short records -----------------------------------------------------------------
+@cleaners.builtin("drop_short")
 @frozen
 class DropShort:
     """Drop a record whose title or content is empty, or shorter than ``min_length``.
@@ -319,6 +329,7 @@ class DropShort:
 
 
 # -- 5. duplicates ------------------------------------------------------------------------------
+@cleaners.builtin("dedupe")
 @frozen
 class Dedupe:
     """Drop records equal to an earlier one (reason ``duplicate``); the first is kept.

@@ -8,10 +8,9 @@ import attrs
 from attrs import field, frozen
 from attrs import validators as v
 
-from productdesc.data.cleaning import DEDUPE_MODES, default_steps
+from productdesc.data.cleaning import DEDUPE_MODES, cleaners, default_steps
 from productdesc.data.pipeline import Pipeline, is_keyed, step_name, step_options
 from productdesc.data.split import SPLIT_NAMES, parse_split
-from productdesc.plugins import cleaners
 
 __all__ = ["RECORD_FIELDS", "PrepareConfig", "parse_columns"]
 

@@ -10,8 +10,7 @@ from typing import Any
 
 import attrs
 
-from productdesc.data.cleaning import CleaningStepError, Drop, Record, TextStep
-from productdesc.plugins import cleaners
+from productdesc.data.cleaning import CleaningStepError, Drop, Record, TextStep, cleaners
 
 __all__ = ["Pipeline", "is_keyed", "step_name", "step_options"]
 

@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from productdesc.backends import get_backend
+from productdesc.backends import backends, get_backend
 from productdesc.errors import UserError
-from productdesc.plugins import backends
 from productdesc.prompts import get_template
 from productdesc.prompts.context import check_retriever
 from productdesc.retrieval.store import open_index

@@ -14,7 +14,7 @@ inference, and the answer it gives back:
   prompt as a Jinja chat template (saved with the tokenizer, so chat endpoints prompt as
   training did) and as an Ollama ``TEMPLATE``.
 
-Three templates are built in, registered in :data:`productdesc.plugins.templates`:
+Three templates are built in, registered in :data:`~productdesc.prompts.base.templates`:
 ``"alpaca"`` (:class:`PromptTemplate`, the seed notebook's), ``"chat"`` (:class:`ChatTemplate`,
 the tokenizer's own chat template) and ``"context"`` (:class:`ContextTemplate`: Alpaca with the
 nearest known products' titles and descriptions, from a retrieval index). Build any of them for a
@@ -43,9 +43,14 @@ from typing import Any
 
 import attrs
 
-from productdesc.plugins import templates
 from productdesc.prompts.alpaca import ALPACA_PREAMBLE, ALPACA_PROMPT, PromptTemplate
-from productdesc.prompts.base import QUESTIONS, BaseTemplate, TemplateError, seeded_question
+from productdesc.prompts.base import (
+    QUESTIONS,
+    BaseTemplate,
+    TemplateError,
+    seeded_question,
+    templates,
+)
 from productdesc.prompts.chat import ChatTemplate
 from productdesc.prompts.context import (
     CONTEXT_PROMPT,
@@ -71,6 +76,7 @@ __all__ = [
     "check_retriever",
     "get_template",
     "seeded_question",
+    "templates",
     "uses_context",
 ]
 

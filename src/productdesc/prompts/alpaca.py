@@ -13,6 +13,7 @@ from productdesc.prompts.base import (
     _formats_with,
     _strip_echo,
     _text,
+    templates,
 )
 
 __all__ = ["ALPACA_PREAMBLE", "ALPACA_PROMPT", "PromptTemplate"]
@@ -28,6 +29,7 @@ ALPACA_PROMPT = (
 """The classic Alpaca prompt as Unsloth's notebooks (and the seed) write it."""
 
 
+@templates.builtin("alpaca")
 @frozen(kw_only=True)
 class PromptTemplate(BaseTemplate):
     """The seed's Alpaca prompt (:data:`ALPACA_PROMPT`): instruction, the title as input, answer.

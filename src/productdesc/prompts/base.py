@@ -21,8 +21,14 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.errors import UserError
+from productdesc.plugins import Registry, class_with
 
-__all__ = ["QUESTIONS", "BaseTemplate", "TemplateError", "seeded_question"]
+__all__ = ["QUESTIONS", "BaseTemplate", "TemplateError", "seeded_question", "templates"]
+
+templates: Registry[type] = Registry(
+    "productdesc.templates", "prompt template", class_with("render", "parse")
+)
+"""Prompt templates: ``name -> template class`` (entry-point group ``productdesc.templates``)."""
 
 QUESTIONS: tuple[str, ...] = (
     "What is {title}?",

@@ -15,12 +15,14 @@ from productdesc.prompts.base import (
     _formats_with,
     _strip_echo,
     _text,
+    templates,
 )
 from productdesc.tokenizers import tokenizer_adds_bos
 
 __all__ = ["ChatTemplate"]
 
 
+@templates.builtin("chat")
 @frozen(kw_only=True)
 class ChatTemplate(BaseTemplate):
     """The tokenizer's own chat template (``tokenizer.apply_chat_template``).

@@ -10,9 +10,8 @@ from attrs import field, frozen
 from attrs import validators as v
 
 from productdesc.errors import UserError
-from productdesc.plugins import templates
 from productdesc.prompts.alpaca import ALPACA_PREAMBLE, PromptTemplate
-from productdesc.prompts.base import TemplateError, _text
+from productdesc.prompts.base import TemplateError, _text, templates
 
 __all__ = [
     "CONTEXT_PROMPT",
@@ -34,6 +33,7 @@ NO_CONTEXT = "No similar product is known."
 """The context section's text when the retriever finds no related product."""
 
 
+@templates.builtin("context")
 @frozen(kw_only=True)
 class ContextTemplate(PromptTemplate):
     """Alpaca with context (:data:`CONTEXT_PROMPT`): similar known products, then the title.
