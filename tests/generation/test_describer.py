@@ -403,12 +403,46 @@ def test_cli_batches_a_file_into_jsonl(adapter_dir, tmp_path, capsys):
             "answer": describer.describe(t, q),
             "stopped_at_eos": False,
             "new_tokens": 6,
+            "source": "model",
         }
         for t in TITLES[:3]
     ]
     err = capsys.readouterr().err
     assert "skipped 1 blank line" in err
     assert "described 3 titles" in err and "new tokens/s" in err
+
+
+@needs_backend
+def test_cli_hybrid_copies_a_known_title_and_writes_the_rest(adapter_dir, tmp_path, capsys):
+    """`describe --hybrid SCORE --index DATA`: a title the index knows gets its description,
+    word for word, streamed or batched; a title it does not know is generated."""
+    from productdesc import AmazonTitlesDataset, PrepareConfig
+    from productdesc.cli import main
+    from productdesc.generation.describer import Describer
+
+    path, peft_model, tokenizer = adapter_dir
+    known = {"uid": "k1", "title": "Nice for Mice", "content": "A cheese scented soap, 3 oz."}
+    other = {"uid": "k2", "title": "Garden hose reel", "content": "Holds 100 feet of hose."}
+    (tmp_path / "trn.json").write_text(json.dumps(known) + "\n" + json.dumps(other) + "\n")
+    data = tmp_path / "data"
+    config = PrepareConfig(split="100/0/0", workers=1)
+    AmazonTitlesDataset(tmp_path / "trn.json", config).prepare(data, progress=False)
+    common = ["describe", "--model", str(path), "--backend", "transformers"]
+    common += ["--max-new-tokens", "6", "--hybrid", "0.5", "--index", str(data)]
+
+    assert main([*common, "Nice for Mice"]) == 0
+    assert capsys.readouterr().out == known["content"] + "\n"
+
+    titles = tmp_path / "titles.txt"
+    titles.write_text("Nice for Mice\nThe Prophet\n")
+    out = tmp_path / "answers.jsonl"
+    assert main([*common, "--file", str(titles), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    describer = Describer(peft_model, tokenizer, generation=GenerationConfig(max_new_tokens=6))
+    assert [(r["answer"], r["source"], r["new_tokens"]) for r in rows] == [
+        (known["content"], "retrieval", 0),
+        (describer.describe("The Prophet"), "model", 6),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -418,6 +452,8 @@ def test_cli_batches_a_file_into_jsonl(adapter_dir, tmp_path, capsys):
         (["describe", "--model", "m", "t", "--out", "o.jsonl"], "--out needs --file"),
         (["describe", "--model", "m", "t", "--max-new-tokens", "0"], "max_new_tokens"),
         (["describe", "--model", "m", "--file", "missing.txt"], "titles file not found"),
+        (["describe", "--model", "m", "t", "--hybrid", "2"], "--hybrid needs the known products"),
+        (["describe", "--model", "m", "t", "--index", "d"], "give --hybrid SCORE too"),
         (["describe", "--model", "does-not-exist", "t"], "model directory not found"),
     ],
 )

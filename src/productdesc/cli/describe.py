@@ -4,6 +4,7 @@ productdesc describe --model runs/smollm2-lora "Nice for Mice"
 productdesc describe --model runs/smollm2-lora "Nice for Mice" --question "Is it good for toddlers?"
 productdesc describe --model runs/smollm2-lora --file titles.txt --out answers.jsonl
 productdesc describe --model runs/context-lora --context data/prepared "Nice for Mice"
+productdesc describe --model runs/smollm2-lora --hybrid 2.75 --index data/prepared --file titles.txt
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def add_parser(subparsers: Any) -> None:
         type=Path,
         metavar="JSONL",
         help="with --file: write answers here (default: stdout); fields title, question, "
-        "answer, stopped_at_eos, new_tokens",
+        "answer, stopped_at_eos, new_tokens, source ('model', or 'retrieval' where --hybrid "
+        "copied)",
     )
     add_generation_options(
         parser,
@@ -73,6 +75,21 @@ def add_parser(subparsers: Any) -> None:
         "(`productdesc index`) or a prepared data directory; for models trained with the "
         "'context' template",
     )
+    parser.add_argument(
+        "--hybrid",
+        type=float,
+        metavar="SCORE",
+        help="answer with the nearest known product's description where its BM25 score is at "
+        "least SCORE, and generate otherwise (fit SCORE on validation records with the same "
+        "index: scores depend on it); the known products come from --index, else --context",
+    )
+    parser.add_argument(
+        "--index",
+        type=Path,
+        metavar="INDEX",
+        help="with --hybrid: the known products, a retrieval index directory or a prepared "
+        "data directory",
+    )
     add_fast_option(parser)
     parser.add_argument(
         "--torch-compile",
@@ -93,7 +110,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--out needs --file")
     if args.out is not None:
         _check_writable(args.out)
-    if args.context is not None:
+    known = args.index if args.index is not None else args.context
+    if args.index is not None and args.hybrid is None:
+        raise UserError("--index is the known products of --hybrid; give --hybrid SCORE too")
+    if args.hybrid is not None and known is None:
+        raise UserError("--hybrid needs the known products: --index INDEX (or --context INDEX)")
+    if known is not None:
         require_extra("eval", EVAL_MODULES)  # the retrieval index
     titles = _read_titles(args.file) if args.file is not None else []
     generation = generation_from_args(args)
@@ -108,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
             fast=args.fast,
             torch_compile=args.torch_compile,
         )
+    if args.hybrid is not None:
+        from productdesc.generation.hybrid import HybridDescriber
+        from productdesc.retrieval.store import open_index
+
+        describer = HybridDescriber(describer, open_index(known), args.hybrid)
     if args.file is None:
         for piece in describer.stream(args.title, args.question):
             sys.stdout.write(piece)
@@ -174,6 +201,7 @@ def _describe_file(describer: Any, titles: list[str], args: argparse.Namespace) 
                 "answer": d.text,
                 "stopped_at_eos": d.stopped_at_eos,
                 "new_tokens": d.new_tokens,
+                "source": d.source,
             }
         ).decode()
         + "\n"

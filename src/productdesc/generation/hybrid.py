@@ -21,7 +21,7 @@ This module imports neither torch nor transformers (the describer it wraps does)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from productdesc.errors import UserError
@@ -113,6 +113,15 @@ class HybridDescriber:
         questions = None if question is None else [question]
         return self.describe_batch([title], questions, **overrides)[0]
 
+    def stream(self, title: str, question: str | None = None, **overrides: Any) -> Iterator[str]:
+        """One title's answer in pieces: a copied description as one piece, else the
+        describer's :meth:`~productdesc.generation.describer.Describer.stream` (closing the
+        iterator stops its generation)."""
+        (copied,) = sure_copies(self.index, [title], self.threshold)
+        if copied is None:
+            return self.describer.stream(title, question, **overrides)
+        return _pieces(copied.text)
+
     def describe_batch(
         self,
         titles: Sequence[str],
@@ -146,3 +155,8 @@ class HybridDescriber:
             for i, description in zip(todo, written, strict=True):
                 results[i] = description
         return results if return_details else [d.text for d in results]
+
+
+def _pieces(text: str) -> Iterator[str]:
+    # A generator, not iter([text]): a stream's reader may close() it.
+    yield text
