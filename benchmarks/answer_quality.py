@@ -129,12 +129,6 @@ def records(data_dir: Path, split: str, limit: int | None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
-def rouge_l(answers: list[str], refs: list[dict]) -> list[float]:
-    from productdesc.evaluate.metrics import score_system
-
-    return score_system(answers, [r["content"] for r in refs]).per_record()["rougeL"]
-
-
 def answer(run_dir: Path, rows: list[dict], args, retriever=None, **generation) -> list:
     from productdesc import Describer, GenerationConfig
     from productdesc.generation.describer import evolve_generation
@@ -202,8 +196,6 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
 
     from productdesc import GenerationConfig
     from productdesc.evaluate import evaluate
-    from productdesc.generation.hybrid import fit_copy_threshold
-    from productdesc.retrieval.store import open_index
 
     args.out.mkdir(parents=True, exist_ok=True)
     swept = json.loads((args.work / "sweep.json").read_text())
@@ -217,7 +209,6 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
         logging.info("tuned model (%s): %s", best, result.summary())
     val = records(data_dir, "validation", args.limit)
     test = records(data_dir, "test", args.limit)
-    index = open_index(data_dir, show_progress=False)
 
     context = args.work / "context"
     if not (context / "adapter_config.json").is_file():
@@ -248,15 +239,7 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
         logging.info("decoding %s: %s", name, json.dumps(table[name]))
         table_path.write_text(json.dumps(table, indent=1) + "\n")
 
-    # The hybrid's threshold: on validation, against the tuned model's answers there.
-    tuned_val = answer(tuned, val, args)
-    hits = index.search_batch([r["title"] for r in val], 1)
-    scores = [h[0].score if h else 0.0 for h in hits]
-    copied = rouge_l([h[0].content if h else "" for h in hits], val)
-    threshold = fit_copy_threshold(scores, copied, rouge_l([d.text for d in tuned_val], val))
-    logging.info("copy threshold fitted on validation: %s", threshold)
-
-    reports = {}
+    reports, thresholds = {}, {}
     for label, questions in (("", False), ("-questions", True)):
         out = Path(f"{args.out}{label}")
         started = time.perf_counter()
@@ -266,13 +249,15 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
             limit=args.limit,
             out_dir=out,
             context_model=context,
-            hybrid_threshold=threshold if threshold != float("inf") else None,
+            # fitted on validation, against the tuned model's answers there
+            hybrid_threshold="auto",
             generation=GenerationConfig(batch_size=args.batch_size),
             questions=questions,
             fast=args.fast,
             progress=False,
         )
         times[f"evaluate{label}_s"] = time.perf_counter() - started
+        thresholds[label or "describe"] = result.meta["hybrid_threshold"]
         outputs = {n: (r.outputs, r.stopped_at_eos) for n, r in result.runs.items()}
         write_subsets(out, subset_scores(data_dir, result.records, outputs))
         redact(out)
@@ -286,7 +271,7 @@ def final(args: argparse.Namespace, data_dir: Path) -> None:
         "machine": machine(),
         "tuned": best,
         "sweep": swept,
-        "copy_threshold": threshold,
+        "copy_threshold": thresholds,
         "wall_times": {k: round(v, 1) for k, v in times.items()},
         "summary": reports,
     }

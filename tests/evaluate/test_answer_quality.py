@@ -289,19 +289,25 @@ def test_hybrid_copies_sure_matches_and_writes_the_rest_in_order() -> None:
 
 
 # -- evaluate: questions and the hybrid system ---------------------------------------------------
-def _tutus_and_loader(tmp_path: Path, monkeypatch) -> tuple[Path, Path, list]:
-    """Prepared data of eight tutus, a model directory, and the (path, writer) of each
-    describer that evaluate loads."""
-    import productdesc.evaluate.runner
+COLOURS = ["Pink", "Blue", "Red", "Green", "Black", "White", "Grey", "Gold"]
+MORE_COLOURS = [*COLOURS, "Teal", "Navy", "Lilac", "Coral", "Ivory", "Olive", "Plum", "Ruby"]
+
+
+def _tutus_and_loader(
+    tmp_path: Path, monkeypatch, colours: list[str] = COLOURS, split: str = "50/0/50"
+) -> tuple[Path, Path, list]:
+    """Prepared data of tutus, one a colour, a model directory, and the (path, writer) of
+    each describer that evaluate loads."""
+    import productdesc.evaluate.systems
     from productdesc import AmazonTitlesDataset, PrepareConfig
 
     lines = [
         json.dumps({"uid": f"u{i}", "title": f"Girls Ballet Tutu {c}", "content": f"A {c} tutu."})
-        for i, c in enumerate(["Pink", "Blue", "Red", "Green", "Black", "White", "Grey", "Gold"])
+        for i, c in enumerate(colours)
     ]
     (tmp_path / "trn.json").write_text("\n".join(lines) + "\n")
     data = tmp_path / "data"
-    AmazonTitlesDataset(tmp_path / "trn.json", PrepareConfig(split="50/0/50", workers=1)).prepare(
+    AmazonTitlesDataset(tmp_path / "trn.json", PrepareConfig(split=split, workers=1)).prepare(
         data, progress=False
     )
     model = tmp_path / "model"
@@ -314,7 +320,7 @@ def _tutus_and_loader(tmp_path: Path, monkeypatch) -> tuple[Path, Path, list]:
             loaded.append((Path(path), _Writer()))
             return loaded[-1][1]
 
-    monkeypatch.setattr(productdesc.evaluate.runner, "Describer", Loader)  # what evaluate calls
+    monkeypatch.setattr(productdesc.evaluate.systems, "Describer", Loader)  # what evaluate calls
     return data, model, loaded
 
 
@@ -358,3 +364,50 @@ def test_the_hybrid_writes_with_the_tuned_model_beside_a_context_model(
     assert result.runs["hybrid"].outputs == result.runs["tuned"].outputs  # nothing copied
     assert result.runs["hybrid"].new_tokens == result.runs["tuned"].new_tokens
     assert result.runs["hybrid"].label.endswith("else tuned)")
+
+
+def test_an_auto_hybrid_threshold_is_fitted_on_validation_with_the_loaded_tuned_model(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from productdesc import AmazonTitlesDataset
+    from productdesc.evaluate import evaluate
+
+    data, model, loaded = _tutus_and_loader(tmp_path, monkeypatch, MORE_COLOURS, "40/30/30")
+    validation = [
+        r["title"] for r in AmazonTitlesDataset.from_prepared(data).iter_split("validation")
+    ]
+    assert validation  # the split puts some tutus there
+    result = evaluate(model, data, baselines=["retrieval"], hybrid_threshold="auto", n_resamples=50)
+    # one model loaded: it answered the test split, then the validation split
+    ((_, writer),) = loaded
+    assert [titles for titles, _ in writer.asked][1] == validation
+    # copying "A Pink tutu." for "A Blue tutu." beats "written: Girls Ballet Tutu Blue" here,
+    # so the fitted threshold copies every title that has a neighbour
+    threshold = result.meta["hybrid_threshold"]
+    assert isinstance(threshold, float) and threshold != float("inf")
+    assert result.meta["hybrid_fitted_on"] == len(validation)
+    assert result.runs["hybrid"].outputs == result.runs["retrieval"].outputs
+    assert f"copy at BM25 >= {threshold:g}" in result.runs["hybrid"].label
+    from productdesc.evaluate.report import render_markdown
+
+    report = render_markdown(result)
+    (row,) = [line for line in report.splitlines() if line.startswith("| hybrid copies at |")]
+    assert f"{threshold:g} (fitted on {len(validation)} validation records)" in row
+
+
+@pytest.mark.parametrize(
+    ("split", "evaluated", "message"),
+    [
+        ("50/0/50", "test", "which holds no record"),
+        ("40/30/30", "validation", "which is the one evaluated"),
+    ],
+)
+def test_an_auto_hybrid_threshold_needs_another_validation_split(
+    tmp_path: Path, monkeypatch, split: str, evaluated: str, message: str
+) -> None:
+    from productdesc.evaluate import evaluate
+
+    data, model, loaded = _tutus_and_loader(tmp_path, monkeypatch, MORE_COLOURS, split)
+    with pytest.raises(UserError, match=message):
+        evaluate(model, data, split=evaluated, hybrid_threshold="auto", baselines=[])
+    assert loaded == []  # refused before any model loads

@@ -78,11 +78,11 @@ class FakeDescriber:
 
 @pytest.fixture
 def fake_describer(monkeypatch: pytest.MonkeyPatch) -> type[FakeDescriber]:
-    import productdesc.evaluate.runner
+    import productdesc.evaluate.systems
 
     FakeDescriber.calls = []
     monkeypatch.setattr(
-        productdesc.evaluate.runner, "Describer", FakeDescriber
+        productdesc.evaluate.systems, "Describer", FakeDescriber
     )  # what evaluate calls
     return FakeDescriber
 

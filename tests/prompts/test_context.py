@@ -392,14 +392,14 @@ class FakeDescriber:
 
 
 def test_evaluate_reports_tuned_plus_context(prepared: Path, tmp_path: Path, monkeypatch) -> None:
-    import productdesc.evaluate.runner
+    import productdesc.evaluate.systems
     from productdesc.cli import main
     from productdesc.data.dataset import AmazonTitlesDataset
     from productdesc.evaluate import evaluate
 
     FakeDescriber.calls = []
     monkeypatch.setattr(
-        productdesc.evaluate.runner, "Describer", FakeDescriber
+        productdesc.evaluate.systems, "Describer", FakeDescriber
     )  # what evaluate calls
     plain, with_context = tmp_path / "plain", tmp_path / "ctx"
     for path, template in ((plain, "alpaca"), (with_context, "context")):

@@ -80,8 +80,8 @@ def add_parser(subparsers: Any) -> None:
         type=float,
         metavar="SCORE",
         help="answer with the nearest known product's description where its BM25 score is at "
-        "least SCORE, and generate otherwise (fit SCORE on validation records with the same "
-        "index: scores depend on it); the known products come from --index, else --context",
+        "least SCORE, and generate otherwise (scores depend on the index: `evaluate --hybrid "
+        "auto` fits SCORE on it); the known products come from --index, else --context",
     )
     parser.add_argument(
         "--index",

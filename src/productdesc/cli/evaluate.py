@@ -69,10 +69,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--hybrid",
-        type=float,
+        type=_score_or_auto,
         metavar="SCORE",
         help="also evaluate copying the nearest train title's description where its BM25 score "
-        "is at least SCORE, and the tuned model's answer otherwise",
+        "is at least SCORE, and the tuned model's answer otherwise; 'auto' fits SCORE on the "
+        "validation split (the report names it; pass it to `describe --hybrid`)",
     )
     add_fast_option(parser)
     add_generation_options(
@@ -137,3 +138,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}  " + "  ".join(f"{c:>20}" for c in cells))
     print(f"report: {out / 'report.html'} (also report.md, results.json)", file=sys.stderr)
     return 0
+
+
+def _score_or_auto(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None

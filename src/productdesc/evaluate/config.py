@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from attrs import field, frozen
 from attrs import validators as v
@@ -45,7 +45,9 @@ class EvalConfig:
             template's instruction (the same question for every system).
         hybrid_threshold: Also evaluate ``hybrid``: copy the nearest train title's
             description where its retrieval score is at least this, else answer with the
-            tuned model.
+            tuned model. ``"auto"`` fits it on the validation split (its first ``limit``
+            records): the score at which the hybrid's ROUGE-L is highest there, with the
+            tuned model's answers (the results' ``meta`` keeps the fitted value).
         fast: The describers' fast path (see :class:`~productdesc.generation.describer.Describer`).
     """
 
@@ -66,10 +68,14 @@ class EvalConfig:
     backend: str = field(default="auto", validator=v.instance_of(str))
     progress: bool = True
     questions: bool = False
-    hybrid_threshold: float | None = field(
-        default=None, validator=v.optional(v.instance_of((int, float)))
-    )
+    hybrid_threshold: float | Literal["auto"] | None = field(default=None)
     fast: bool | None = None
+
+    @hybrid_threshold.validator
+    def _threshold(self, attribute: Any, value: Any) -> None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and value != "auto" and not number:
+            raise TypeError(f"hybrid_threshold must be a number, 'auto' or None, got {value!r}")
 
     @classmethod
     def of(cls, config: EvalConfig | None = None, **options: Any) -> EvalConfig:

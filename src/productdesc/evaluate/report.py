@@ -141,6 +141,7 @@ def _describe_settings(result: EvalResult) -> list[tuple[str, str]]:
         ("data", f"{meta.get('data_dir', '')}, split {meta.get('split', '')!r}"),
         ("records", str(meta.get("records", len(result.records)))),
         ("decoding", decoding if gen else ""),
+        ("hybrid copies at", _copy_threshold(meta)),
         (
             "intervals",
             f"95% percentile bootstrap over records, {meta.get('n_resamples')} resamples, "
@@ -155,6 +156,15 @@ def _describe_settings(result: EvalResult) -> list[tuple[str, str]]:
         if run.seconds:
             rows.append((f"time: {run.name}", f"{run.seconds:.1f} s"))
     return [(k, v) for k, v in rows if v]
+
+
+def _copy_threshold(meta: dict[str, Any]) -> str:
+    threshold = meta.get("hybrid_threshold")
+    if threshold is None:
+        return ""
+    fitted = meta.get("hybrid_fitted_on")
+    how = "given" if fitted is None else f"fitted on {fitted} validation records"
+    return f"BM25 >= {threshold:g} ({how})"
 
 
 def _loss_note(result: EvalResult, has_plot: bool) -> str:

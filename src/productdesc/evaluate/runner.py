@@ -16,8 +16,8 @@ Systems, all answering the same records, the generating ones with the same decod
   the nearest train products (reported as "tuned + context");
 * ``compare``: optionally, a second fine-tuned model, for A/B;
 * ``hybrid``: optionally, the nearest train title's description where its retrieval score
-  reaches a threshold, else the tuned model's answer; see
-  :mod:`productdesc.generation.hybrid`.
+  reaches a threshold (given, or ``"auto"``: fitted on the validation split with the tuned
+  model), else the tuned model's answer; see :mod:`productdesc.generation.hybrid`.
 
 With ``questions=True`` every generating system is asked a seeded paraphrase of a user's
 question about each title (:func:`~productdesc.prompts.seeded_question`) instead of the
@@ -30,10 +30,8 @@ so a test record's own description is never in its context.
 from __future__ import annotations
 
 import datetime as _dt
-import gc
 import logging
 import os
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,8 +39,6 @@ from typing import Any
 import attrs
 
 from productdesc._version import __version__
-from productdesc.config import FineTuneConfig, GenerationConfig
-from productdesc.data.dataset import AmazonTitlesDataset
 from productdesc.errors import UserError
 from productdesc.evaluate.config import BASELINES, EvalConfig
 from productdesc.evaluate.metrics import (
@@ -52,11 +48,9 @@ from productdesc.evaluate.metrics import (
 )
 from productdesc.evaluate.report import write_report
 from productdesc.evaluate.result import EvalResult, SystemRun
-from productdesc.generation.describer import Describer
-from productdesc.generation.hybrid import sure_copies
-from productdesc.prompts import seeded_question
+from productdesc.evaluate.systems import LABELS as LABELS  # its old home; still imported
+from productdesc.evaluate.systems import Systems, fit_records, load_records, template_name
 from productdesc.prompts.context import uses_context
-from productdesc.retrieval.store import INDEX_DIR, open_index
 from productdesc.rundir import (
     ADAPTER_CONFIG,
     CONFIG_FILE,
@@ -79,15 +73,6 @@ ORDER = (
     "hybrid",
     "compare",
 )  # report order: baselines first
-LABELS = {
-    "retrieval": "retrieval (nearest train title)",
-    "base": "base model (no adapter)",
-    "tuned": "tuned",
-    "context": "tuned + context",
-    "compare": "tuned B",
-    "hybrid": "hybrid (copy when retrieval is sure)",
-}
-CONTEXT_SUFFIX = " + context"  # a label's ending when that system's prompt shows context
 # (first, second) -> the paired difference "first - second", when both systems ran
 DIFFERENCES = (
     ("tuned", "base"),
@@ -185,11 +170,11 @@ def evaluate(
     cfg = EvalConfig.of(config, **options)
     model_dir, data_dir = Path(model_dir), Path(data_dir)
     templates, run_config_text = _check(model_dir, data_dir, cfg)
-    records = _load_records(data_dir, cfg.split, cfg.limit)
+    records = load_records(data_dir, cfg.split, cfg.limit)
     logger.info("evaluating %d %s records of %s", len(records), cfg.split, data_dir)
-    systems = _Systems(records, data_dir, cfg, templates)
+    systems = Systems(records, data_dir, cfg, templates)
     runs = systems.run(model_dir)
-    meta = _meta(model_dir, data_dir, cfg, systems.index_source, run_config_text)
+    meta = _meta(model_dir, data_dir, cfg, systems, run_config_text)
     result = score_runs(
         records,
         runs,
@@ -204,7 +189,7 @@ def evaluate(
 
 
 def _meta(
-    model_dir: Path, data_dir: Path, cfg: EvalConfig, index: str | None, run_config: str | None
+    model_dir: Path, data_dir: Path, cfg: EvalConfig, systems: Systems, run_config: str | None
 ) -> dict[str, Any]:
     """What the results record about how they were made."""
     return {
@@ -212,11 +197,12 @@ def _meta(
         "data_dir": str(data_dir),
         "compare_dir": None if cfg.compare is None else str(cfg.compare),
         "context_dir": None if cfg.context_model is None else str(cfg.context_model),
-        "index": index,
+        "index": systems.index_source,
         "split": cfg.split,
         "limit": cfg.limit,
         "questions": cfg.questions,
-        "hybrid_threshold": cfg.hybrid_threshold,
+        "hybrid_threshold": systems.copy_at,
+        "hybrid_fitted_on": systems.fitted_on,
         "generation": attrs.asdict(cfg.generation),
         "run_config": run_config,
         "productdesc_version": __version__,
@@ -248,16 +234,18 @@ def _check(model_dir: Path, data_dir: Path, cfg: EvalConfig) -> tuple[dict[Path,
         if path is not None and not Path(path).is_dir():
             raise UserError(f"{what} directory not found: {path}")
     run_config_text = read_config_text(model_dir)
-    templates = {model_dir: _template_name(config_of(model_dir, run_config_text))}
+    templates = {model_dir: template_name(config_of(model_dir, run_config_text))}
     if cfg.context_model is not None:
         context_dir = Path(cfg.context_model)
-        templates[context_dir] = _template_name(read_config(context_dir))
+        templates[context_dir] = template_name(read_config(context_dir))
         if not uses_context(templates[context_dir]):
             raise UserError(
                 f"context model {cfg.context_model} was not trained with a template that shows "
                 f"context (its {CONFIG_FILE} says template = {templates[context_dir]!r}); "
                 f"train it with template = 'context'"
             )
+    if cfg.hybrid_threshold == "auto":
+        fit_records(data_dir, cfg)  # its validation records exist, and are not the ones scored
     if "base" in cfg.baselines and not has_adapter(model_dir):
         # A merged or plain model has no base to fall back to: "base" would be the tuned
         # model again, and the comparison a silent tie.
@@ -267,207 +255,3 @@ def _check(model_dir: Path, data_dir: Path, cfg: EvalConfig) -> tuple[dict[Path,
             "base baseline (--no-base)"
         )
     return templates, run_config_text
-
-
-class _Systems:
-    """Runs every system of one evaluation on the same records; the index is opened once,
-    when a system first needs it."""
-
-    def __init__(
-        self, records: list[dict[str, Any]], data_dir: Path, cfg: EvalConfig, templates: dict
-    ) -> None:
-        self.titles = [r["title"] for r in records]
-        self.asked = (
-            [seeded_question(r["title"], r["content"], seed=cfg.seed) for r in records]
-            if cfg.questions
-            else None
-        )
-        self.data_dir, self.cfg, self.templates = data_dir, cfg, templates
-        self._index: tuple[Any, str] | None = None
-
-    @property
-    def index_source(self) -> str | None:
-        """Where the index came from, if one was opened."""
-        return None if self._index is None else self._index[1]
-
-    def retriever(self) -> Any:
-        if self._index is None:
-            self._index = _open_index(self.data_dir, self.cfg.index, self.cfg.progress)
-        return self._index[0]
-
-    def run(self, model_dir: Path) -> list[SystemRun]:
-        """Every system the config asks for, in the report's order."""
-        cfg, runs = self.cfg, []
-        context_dir = None if cfg.context_model is None else Path(cfg.context_model)
-        if "retrieval" in cfg.baselines:
-            self.retriever()
-            runs.append(_run_retrieval(*self._index, self.titles))
-        if "base" in cfg.baselines:
-            runs.append(self.model("base", model_dir, base_only=True))
-        tuned = self.model("tuned", model_dir)
-        runs.append(tuned)
-        if context_dir is not None:
-            runs.append(self.model("context", context_dir))
-        if cfg.hybrid_threshold is not None:
-            runs.append(self.hybrid(tuned, cfg.hybrid_threshold))
-        if cfg.compare is not None:
-            runs.append(self.model("compare", Path(cfg.compare)))
-        return runs
-
-    def hybrid(self, writer: SystemRun, threshold: float) -> SystemRun:
-        """The hybrid system: the nearest train title's description where retrieval is sure,
-        ``writer``'s answer elsewhere.
-
-        The tuned model writes what is not copied (those titles' neighbours are other products,
-        and beside them the context model wrote worse on held-out records,
-        docs/results/answer-quality), and it has answered every title already: its answers are
-        taken, not generated again, so the hybrid differs from it only where it copies.
-        """
-        start = time.perf_counter()
-        copies = sure_copies(self.retriever(), self.titles, threshold)
-        searched = time.perf_counter() - start
-        assert writer.stopped_at_eos is not None and writer.new_tokens is not None
-        logger.info(
-            "hybrid: %d of %d answers copied", sum(c is not None for c in copies), len(copies)
-        )
-        return SystemRun(
-            "hybrid",
-            f"hybrid (copy at BM25 >= {threshold:g}, else {writer.label})",
-            [w if c is None else c.text for c, w in zip(copies, writer.outputs, strict=True)],
-            stopped_at_eos=[
-                w if c is None else True for c, w in zip(copies, writer.stopped_at_eos, strict=True)
-            ],
-            new_tokens=[
-                w if c is None else 0 for c, w in zip(copies, writer.new_tokens, strict=True)
-            ],
-            # what its answers cost here: the search, and the writer's whole run
-            seconds=searched + writer.seconds,
-            source=f"{writer.source}, copies from {self.index_source}",
-        )
-
-    def model(self, name: str, path: Path, base_only: bool = False):
-        if path not in self.templates:  # the compare model, read where it is first needed
-            self.templates[path] = _template_name(read_config(path))
-        shown = self.retriever() if uses_context(self.templates[path]) else None
-        cfg = self.cfg
-        return _run_model(
-            name,
-            path,
-            self.titles,
-            self.asked,
-            cfg.generation,
-            cfg.backend,
-            cfg.progress,
-            base_only=base_only,
-            retriever=shown,
-            fast=cfg.fast,
-        )
-
-
-def _load_records(data_dir: Path, split: str, limit: int | None) -> list[dict[str, Any]]:
-
-    dataset = AmazonTitlesDataset.from_prepared(data_dir)
-    records, skipped = [], 0
-    for record in dataset.iter_split(split):
-        if not isinstance(record.get("title"), str) or not isinstance(record.get("content"), str):
-            skipped += 1
-            continue
-        records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
-    if skipped:
-        logger.warning("skipped %d %s record(s) without a title or a description", skipped, split)
-    if not records:
-        raise UserError(f"the {split!r} split of {data_dir} holds no record to evaluate")
-    return records
-
-
-def _open_index(data_dir: Path, index: Any, progress: bool) -> tuple[Any, str]:
-    """The retrieval index and a note of where it came from."""
-
-    if index is not None:
-        return open_index(index), str(index)
-    saved = data_dir / INDEX_DIR
-    opened = open_index(data_dir, show_progress=progress)
-    if (saved / "index.json").is_file():
-        return opened, str(saved)
-    return opened, f"{data_dir} (train split, {len(opened)} titles)"
-
-
-def _template_name(config: FineTuneConfig | None) -> str:
-    """The template a training run used (``"alpaca"`` for a directory that is no run)."""
-    return config.template if config is not None else "alpaca"
-
-
-def _run_retrieval(index: Any, source: str, titles: list[str]) -> SystemRun:
-    # The index holds train records only and splits never share a title, so a test record's
-    # own description cannot be returned: no exclusion needed.
-    start = time.perf_counter()
-    outputs = index.answer(titles)
-    return SystemRun(
-        "retrieval",
-        LABELS["retrieval"],
-        outputs,
-        seconds=time.perf_counter() - start,
-        source=source,
-    )
-
-
-def _run_model(
-    name: str,
-    path: Path,
-    titles: list[str],
-    questions: list[str | None] | None,
-    generation: GenerationConfig,
-    backend: str,
-    progress: bool,
-    *,
-    base_only: bool = False,
-    retriever: Any = None,
-    fast: bool | None = None,
-) -> SystemRun:
-
-    # Only a model that shows context gets the index (its prompt needs it; others refuse it).
-    extra = {} if retriever is None else {"retriever": retriever}
-    describer = Describer.from_pretrained(
-        path, backend=backend, base_only=base_only, generation=generation, fast=fast, **extra
-    )
-    try:
-        start = time.perf_counter()
-        details = describer.describe_batch(
-            titles, questions, progress=progress, return_details=True
-        )
-        seconds = time.perf_counter() - start
-    finally:
-        del describer
-        _free_memory()
-    tokens = [d.new_tokens for d in details]
-    logger.info(
-        "%s: %d answers in %.1f s (%.0f new tokens/s)",
-        name,
-        len(details),
-        seconds,
-        sum(tokens) / seconds if seconds > 0 else float("nan"),
-    )
-    label = LABELS[name]
-    if retriever is not None and not label.endswith(CONTEXT_SUFFIX):
-        label += CONTEXT_SUFFIX
-    return SystemRun(
-        name,
-        label,
-        [d.text for d in details],
-        stopped_at_eos=[d.stopped_at_eos for d in details],
-        new_tokens=tokens,
-        seconds=seconds,
-        source=str(path),
-    )
-
-
-def _free_memory() -> None:
-    # Two models need not share the accelerator: drop one before loading the next.
-    gc.collect()
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
