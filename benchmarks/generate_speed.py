@@ -27,7 +27,7 @@ batch 1 and at batch 64, in its own subprocess (Unsloth patches transformers on 
 * ``describer_fast_noprefix_bf16``: the fast path computing the prompts' shared start (the
   template's instruction) for every row instead of once;
 * ``describer_fast_nokernel_bf16``: the fast path with transformers' decode-step attention
-  (rotary embedding, cache write, SDPA) instead of the fused Triton kernel;
+  (rotary embedding, cache write, SDPA), RMSNorm and SiLU product instead of the Triton kernels;
 * ``describer_plain_bf16``: :class:`productdesc.Describer` without it.
 
 Reported: new tokens/s, latency to the first token (a 1-token call), peak GPU memory, the

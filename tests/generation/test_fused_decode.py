@@ -126,6 +126,49 @@ def test_the_token_attends_to_itself_even_where_the_cache_held_other_values():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [16, 576, 2048])  # 576: SmolLM2's, no power of two
+def test_rms_norm_is_llamas(dtype, hidden):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(hidden)
+    norm = LlamaRMSNorm(hidden, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(1 + torch.randn(hidden, generator=generator) / 4)
+    norm.to(DEVICE, dtype)
+    x = (3 * torch.randn(3, 2, hidden, generator=generator)).to(DEVICE, dtype)
+    with torch.no_grad():
+        expected = norm(x)
+    got = fused_decode.rms_norm(x, norm.weight, norm.variance_epsilon)
+    assert got.shape == x.shape and got.dtype == dtype
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+    # a row's layout does not matter: the same rows, not contiguous in memory
+    wide = torch.cat([x, x], dim=-1)[..., :hidden]
+    torch.testing.assert_close(fused_decode.rms_norm(wide, norm.weight, 1e-5), got)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("intermediate", [40, 1536])  # 1536: two blocks, the second cut
+def test_silu_mul_is_the_mlps(dtype, intermediate):
+    generator = torch.Generator().manual_seed(intermediate)
+    gate_up = (2 * torch.randn(5, 2 * intermediate, generator=generator)).to(DEVICE, dtype)
+    gate, up = gate_up.split(intermediate, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    got = fused_decode.silu_mul(gate_up)
+    assert got.shape == (5, intermediate) and got.dtype == dtype
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), expected.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_the_elementwise_kernels_refuse_other_dtypes_and_devices():
+    device = torch.device(DEVICE)
+    assert fused_decode.elementwise_supported(DTYPES[0], device)
+    assert not fused_decode.elementwise_supported(torch.float64, device)
+    other = torch.device("cuda" if INTERPRET else "cpu")
+    assert not fused_decode.elementwise_supported(DTYPES[0], other)
+
+
 @pytest.mark.skipif(
     not INTERPRET,
     reason="float32, whose answers can be compared token for token, runs the kernel only under "
@@ -133,19 +176,23 @@ def test_the_token_attends_to_itself_even_where_the_cache_held_other_values():
 )
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"]])
 def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monkeypatch):
-    """The kernel serves every decode step of every layer, the prompt's forward stays
-    transformers', and the answers are ``generate``'s token for token (float32 under the
+    """The kernel serves every decode step of every layer (the prompt's attention stays
+    transformers'), the norm and MLP kernels every forward, and the answers are ``generate``'s token for token (float32 under the
     interpreter, whose arithmetic the test can trust; sharpened attention, so a wrong position,
     head or rotation changes them)."""
     from test_static_decoder import HEAD, assert_same_as_generate, sharp
 
     from productdesc.generation.static_decoder import StaticGreedyDecoder
 
-    calls = []
-    kernel = fused_decode.decode_attention
-    monkeypatch.setattr(
-        fused_decode, "decode_attention", lambda *a, **k: calls.append(1) or kernel(*a, **k)
-    )
+    calls: dict[str, int] = {}
+    for name in ("decode_attention", "rms_norm", "silu_mul"):
+        kernel = getattr(fused_decode, name)
+
+        def counted(*a, _name=name, _kernel=kernel, **k):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _kernel(*a, **k)
+
+        monkeypatch.setattr(fused_decode, name, counted)
     model, tok = sharp(tiny_llama)
     model.to(DEVICE)
     enc = tok([HEAD + t for t in titles], return_tensors="pt", padding=True).to(DEVICE)
@@ -155,7 +202,11 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
             model, decoder, enc, eos=tok.eos_token_id, pad=tok.pad_token_id, max_new_tokens=9
         )
     steps = 2 * (out.shape[1] - 1)  # the first token of each call comes from the prompt
-    assert len(calls) >= steps * model.config.num_hidden_layers > 0
+    layers = model.config.num_hidden_layers
+    assert calls["decode_attention"] >= steps * layers > 0
+    # the norms and the MLP's product run as kernels in every forward, the prompt's too
+    assert calls["rms_norm"] >= (steps + 2) * (2 * layers + 1)
+    assert calls["silu_mul"] >= (steps + 2) * layers
     # The kernel writes at the step's cache position and advances the layer's counter, from
     # which transformers takes the next step's mask offset: the two must stay equal.
     (slot,) = decoder._slots.values()

@@ -548,7 +548,7 @@ def test_grouped_decode_attention_equals_sdpa_with_expanded_heads(mask_kind, dty
 def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from productdesc.generation.fusion import _fuse_projections, _fused_products
+    from productdesc.generation.fusion import _fuse_projections, _fused_products, _patch_norms
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     ids = torch.tensor([[5, 9, 3, 17, 2, 8]])
@@ -559,6 +559,10 @@ def test_fused_projections_keep_outputs_weights_and_training(tiny_llama, tmp_pat
     layers = model.config.num_hidden_layers
     assert _fuse_projections(model) == 2 * layers  # attention and MLP of every layer
     assert _fuse_projections(model) == 0  # already fused
+    assert _patch_norms(model) == 2 * layers + 1  # two a layer and the final norm
+    assert _patch_norms(model) == 0
+    with torch.no_grad():  # without a kernel module (on CPU), the norms are transformers'
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
     attn = model.model.layers[0].self_attn
     assert attn.k_proj.weight.untyped_storage().data_ptr() == (
         attn.q_proj.weight.untyped_storage().data_ptr()

@@ -9,6 +9,12 @@ cache only up to the step's own position (a static cache is sized for the longes
 It is used by :class:`~productdesc.generation.static_decoder.StaticGreedyDecoder` for one-token steps in 16-bit
 on CUDA (:func:`supported`); everything else takes transformers' own path, which
 :func:`reference` restates for the tests.
+
+Beside it, two element-wise kernels for the rest of a layer, which without ``torch.compile``
+(the fast path's default, CUDA graphs of the eager step) are many small kernels:
+:func:`rms_norm` (Llama's RMSNorm: eight kernels in transformers' forward) and :func:`silu_mul`
+(the MLP's ``silu(gate) * up`` on the fused gate/up product: two). They round where
+transformers' forwards round, so their outputs differ from them only by the order of a sum.
 """
 
 from __future__ import annotations
@@ -20,7 +26,14 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-__all__ = ["decode_attention", "reference", "supported"]
+__all__ = [
+    "decode_attention",
+    "elementwise_supported",
+    "reference",
+    "rms_norm",
+    "silu_mul",
+    "supported",
+]
 
 # Triton's interpreter runs kernels on CPU tensors (the CI's tests of this module).
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -272,3 +285,75 @@ def reference(
     scores = scores.masked_fill(~seen[:, None, None, :], float("-inf"))
     out = torch.softmax(scores, dim=-1) @ value_cache.float()
     return out.reshape(batch, heads * dim).to(qkv.dtype)
+
+
+# -- the element-wise kernels -------------------------------------------------------------------
+@triton.jit
+def _rms_norm_kernel(
+    x, weight, out, stride_x, stride_out, N, EPS: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < N
+    dtype = out.dtype.element_ty
+    v = tl.load(x + row * stride_x + cols, mask=inside, other=0.0).to(tl.float32)
+    normed = (v * (1.0 / tl.sqrt(tl.sum(v * v, 0) / N + EPS))).to(dtype)  # then to x's dtype
+    w = tl.load(weight + cols, mask=inside, other=0.0).to(tl.float32)
+    tl.store(out + row * stride_out + cols, (w * normed.to(tl.float32)).to(dtype), mask=inside)
+
+
+@triton.jit
+def _silu_mul_kernel(gate_up, out, stride_in, stride_out, N, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = cols < N
+    dtype = out.dtype.element_ty
+    gate = tl.load(gate_up + row * stride_in + cols, mask=inside, other=0.0).to(tl.float32)
+    up = tl.load(gate_up + row * stride_in + N + cols, mask=inside, other=0.0).to(tl.float32)
+    activated = (gate / (1.0 + tl.exp(-gate))).to(dtype)  # silu rounds to the input's dtype
+    tl.store(out + row * stride_out + cols, (activated.to(tl.float32) * up).to(dtype), mask=inside)
+
+
+def elementwise_supported(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`rms_norm` and :func:`silu_mul` serve tensors of this dtype and device:
+    CUDA in 16-bit (or, under Triton's interpreter, CPU in float32 or float16)."""
+    if _INTERPRET:
+        return device.type == "cpu" and dtype in (torch.float32, torch.float16)
+    return device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+@triton_op("productdesc::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch.empty_like(rows)
+    n = rows.shape[-1]
+    wrap_triton(_rms_norm_kernel)[(len(rows),)](
+        rows, weight, out, rows.stride(0), out.stride(0), n, EPS=eps,
+        BLOCK=triton.next_power_of_2(n),
+    )  # fmt: skip
+    return out.reshape(x.shape)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LlamaRMSNorm``'s forward in one kernel: ``weight * (x / rms(x))``, the mean of squares
+    in float32 and the normalised ``x`` rounded to ``x``'s dtype before the product, as
+    transformers does. ``x``'s last dimension must be contiguous, ``weight`` of ``x``'s dtype."""
+    return _rms_norm_op(x if x.stride(-1) == 1 else x.contiguous(), weight, eps)
+
+
+@triton_op("productdesc::silu_mul", mutates_args=())
+def _silu_mul_op(gate_up: torch.Tensor) -> torch.Tensor:
+    rows = gate_up.reshape(-1, gate_up.shape[-1])
+    n = rows.shape[-1] // 2
+    out = rows.new_empty(len(rows), n)
+    block = min(1024, triton.next_power_of_2(n))
+    wrap_triton(_silu_mul_kernel)[(len(rows), triton.cdiv(n, block))](
+        rows, out, rows.stride(0), out.stride(0), n, BLOCK=block
+    )
+    return out.reshape(*gate_up.shape[:-1], n)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up``, the gate and up products side by side in its last
+    dimension (contiguous), in one kernel; each rounds to the input's dtype as in torch."""
+    return _silu_mul_op(gate_up if gate_up.stride(-1) == 1 else gate_up.contiguous())

@@ -6,7 +6,8 @@ head to all its query heads whenever a mask is given, which copies the whole sta
 every step, 8 times over for TinyLlama. In Llama layers the q/k/v and gate/up projections become
 one product each (:func:`_fuse_projections`, their weights views of one tensor), and in 16-bit on
 CUDA a decode step's rotary embedding, cache write and attention are one Triton kernel
-(:mod:`productdesc.generation.fused_decode`). The fused forwards run only inside
+(:mod:`productdesc.generation.fused_decode`), as are the RMSNorms (:func:`_patch_norms`) and
+the MLP's ``silu(gate) * up``. The fused forwards run only inside
 :func:`_fused_products`, the decoder's own calls; elsewhere the model computes as before.
 
 This module knows nothing of caches, graphs or decoding loops
@@ -153,10 +154,65 @@ def _fuse_projections(model: Any) -> int:
                 for x, b in zip(linears, bias.split(sizes), strict=True):
                     x.bias = torch.nn.Parameter(b, requires_grad=x.bias.requires_grad)
         module._pd_fused = (weight, bias, sizes)
+        module._pd_silu = type(getattr(module, "act_fn", None)).__name__ in _SILU
         forward = _attention_forward if len(names) == 3 else _mlp_forward
         module.forward = types.MethodType(forward, module)
         fused += 1
     return fused
+
+
+#: Activation classes that compute ``silu`` (transformers' own, and torch's).
+_SILU = ("SiLUActivation", "SiLU")
+
+#: Norm classes whose forward :func:`_patch_norms` replaces, with their forward's parameters.
+_NORMS = {"LlamaRMSNorm": ("self", "hidden_states")}
+
+
+def _patch_norms(model: Any) -> int:
+    """Let ``model``'s Llama RMSNorms run as one kernel (:func:`~productdesc.generation.
+    fused_decode.rms_norm`) inside :func:`_fused_products` when a kernel module is given there;
+    anywhere else, and for other dtypes or devices, their own forward runs.
+
+    Without ``torch.compile`` transformers' RMSNorm is eight kernels, two norms a layer.
+
+    Returns:
+        How many norms were patched (those patched before are not counted).
+    """
+    import inspect
+    import types
+
+    patched = 0
+    for module in model.modules():
+        params = _NORMS.get(type(module).__name__)
+        if params is None or "forward" in vars(module):
+            continue
+        if tuple(inspect.signature(type(module).forward).parameters) != params:
+            continue
+        module.forward = types.MethodType(_norm_forward, module)
+        patched += 1
+    return patched
+
+
+def _norm_forward(self: Any, hidden_states: Any) -> Any:
+    kernel = _attention_kernel
+    if _elementwise(kernel, hidden_states) and self.weight.dtype == hidden_states.dtype:
+        return kernel.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+    return type(self).forward(self, hidden_states)
+
+
+def _elementwise(kernel: Any, x: Any) -> bool:
+    """Whether ``kernel``'s element-wise functions serve ``x`` in this call: not while
+    ``torch.compile`` traces it, whose own fusion (the residual add into the norm, too) an
+    opaque kernel would stop."""
+    import torch
+
+    return (
+        _fusion_on
+        and kernel is not None
+        and not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and kernel.elementwise_supported(x.dtype, x.device)
+    )
 
 
 def _still_fused(module: Any, linears: list) -> bool:
@@ -216,6 +272,8 @@ def _mlp_forward(self: Any, x: Any) -> Any:
     out = _product(self, x)
     if out is None:
         return type(self).forward(self, x)
+    if self._pd_silu and _elementwise(_attention_kernel, out):
+        return self.down_proj(_attention_kernel.silu_mul(out))
     gate, up = out.split(self._pd_fused[2], dim=-1)
     return self.down_proj(self.act_fn(gate) * up)
 

@@ -37,6 +37,7 @@ from productdesc.generation.fusion import (
     _fuse_projections,
     _fused_products,
     _load_kernel,
+    _patch_norms,
     _use_grouped_attention,
 )
 from productdesc.generation.guard import pick
@@ -94,7 +95,8 @@ class StaticGreedyDecoder:
         attention_kernel: With ``fuse``, a decode step's attention in Llama layers (rotary
             embedding, KV-cache write, attention over the cache up to the token) runs as one
             Triton kernel (:mod:`productdesc.generation.fused_decode`) in 16-bit on CUDA, instead of
-            five kernels; elsewhere, or without Triton, transformers' path runs.
+            five kernels, and without ``compile_mode`` so do each RMSNorm and the MLP's
+            ``silu(gate) * up``; elsewhere, or without Triton, transformers' path runs.
 
     Compilation: torch compiles the first shape as it is, then makes one size symbolic each
     time a new one varies (batch size, prompt bucket, ``max_new_tokens``), with a batch of one
@@ -388,6 +390,7 @@ class StaticGreedyDecoder:
             self._prefixes.clear()
             if self.fuse:
                 _fuse_projections(self.model)
+                _patch_norms(self.model)
             self._weights = self._state()
 
     def _slot(self, batch: int, total: int, guard: tuple[int, bool, bool]) -> tuple[Slot, bool]:
