@@ -369,3 +369,31 @@ def test_the_serve_command_answers_with_the_key_from_the_environment(
         process.wait(timeout=30)
         stderr = process.stderr.read()
     assert "no authentication" not in stderr
+
+
+@pytest.mark.slow
+def test_a_hybrid_serves_known_products_their_description(describer: Any) -> None:
+    """``serve --hybrid``: a title retrieval is sure of gets the known description, streamed or
+    not, with no new tokens counted; another title is the describer's answer."""
+    from productdesc.generation.hybrid import HybridDescriber
+    from productdesc.retrieval import RetrievalIndex
+    from productdesc.serve import create_app
+
+    known = "A cheese scented soap, 3 oz."
+    index = RetrievalIndex.build(
+        [{"uid": "k", "title": "Nice for Mice", "content": known}], show_progress=False
+    )
+    sure = index.search("Nice for Mice", 1)[0].score
+    with serving(create_app(HybridDescriber(describer, index, sure), model_name="h")) as base:
+        reply = client(base).completions.create(
+            model="h", prompt=["Nice for Mice", "Wireless mouse"], max_tokens=NEW
+        )
+        assert [c.text for c in reply.choices] == [
+            known,
+            describer.describe("Wireless mouse", max_new_tokens=NEW),
+        ]
+        assert reply.choices[0].finish_reason == "stop"
+        stream = client(base).chat.completions.create(
+            model="h", messages=[{"role": "user", "content": "Nice for Mice"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == known

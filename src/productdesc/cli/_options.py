@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 from productdesc.errors import UserError
@@ -114,3 +115,46 @@ def add_backend_option(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="backend to load with (default: the one the run used, else unsloth if installed)",
     )
+
+
+def add_hybrid_options(parser: argparse.ArgumentParser) -> None:
+    """``--hybrid SCORE`` and ``--index INDEX``: copy known products' descriptions where
+    retrieval is sure (:class:`~productdesc.generation.hybrid.HybridDescriber`)."""
+    parser.add_argument(
+        "--hybrid",
+        type=float,
+        metavar="SCORE",
+        help="answer with the nearest known product's description where its BM25 score is at "
+        "least SCORE, and generate otherwise (scores depend on the index: `evaluate --hybrid "
+        "auto` fits SCORE on it); the known products come from --index, else --context",
+    )
+    parser.add_argument(
+        "--index",
+        type=Path,
+        metavar="INDEX",
+        help="with --hybrid: the known products, a retrieval index directory or a prepared "
+        "data directory",
+    )
+
+
+def check_hybrid_args(args: argparse.Namespace) -> None:
+    """Fail before anything loads where ``--hybrid``, ``--index`` and ``--context`` do not fit
+    together, or the retrieval index's libraries are missing."""
+    if args.index is not None and args.hybrid is None:
+        raise UserError("--index is the known products of --hybrid; give --hybrid SCORE too")
+    if args.hybrid is not None and args.index is None and args.context is None:
+        raise UserError("--hybrid needs the known products: --index INDEX (or --context INDEX)")
+    if args.hybrid is not None or args.context is not None:
+        require_extra("eval", EVAL_MODULES)  # the retrieval index
+
+
+def hybrid_from_args(describer: Any, args: argparse.Namespace) -> Any:
+    """``describer``, or with ``--hybrid`` a hybrid that copies from ``--index`` (else
+    ``--context``) and asks ``describer`` for the rest."""
+    if args.hybrid is None:
+        return describer
+    from productdesc.generation.hybrid import HybridDescriber
+    from productdesc.retrieval.store import open_index
+
+    known = args.index if args.index is not None else args.context
+    return HybridDescriber(describer, open_index(known), args.hybrid)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from productdesc.cli._options import (
-    EVAL_MODULES,
     add_backend_option,
     add_fast_option,
     add_generation_options,
+    add_hybrid_options,
+    check_hybrid_args,
     generation_from_args,
-    require_extra,
+    hybrid_from_args,
 )
 from productdesc.errors import UserError
 
@@ -75,21 +76,7 @@ def add_parser(subparsers: Any) -> None:
         "(`productdesc index`) or a prepared data directory; for models trained with the "
         "'context' template",
     )
-    parser.add_argument(
-        "--hybrid",
-        type=float,
-        metavar="SCORE",
-        help="answer with the nearest known product's description where its BM25 score is at "
-        "least SCORE, and generate otherwise (scores depend on the index: `evaluate --hybrid "
-        "auto` fits SCORE on it); the known products come from --index, else --context",
-    )
-    parser.add_argument(
-        "--index",
-        type=Path,
-        metavar="INDEX",
-        help="with --hybrid: the known products, a retrieval index directory or a prepared "
-        "data directory",
-    )
+    add_hybrid_options(parser)
     add_fast_option(parser)
     parser.add_argument(
         "--torch-compile",
@@ -110,13 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--out needs --file")
     if args.out is not None:
         _check_writable(args.out)
-    known = args.index if args.index is not None else args.context
-    if args.index is not None and args.hybrid is None:
-        raise UserError("--index is the known products of --hybrid; give --hybrid SCORE too")
-    if args.hybrid is not None and known is None:
-        raise UserError("--hybrid needs the known products: --index INDEX (or --context INDEX)")
-    if known is not None:
-        require_extra("eval", EVAL_MODULES)  # the retrieval index
+    check_hybrid_args(args)
     titles = _read_titles(args.file) if args.file is not None else []
     generation = generation_from_args(args)
     # Loaders (Unsloth) print banners; stdout carries only answers, so they can be piped.
@@ -130,11 +111,7 @@ def run(args: argparse.Namespace) -> int:
             fast=args.fast,
             torch_compile=args.torch_compile,
         )
-    if args.hybrid is not None:
-        from productdesc.generation.hybrid import HybridDescriber
-        from productdesc.retrieval.store import open_index
-
-        describer = HybridDescriber(describer, open_index(known), args.hybrid)
+    describer = hybrid_from_args(describer, args)
     if args.file is None:
         for piece in describer.stream(args.title, args.question):
             sys.stdout.write(piece)

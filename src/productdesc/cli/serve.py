@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from productdesc.cli._options import (
-    EVAL_MODULES,
     add_backend_option,
     add_generation_options,
+    add_hybrid_options,
+    check_hybrid_args,
     generation_from_args,
+    hybrid_from_args,
     require_extra,
 )
 from productdesc.errors import UserError
@@ -97,6 +99,7 @@ def add_parser(subparsers: Any) -> None:
         metavar="INDEX",
         help="retrieval index (or prepared data) for models trained with the 'context' template",
     )
+    add_hybrid_options(parser)
     add_backend_option(parser)
     parser.set_defaults(func=run)
 
@@ -112,8 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be from 1 to 65535, got {args.port}")
     require_extra("serve", SERVE_MODULES)
-    if args.context is not None:
-        require_extra("eval", EVAL_MODULES)
+    check_hybrid_args(args)
     generation = generation_from_args(args)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     with contextlib.redirect_stdout(sys.stderr):  # loaders' banners
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             args.model, backend=args.backend, generation=generation, retriever=args.context
         )
     describer.warm_up()  # compiles the CUDA fast path before traffic; nothing on CPU
+    describer = hybrid_from_args(describer, args)
     if api_key is None and args.host not in _LOCAL:
         print(
             f"productdesc serve: warning: listening on {args.host} without --api-key: anyone "

@@ -108,6 +108,21 @@ class HybridDescriber:
         self.index = index
         self.threshold = float(threshold)
 
+    @property
+    def template(self) -> Any:
+        """The describer's prompt template (a copied answer has no prompt, but is asked with it)."""
+        return self.describer.template
+
+    @property
+    def tokenizer(self) -> Any:
+        """The describer's tokenizer."""
+        return self.describer.tokenizer
+
+    @property
+    def generation(self) -> Any:
+        """The describer's decoding settings."""
+        return self.describer.generation
+
     def describe(self, title: str, question: str | None = None, **overrides: Any) -> str:
         """One title's answer: copied or generated (see :meth:`describe_batch`)."""
         questions = None if question is None else [question]
