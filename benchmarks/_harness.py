@@ -148,3 +148,13 @@ def graph_us(fn, reps: int) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) * 1000 / reps
+
+
+def loadable(model: str) -> str:
+    """``model`` as ``Describer.from_pretrained`` loads it: a ``.gguf`` file converted once
+    (cached by :func:`productdesc.models.resolve_model`), anything else as given."""
+    if not model.endswith(".gguf"):
+        return model
+    from productdesc.models import resolve_model
+
+    return str(resolve_model(model).path)

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import described_records, run_info, run_variant, save_json
+from _harness import described_records, loadable, run_info, run_variant, save_json
 
 HERE = Path(__file__).resolve().parent
 #: name: (fast, torch_compile, warm_up, empty the cache first)
@@ -113,7 +113,8 @@ def main() -> None:
     parser.add_argument(
         "--model",
         required=True,
-        help="a model or training run directory (what Describer.from_pretrained loads)",
+        help="a model or training run directory (what Describer.from_pretrained loads), or "
+        "a .gguf (converted once, before the timed processes)",
     )
     parser.add_argument("--data", help="a .jsonl of records whose titles are asked")
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -121,6 +122,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "cold_start.json"))
     args = parser.parse_args()
     report = run_info("cold_start")
+    model = loadable(args.model)
     report["results"] = []
     with tempfile.TemporaryDirectory(prefix="pd-cold-start-") as scratch:
         cache = Path(scratch) / "cache"
@@ -132,7 +134,7 @@ def main() -> None:
                 shutil.rmtree(cache, ignore_errors=True)
             spec = {
                 "name": name,
-                "model": args.model,
+                "model": model,
                 "data": args.data,
                 "fast": fast,
                 "torch_compile": torch_compile,

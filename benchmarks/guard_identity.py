@@ -22,7 +22,7 @@ import json
 import statistics
 import time
 
-from _harness import described_records, identical, run_info, save_json
+from _harness import described_records, identical, loadable, run_info, save_json
 from bf16_fidelity import words_in_common
 
 DECODINGS: dict[str, dict] = {
@@ -60,10 +60,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from productdesc.generation.describer import Describer
-    from productdesc.models import resolve_model
 
     titles = titles_from(args.data, args.titles)
-    path = args.model if not args.model.endswith(".gguf") else resolve_model(args.model).path
+    path = loadable(args.model)
     describers = {
         fast: Describer.from_pretrained(path, backend="transformers", dtype="float32", fast=fast)
         for fast in (False, True)
