@@ -143,14 +143,9 @@ def test_the_gpu_stack_is_imported_inside_functions_only() -> None:
 
 
 # Inside a function the package imports its own modules only where the import itself is the
-# point: the Triton kernel module (its import compiles nothing, but needs triton), and the
-# retrieval index that a context template opens (numpy, which a bare `--help` does without).
+# point: the Triton kernel module, whose import compiles nothing but needs triton.
 LOCAL_OWN_IMPORTS = {
     "productdesc.generation.fusion": {"productdesc.generation.fused_decode"},
-    "productdesc.prompts.context": {
-        "productdesc.retrieval.neighbours",
-        "productdesc.retrieval.store",
-    },
 }
 
 

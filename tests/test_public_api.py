@@ -49,8 +49,8 @@ def test_import_productdesc_imports_no_torch() -> None:
 
 
 def test_the_cli_and_the_templates_import_no_numpy() -> None:
-    """A bare install (no extras) runs ``--help`` and renders prompts: retrieval, which needs
-    numpy, is imported only where an index is used."""
+    """``--help`` and rendering prompts do not wait for numpy (about 0.2 s): retrieval imports
+    it where an index is built, read or searched."""
     code = (
         "import sys, productdesc.cli, productdesc.prompts, productdesc.export\n"
         "print('numpy' in sys.modules)\n"

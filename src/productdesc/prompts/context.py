@@ -12,6 +12,8 @@ from attrs import validators as v
 from productdesc.errors import UserError
 from productdesc.prompts.alpaca import ALPACA_PREAMBLE, PromptTemplate
 from productdesc.prompts.base import TemplateError, _text, templates
+from productdesc.retrieval.neighbours import neighbours
+from productdesc.retrieval.store import open_index
 
 __all__ = [
     "CONTEXT_PROMPT",
@@ -165,10 +167,6 @@ class ContextTemplate(PromptTemplate):
             title: The product title (the query).
             leave_out: A record that must not be its own context (training).
         """
-        # Imported here: retrieval needs numpy, which a bare install (the CLI, the templates)
-        # does without.
-        from productdesc.retrieval.neighbours import neighbours
-
         return neighbours(
             self._retriever(),
             title,
@@ -263,8 +261,6 @@ def bind_retriever(template: Any, retriever: Any = None, *, default: Any = None)
         return template
     source = retriever if retriever is not None else default
     check_retriever(template, source)
-    from productdesc.retrieval.store import open_index  # numpy: see context_for
-
     return template.with_retriever(open_index(source))
 
 

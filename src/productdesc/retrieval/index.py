@@ -40,10 +40,9 @@ import tempfile
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import numpy as np
 import orjson
 from attrs import field, frozen
 from attrs import validators as v
@@ -52,6 +51,11 @@ from tqdm.auto import tqdm
 from productdesc._io import atomic_write, write_text_atomic
 from productdesc.data.dataset import AmazonTitlesDataset
 from productdesc.errors import UserError
+
+# numpy (about 0.2 s to import) is imported where an index is built, read or searched: the
+# context templates import this module, and `productdesc --help` should not wait for it.
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = ["Analyzer", "Hit", "RetrievalIndex", "normalize_title"]
 
@@ -175,6 +179,8 @@ def _top(scores: np.ndarray, m: int) -> np.ndarray:
     titles because nearly all are equal (0): numpy's selection degrades on ties. Selecting among
     the records that share a term with the query takes ~1 ms.
     """
+    import numpy as np
+
     matching = np.flatnonzero(scores > 0)
     if len(matching) > m:
         cut = len(matching) - m
@@ -197,6 +203,8 @@ class _Records:
 
     @classmethod
     def from_records(cls, rows: Iterable[tuple[str | None, str, str]]) -> _Records:
+        import numpy as np
+
         chunks, offsets, pos = [], [0], 0
         for uid, title, content in rows:
             line = orjson.dumps([uid, title, content]) + b"\n"
@@ -207,6 +215,8 @@ class _Records:
 
     @classmethod
     def load(cls, directory: Path) -> _Records:
+        import numpy as np
+
         offsets = np.load(directory / _OFFSETS, mmap_mode="r")
         path = directory / _RECORDS
         # np.memmap refuses empty files; an empty index has nothing to map.
@@ -214,6 +224,8 @@ class _Records:
         return cls(buffer, offsets)
 
     def save(self, directory: Path) -> None:
+        import numpy as np
+
         with atomic_write(directory / _RECORDS, "wb") as fh:
             fh.write(memoryview(self._buffer))
         with atomic_write(directory / _OFFSETS, "wb") as fh:
@@ -429,6 +441,8 @@ class RetrievalIndex:
 
     def _scores(self, query: str) -> np.ndarray:
         """BM25 score of every record's title for ``query`` (0: no shared term)."""
+        import numpy as np
+
         tokens = self.analyzer(query)
         if not tokens:  # bm25s indexes tokens[0] to tell strings from ids
             return np.zeros(len(self), dtype=np.float32)
