@@ -4,14 +4,19 @@ decoding options it may set, and the limits it must keep; a bad request is a
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 __all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_NEW_TOKENS_CAP",
     "MAX_PROMPTS",
+    "MAX_PROMPT_TOKENS",
     "MAX_QUESTION_CHARS",
     "MAX_TITLE_CHARS",
     "RequestError",
+    "read_json",
     "split_user_text",
 ]
 
@@ -21,6 +26,12 @@ MAX_QUESTION_CHARS = 500
 """Characters in a question."""
 MAX_PROMPTS = 16
 """Prompts in one ``/v1/completions`` request (a list is answered as one batch)."""
+MAX_NEW_TOKENS_CAP = 512
+"""The longest answer a request may ask for (``max_tokens``); shorter is always allowed."""
+MAX_PROMPT_TOKENS = 1_024
+"""Tokens in a rendered prompt: with :data:`MAX_NEW_TOKENS_CAP`, inside 2048 positions."""
+MAX_BODY_BYTES = 256 * 1024
+"""Bytes in a request body (a chat history included)."""
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "top_logprobs", "best_of", "tools", "functions")
 
 
@@ -159,7 +170,20 @@ def _completion_titles(body: dict[str, Any]) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def _sse(data: dict[str, Any]) -> bytes:
-    import json
-
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
+async def read_json(request: Any) -> dict[str, Any]:
+    """A request's body as a JSON object, read in chunks up to :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return data
