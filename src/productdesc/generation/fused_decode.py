@@ -40,64 +40,20 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _kernel(
-    qkv,  # (B, (H + 2 * H_KV) * D): one token's fused q/k/v product
-    cos,  # (B, D), the token's rotary cos and sin
-    sin,
-    key_cache,  # (B, H_KV, L, D)
-    value_cache,
-    counter,  # the cache layer's write counter, advanced by one
-    mask,  # (B, L) by its strides: True where a position may be attended to
-    position,  # (1,): the cache position this token is written at
-    out,  # (B, H * D)
-    stride_qkv,
-    stride_rope,
-    stride_cache_b,
-    stride_cache_h,
-    stride_cache_l,
-    stride_mask_b,
-    stride_mask_l,
-    stride_out,
-    SCALE: tl.constexpr,  # a Python float would be typed float64 under torch.compile
-    H_KV: tl.constexpr,
-    GROUP: tl.constexpr,
-    GROUP_PAD: tl.constexpr,
-    D: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+def _rope(x, x_rotated, c, s, sign):
+    """The rotary embedding in float32: ``x * cos + rotate_half(x) * sin``."""
+    return x.to(tl.float32) * c + sign * x_rotated.to(tl.float32) * s
+
+
+@triton.jit
+def _attend(
+    q, k, v, head_keys, head_values, mask_row, stride_mask_l, stride_cache_l, pos,
+    SCALE: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_MASK: tl.constexpr,
-):
-    b = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    pos = tl.load(position)
+):  # fmt: skip
+    """Online softmax of a group's queries over one head's cache up to ``pos``. The token's
+    own key and value are taken from registers, not read back from the cache just written."""
     d = tl.arange(0, D)
-    # rotate_half: the second half of a head, negated, then the first.
-    rotated = (d + D // 2) % D
-    sign = tl.where(d < D // 2, -1.0, 1.0)
-    c = tl.load(cos + b * stride_rope + d).to(tl.float32)
-    s = tl.load(sin + b * stride_rope + d).to(tl.float32)
-    row = qkv + b * stride_qkv
-    dtype = qkv.dtype.element_ty
-
-    g = tl.arange(0, GROUP_PAD)
-    heads = (kv_head * GROUP + g)[:, None] * D
-    real = (g < GROUP)[:, None]
-    q = tl.load(row + heads + d[None, :], mask=real, other=0.0).to(tl.float32)
-    q_rot = tl.load(row + heads + rotated[None, :], mask=real, other=0.0).to(tl.float32)
-    q = (q * c[None, :] + sign[None, :] * q_rot * s[None, :]).to(dtype)
-
-    k_at = row + (H_KV * GROUP + kv_head) * D
-    k = tl.load(k_at + d).to(tl.float32)
-    k = (k * c + sign * tl.load(k_at + rotated).to(tl.float32) * s).to(dtype)
-    v = tl.load(row + (H_KV * GROUP + H_KV + kv_head) * D + d)
-    head_keys = key_cache + b * stride_cache_b + kv_head * stride_cache_h
-    head_values = value_cache + b * stride_cache_b + kv_head * stride_cache_h
-    tl.store(head_keys + pos * stride_cache_l + d, k)
-    tl.store(head_values + pos * stride_cache_l + d, v)
-    if b == 0 and kv_head == 0:
-        tl.store(counter, tl.load(counter) + 1)
-
-    # Online softmax over the cache up to this token. The token's own key and value are taken
-    # from registers, not read back from the cache just written.
     best = tl.full([GROUP_PAD], -1.0e30, tl.float32)
     total = tl.zeros([GROUP_PAD], tl.float32)
     acc = tl.zeros([GROUP_PAD, D], tl.float32)
@@ -115,16 +71,65 @@ def _kernel(
         values = tl.where(here, v[None, :], values)
         seen = at <= pos
         if HAS_MASK:
-            seen = seen & tl.load(mask + b * stride_mask_b + at * stride_mask_l, mask=seen, other=0)
+            seen = seen & tl.load(mask_row + at * stride_mask_l, mask=seen, other=0)
         scores = tl.dot(q, tl.trans(keys)) * SCALE
         scores = tl.where(seen[None, :], scores, float("-inf"))
         new_best = tl.maximum(best, tl.max(scores, 1))
         weights = tl.exp(scores - new_best[:, None])
         shrink = tl.exp(best - new_best)
         total = total * shrink + tl.sum(weights, 1)
-        acc = acc * shrink[:, None] + tl.dot(weights.to(dtype), values)
+        acc = acc * shrink[:, None] + tl.dot(weights.to(q.dtype), values)
         best = new_best
-    acc = acc / total[:, None]
+    return acc / total[:, None]
+
+
+@triton.jit
+def _kernel(
+    qkv,  # (B, (H + 2 * H_KV) * D): one token's fused q/k/v product
+    cos, sin,  # (B, D), the token's rotary cos and sin
+    key_cache, value_cache,  # (B, H_KV, L, D)
+    counter,  # the cache layer's write counter, advanced by one
+    mask,  # (B, L) by its strides: True where a position may be attended to
+    position,  # (1,): the cache position this token is written at
+    out,  # (B, H * D)
+    stride_qkv, stride_rope, stride_cache_b, stride_cache_h, stride_cache_l,
+    stride_mask_b, stride_mask_l, stride_out,
+    SCALE: tl.constexpr,  # a Python float would be typed float64 under torch.compile
+    H_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
+    BLOCK_L: tl.constexpr, HAS_MASK: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    pos = tl.load(position)
+    d = tl.arange(0, D)
+    # rotate_half: the second half of a head, negated, then the first.
+    rotated = (d + D // 2) % D
+    sign = tl.where(d < D // 2, -1.0, 1.0)
+    c = tl.load(cos + b * stride_rope + d).to(tl.float32)
+    s = tl.load(sin + b * stride_rope + d).to(tl.float32)
+    row = qkv + b * stride_qkv
+    dtype = qkv.dtype.element_ty
+
+    g = tl.arange(0, GROUP_PAD)
+    heads = (kv_head * GROUP + g)[:, None] * D
+    real = (g < GROUP)[:, None]
+    q = tl.load(row + heads + d[None, :], mask=real, other=0.0)
+    q_rotated = tl.load(row + heads + rotated[None, :], mask=real, other=0.0)
+    q = _rope(q, q_rotated, c[None, :], s[None, :], sign[None, :]).to(dtype)
+    k_at = row + (H_KV * GROUP + kv_head) * D
+    k = _rope(tl.load(k_at + d), tl.load(k_at + rotated), c, s, sign).to(dtype)
+    v = tl.load(row + (H_KV * GROUP + H_KV + kv_head) * D + d)
+
+    head_keys = key_cache + b * stride_cache_b + kv_head * stride_cache_h
+    head_values = value_cache + b * stride_cache_b + kv_head * stride_cache_h
+    tl.store(head_keys + pos * stride_cache_l + d, k)
+    tl.store(head_values + pos * stride_cache_l + d, v)
+    if b == 0 and kv_head == 0:
+        tl.store(counter, tl.load(counter) + 1)
+    acc = _attend(
+        q, k, v, head_keys, head_values, mask + b * stride_mask_b, stride_mask_l,
+        stride_cache_l, pos, SCALE, GROUP_PAD, D, BLOCK_L, HAS_MASK,
+    )  # fmt: skip
     tl.store(out + b * stride_out + heads + d[None, :], acc.to(dtype), mask=real)
 
 
