@@ -149,6 +149,29 @@ def test_rms_norm_is_llamas(dtype, hidden):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", [16, 576])
+def test_add_rms_norm_is_the_layers_add_then_its_norm(dtype, hidden):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(hidden)
+    norm = LlamaRMSNorm(hidden, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(1 + torch.randn(hidden, generator=generator) / 4)
+    norm.to(DEVICE, dtype)
+    attended, residual = (torch.randn(2, 3, 1, hidden, generator=generator) * 3).to(DEVICE, dtype)
+    with torch.no_grad():
+        expected_total = residual + attended
+        expected = norm(expected_total)
+    total, normed = fused_decode.add_rms_norm(attended, residual, norm.weight, 1e-6)
+    assert total.shape == normed.shape == attended.shape and normed.dtype == dtype
+    torch.testing.assert_close(total, expected_total, atol=0, rtol=0)  # the add, exactly
+    tolerance = TOLERANCE[dtype]
+    torch.testing.assert_close(normed.float(), expected.float(), atol=tolerance, rtol=tolerance)
+    # the norm is the one-input kernel's on the same sum
+    torch.testing.assert_close(normed, fused_decode.rms_norm(total, norm.weight, 1e-6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("intermediate", [40, 1536])  # 1536: two blocks, the second cut
 def test_silu_mul_is_the_mlps(dtype, intermediate):
     generator = torch.Generator().manual_seed(intermediate)
@@ -177,7 +200,7 @@ def test_the_elementwise_kernels_refuse_other_dtypes_and_devices():
 @pytest.mark.parametrize("titles", [["soft cotton blanket", "mouse", "knife set"], ["mouse"]])
 def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monkeypatch):
     """The kernel serves every decode step of every layer (the prompt's attention stays
-    transformers'), the norm and MLP kernels every forward, and the answers are ``generate``'s token for token (float32 under the
+    transformers'), the norm, add-and-norm and MLP kernels every forward, and the answers are ``generate``'s token for token (float32 under the
     interpreter, whose arithmetic the test can trust; sharpened attention, so a wrong position,
     head or rotation changes them)."""
     from test_static_decoder import HEAD, assert_same_as_generate, sharp
@@ -185,7 +208,7 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
     from productdesc.generation.static_decoder import StaticGreedyDecoder
 
     calls: dict[str, int] = {}
-    for name in ("decode_attention", "rms_norm", "silu_mul"):
+    for name in ("decode_attention", "rms_norm", "add_rms_norm", "silu_mul"):
         kernel = getattr(fused_decode, name)
 
         def counted(*a, _name=name, _kernel=kernel, **k):
@@ -204,8 +227,10 @@ def test_decoder_with_the_kernel_gives_generates_tokens(tiny_llama, titles, monk
     steps = 2 * (out.shape[1] - 1)  # the first token of each call comes from the prompt
     layers = model.config.num_hidden_layers
     assert calls["decode_attention"] >= steps * layers > 0
-    # the norms and the MLP's product run as kernels in every forward, the prompt's too
-    assert calls["rms_norm"] >= (steps + 2) * (2 * layers + 1)
+    # the norms (the second of a layer with the residual add before it) and the MLP's product
+    # run as kernels in every forward, the prompt's too
+    assert calls["rms_norm"] >= (steps + 2) * (layers + 1)
+    assert calls["add_rms_norm"] >= (steps + 2) * layers
     assert calls["silu_mul"] >= (steps + 2) * layers
     # The kernel writes at the step's cache position and advances the layer's counter, from
     # which transformers takes the next step's mask offset: the two must stay equal.

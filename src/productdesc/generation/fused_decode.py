@@ -10,11 +10,12 @@ It is used by :class:`~productdesc.generation.static_decoder.StaticGreedyDecoder
 on CUDA (:func:`supported`); everything else takes transformers' own path, which
 :func:`reference` restates for the tests.
 
-Beside it, two element-wise kernels for the rest of a layer, which without ``torch.compile``
+Beside it, element-wise kernels for the rest of a layer, which without ``torch.compile``
 (the fast path's default, CUDA graphs of the eager step) are many small kernels:
-:func:`rms_norm` (Llama's RMSNorm: eight kernels in transformers' forward) and :func:`silu_mul`
-(the MLP's ``silu(gate) * up`` on the fused gate/up product: two). They round where
-transformers' forwards round, so their outputs differ from them only by the order of a sum.
+:func:`rms_norm` (Llama's RMSNorm: eight kernels in transformers' forward), :func:`add_rms_norm`
+(the residual add after attention and the norm after it: nine) and :func:`silu_mul` (the MLP's
+``silu(gate) * up`` on the fused gate/up product: two). They round where transformers'
+forwards round, so their outputs differ from them only by the order of a sum.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 __all__ = [
+    "add_rms_norm",
     "decode_attention",
     "elementwise_supported",
     "reference",
@@ -294,6 +296,15 @@ def reference(
 
 # -- the element-wise kernels -------------------------------------------------------------------
 @triton.jit
+def _rms_normed(v, weight, cols, inside, N, EPS: tl.constexpr, dtype: tl.constexpr):
+    """``weight * (v / rms(v))`` for one row ``v`` in float32, rounded where transformers rounds:
+    the normalised row to the input's dtype before the product."""
+    normed = (v * (1.0 / tl.sqrt(tl.sum(v * v, 0) / N + EPS))).to(dtype)
+    w = tl.load(weight + cols, mask=inside, other=0.0).to(tl.float32)
+    return (w * normed.to(tl.float32)).to(dtype)
+
+
+@triton.jit
 def _rms_norm_kernel(
     x, weight, out, stride_x, stride_out, N, EPS: tl.constexpr, BLOCK: tl.constexpr
 ):
@@ -302,9 +313,25 @@ def _rms_norm_kernel(
     inside = cols < N
     dtype = out.dtype.element_ty
     v = tl.load(x + row * stride_x + cols, mask=inside, other=0.0).to(tl.float32)
-    normed = (v * (1.0 / tl.sqrt(tl.sum(v * v, 0) / N + EPS))).to(dtype)  # then to x's dtype
-    w = tl.load(weight + cols, mask=inside, other=0.0).to(tl.float32)
-    tl.store(out + row * stride_out + cols, (w * normed.to(tl.float32)).to(dtype), mask=inside)
+    tl.store(out + row * stride_out + cols, _rms_normed(v, weight, cols, inside, N, EPS, dtype),
+             mask=inside)  # fmt: skip
+
+
+@triton.jit
+def _add_rms_norm_kernel(
+    x, residual, weight, total, out, stride_x, stride_residual, stride_total, stride_out, N,
+    EPS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    inside = cols < N
+    dtype = out.dtype.element_ty
+    a = tl.load(x + row * stride_x + cols, mask=inside, other=0.0).to(tl.float32)
+    r = tl.load(residual + row * stride_residual + cols, mask=inside, other=0.0).to(tl.float32)
+    h = (a + r).to(dtype)  # the sum rounds to the inputs' dtype, as torch's add does
+    tl.store(total + row * stride_total + cols, h, mask=inside)
+    tl.store(out + row * stride_out + cols,
+             _rms_normed(h.to(tl.float32), weight, cols, inside, N, EPS, dtype), mask=inside)  # fmt: skip
 
 
 @triton.jit
@@ -343,7 +370,35 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``LlamaRMSNorm``'s forward in one kernel: ``weight * (x / rms(x))``, the mean of squares
     in float32 and the normalised ``x`` rounded to ``x``'s dtype before the product, as
     transformers does. ``x``'s last dimension must be contiguous, ``weight`` of ``x``'s dtype."""
-    return _rms_norm_op(x if x.stride(-1) == 1 else x.contiguous(), weight, eps)
+    return _rms_norm_op(_rows(x), weight, eps)
+
+
+@triton_op("productdesc::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = x.reshape(-1, x.shape[-1])
+    residual_rows = residual.reshape(-1, x.shape[-1])
+    total, out = torch.empty_like(rows), torch.empty_like(rows)
+    n = rows.shape[-1]
+    wrap_triton(_add_rms_norm_kernel)[(len(rows),)](
+        rows, residual_rows, weight, total, out, rows.stride(0), residual_rows.stride(0),
+        total.stride(0), out.stride(0), n, EPS=eps, BLOCK=triton.next_power_of_2(n),
+    )  # fmt: skip
+    return total.reshape(x.shape), out.reshape(x.shape)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h = residual + x`` and :func:`rms_norm` of ``h``, in one kernel: a Llama layer's
+    residual add after attention and the norm before its MLP. Returns ``(h, norm(h))``, ``h``
+    rounded to ``x``'s dtype before it is normalised, as in transformers' two steps."""
+    return _add_rms_norm_op(_rows(x), _rows(residual), weight, eps)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
 
 
 @triton_op("productdesc::silu_mul", mutates_args=())
@@ -361,4 +416,4 @@ def _silu_mul_op(gate_up: torch.Tensor) -> torch.Tensor:
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """``silu(gate) * up`` for ``gate_up``, the gate and up products side by side in its last
     dimension (contiguous), in one kernel; each rounds to the input's dtype as in torch."""
-    return _silu_mul_op(gate_up if gate_up.stride(-1) == 1 else gate_up.contiguous())
+    return _silu_mul_op(_rows(gate_up))

@@ -166,6 +166,20 @@ _SILU = ("SiLUActivation", "SiLU")
 
 #: Norm classes whose forward :func:`_patch_norms` replaces, with their forward's parameters.
 _NORMS = {"LlamaRMSNorm": ("self", "hidden_states")}
+#: Decoder layers whose forward it replaces too (their residual add after attention joins the
+#: norm after it), with the parameters of the forward that :func:`_layer_forward` restates.
+_LAYERS = {
+    "LlamaDecoderLayer": (
+        "self",
+        "hidden_states",
+        "attention_mask",
+        "position_ids",
+        "past_key_values",
+        "use_cache",
+        "position_embeddings",
+        "kwargs",
+    )
+}
 
 
 def _patch_norms(model: Any) -> int:
@@ -173,23 +187,30 @@ def _patch_norms(model: Any) -> int:
     fused_decode.rms_norm`) inside :func:`_fused_products` when a kernel module is given there;
     anywhere else, and for other dtypes or devices, their own forward runs.
 
-    Without ``torch.compile`` transformers' RMSNorm is eight kernels, two norms a layer.
+    Without ``torch.compile`` transformers' RMSNorm is eight kernels, two norms a layer, and
+    the residual add before the second one more: a Llama decoder layer whose second norm is
+    patched runs the add and that norm as one kernel (:func:`_layer_forward`).
 
     Returns:
-        How many norms were patched (those patched before are not counted).
+        How many norms and layers were patched (those patched before are not counted).
     """
     import inspect
     import types
 
-    patched = 0
-    for module in model.modules():
-        params = _NORMS.get(type(module).__name__)
+    def patch(module: Any, kinds: dict, forward: Any) -> bool:
+        params = kinds.get(type(module).__name__)
         if params is None or "forward" in vars(module):
-            continue
+            return False
         if tuple(inspect.signature(type(module).forward).parameters) != params:
-            continue
-        module.forward = types.MethodType(_norm_forward, module)
-        patched += 1
+            return False
+        module.forward = types.MethodType(forward, module)
+        return True
+
+    patched = sum(patch(module, _NORMS, _norm_forward) for module in model.modules())
+    for module in model.modules():
+        norm = getattr(module, "post_attention_layernorm", None)
+        if norm is not None and vars(norm).get("forward") is not None:
+            patched += patch(module, _LAYERS, _layer_forward)
     return patched
 
 
@@ -198,6 +219,39 @@ def _norm_forward(self: Any, hidden_states: Any) -> Any:
     if _elementwise(kernel, hidden_states) and self.weight.dtype == hidden_states.dtype:
         return kernel.rms_norm(hidden_states, self.weight, self.variance_epsilon)
     return type(self).forward(self, hidden_states)
+
+
+def _layer_forward(
+    self: Any,
+    hidden_states: Any,
+    attention_mask: Any = None,
+    position_ids: Any = None,
+    past_key_values: Any = None,
+    use_cache: Any = False,
+    position_embeddings: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """``LlamaDecoderLayer.forward`` (transformers 5) with the residual add after attention and
+    the norm after it as one kernel."""
+    kernel, norm = _attention_kernel, self.post_attention_layernorm
+    if not (_elementwise(kernel, hidden_states) and norm.weight.dtype == hidden_states.dtype):
+        return type(self).forward(
+            self, hidden_states, attention_mask, position_ids, past_key_values, use_cache,
+            position_embeddings, **kwargs,
+        )  # fmt: skip
+    attended, _ = self.self_attn(
+        hidden_states=self.input_layernorm(hidden_states),
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=past_key_values,
+        use_cache=use_cache,
+        position_embeddings=position_embeddings,
+        **kwargs,
+    )
+    residual, normed = kernel.add_rms_norm(
+        attended, hidden_states, norm.weight, norm.variance_epsilon
+    )
+    return residual + self.mlp(normed)
 
 
 def _elementwise(kernel: Any, x: Any) -> bool:
