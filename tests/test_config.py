@@ -39,9 +39,10 @@ def test_seed_recipe_has_the_notebooks_values():
     assert (t.warmup_steps, t.learning_rate, t.max_grad_norm) == (5, 2e-4, 0.6)
     assert (t.optim, t.weight_decay, t.lr_scheduler_type) == ("adamw_8bit", 0.01, "linear")
     assert (t.group_by_length, t.packing, t.seed) == (True, False, 3407)
+    assert t.completion_only_loss is False  # the notebook trains on the whole text
 
 
-def test_default_differs_from_the_seed_only_in_batching_and_checkpointing():
+def test_default_differs_from_the_seed_only_in_batching_checkpointing_and_the_loss():
     default, seed = FineTuneConfig(), FineTuneConfig.seed_recipe()
     assert default.model == seed.model
     assert default.lora.use_gradient_checkpointing == "auto"
@@ -52,6 +53,7 @@ def test_default_differs_from_the_seed_only_in_batching_and_checkpointing():
             per_device_train_batch_size=2,
             gradient_accumulation_steps=22,
             packing=False,
+            completion_only_loss=False,
         )
         == seed.training
     )

@@ -8,9 +8,10 @@ TOML or YAML with :meth:`FineTuneConfig.from_file` and save it with
 :meth:`FineTuneConfig.to_toml`.
 
 The defaults are the seed notebook's recipe (TinyLlama chat in 4-bit, LoRA r=16 on every
-projection, ``adamw_8bit``, lr 2e-4) except for batching: examples are packed, 8 rows of
-``max_seq_length`` tokens a step, where the seed pads 2 examples x 22 accumulation steps (see
-:class:`TrainingConfig`). :meth:`FineTuneConfig.seed_recipe` is the seed's recipe exactly.
+projection, ``adamw_8bit``, lr 2e-4) except for batching and the loss: examples are packed, 8
+rows of ``max_seq_length`` tokens a step, where the seed pads 2 examples x 22 accumulation
+steps, and the loss is on the response only (see :class:`TrainingConfig`).
+:meth:`FineTuneConfig.seed_recipe` is the seed's recipe exactly.
 """
 
 from __future__ import annotations
@@ -143,11 +144,12 @@ class LoraSettings:
 class TrainingConfig:
     """The optimisation (TRL ``SFTConfig`` arguments) and what the loss is computed on.
 
-    The defaults differ from the seed's recipe (:meth:`FineTuneConfig.seed_recipe`) in one
-    respect: examples are *packed*, 8 rows of ``max_seq_length`` tokens a step, instead of 2
-    padded examples x 22 accumulation steps. A step then sees about as many tokens (16k vs the
+    The defaults differ from the seed's recipe (:meth:`FineTuneConfig.seed_recipe`) in two
+    respects. Examples are *packed*, 8 rows of ``max_seq_length`` tokens a step, instead of 2
+    padded examples x 22 accumulation steps: a step then sees about as many tokens (16k vs the
     seed's ~11k at 257 tokens an example) in one forward pass instead of 22, which is where a
-    GPU's time went (docs/benchmarks.md); each example still attends only to itself.
+    GPU's time went (docs/benchmarks.md); each example still attends only to itself. And the
+    loss is on the response only, where the seed's is on the whole text, prompt included.
 
     Attributes:
         per_device_train_batch_size: Sequences per micro-batch (packed rows when ``packing``).
@@ -351,6 +353,7 @@ class FineTuneConfig:
                 lr_scheduler_type="linear",
                 group_by_length=True,
                 packing=False,
+                completion_only_loss=False,  # the notebook's dataset_text_field="text"
                 seed=3407,
             ),
         )
