@@ -8,10 +8,8 @@ TOML or YAML with :meth:`FineTuneConfig.from_file` and save it with
 :meth:`FineTuneConfig.to_toml`.
 
 The defaults are the seed notebook's recipe (TinyLlama chat in 4-bit, LoRA r=16 on every
-projection, ``adamw_8bit``, lr 2e-4) except for batching and the loss: examples are packed, 8
-rows of ``max_seq_length`` tokens a step, where the seed pads 2 examples x 22 accumulation
-steps, and the loss is on the response only (see :class:`TrainingConfig`).
-:meth:`FineTuneConfig.seed_recipe` is the seed's recipe exactly.
+projection, ``adamw_8bit``, lr 2e-4) but for packed batches and a response-only loss (see
+:class:`TrainingConfig`); :meth:`FineTuneConfig.seed_recipe` is the seed's recipe exactly.
 """
 
 from __future__ import annotations
@@ -144,12 +142,11 @@ class LoraSettings:
 class TrainingConfig:
     """The optimisation (TRL ``SFTConfig`` arguments) and what the loss is computed on.
 
-    The defaults differ from the seed's recipe (:meth:`FineTuneConfig.seed_recipe`) in two
-    respects. Examples are *packed*, 8 rows of ``max_seq_length`` tokens a step, instead of 2
-    padded examples x 22 accumulation steps: a step then sees about as many tokens (16k vs the
-    seed's ~11k at 257 tokens an example) in one forward pass instead of 22, which is where a
-    GPU's time went (docs/benchmarks.md); each example still attends only to itself. And the
-    loss is on the response only, where the seed's is on the whole text, prompt included.
+    The defaults differ from the seed's recipe (:meth:`FineTuneConfig.seed_recipe`) twice.
+    Examples are *packed*, 8 rows of ``max_seq_length`` tokens a step, not 2 padded examples x
+    22 accumulation steps: a step sees about as many tokens (16k vs the seed's ~11k) in one
+    forward pass instead of 22, where a GPU's time went (docs/benchmarks.md); each example
+    still attends only to itself. And the loss is on the response, not the whole text.
 
     Attributes:
         per_device_train_batch_size: Sequences per micro-batch (packed rows when ``packing``).
