@@ -247,6 +247,20 @@ def test_cpu_defaults_float32_and_a_non_8bit_optimizer(tmp_path: Path, caplog) -
     assert args.eval_strategy == "epoch" and not args.bf16 and not args.fp16
 
 
+def test_a_backend_missing_a_library_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU image here has transformers and PEFT but no TRL: the error says which to install."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "trl" else find_spec(name, *a)
+    )
+    with pytest.raises(
+        UserError, match=r"^backend 'transformers' needs trl, not installed here: pip install trl$"
+    ):
+        get_backend("transformers")
+
+
 def test_unknown_backend_lists_the_known_ones() -> None:
     with pytest.raises(UserError, match=r"backend.*'nope'.*transformers.*unsloth"):
         get_backend("nope")

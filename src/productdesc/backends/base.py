@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -65,6 +66,9 @@ class Backend(abc.ABC):
 
     name: ClassVar[str]
     """The registry name (``"unsloth"``, ``"transformers"``)."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Modules it needs that ``pip install`` names alike, named in the error when one is missing
+    (Unsloth's are not listed: ``productdesc[unsloth]`` pins them together)."""
 
     @classmethod
     @abc.abstractmethod
@@ -335,6 +339,12 @@ def get_backend(name: str = "auto") -> Backend:
     except PluginError as exc:
         raise UserError(f"backend: {exc}") from None
     if not cls.is_available():
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UserError(
+                f"backend {name!r} needs {', '.join(missing)}, not installed here: "
+                f"pip install {' '.join(missing)}"
+            )
         raise UserError(
             f"backend {name!r} is not installed here; install it (for unsloth: "
             f"pip install 'productdesc[unsloth]') or set backend = 'transformers'"

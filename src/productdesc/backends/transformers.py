@@ -24,10 +24,11 @@ class TransformersBackend(Backend):
     """Plain Hugging Face: transformers, PEFT, TRL (and bitsandbytes for 4-bit on GPU)."""
 
     name: ClassVar[str] = "transformers"
+    requires: ClassVar[tuple[str, ...]] = ("transformers", "peft", "trl")
 
     @classmethod
     def is_available(cls) -> bool:
-        return all(importlib.util.find_spec(m) for m in ("transformers", "peft", "trl"))
+        return all(importlib.util.find_spec(m) for m in cls.requires)
 
     def _load(
         self,
