@@ -126,16 +126,21 @@ def test_the_token_attends_to_itself_even_where_the_cache_held_other_values():
     torch.testing.assert_close(out, expected)
 
 
+def llama_norm(hidden, eps, dtype, generator):
+    """transformers' ``LlamaRMSNorm`` with a weight that is not all ones."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    norm = LlamaRMSNorm(hidden, eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(1 + torch.randn(hidden, generator=generator) / 4)
+    return norm.to(DEVICE, dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [16, 576, 2048])  # 576: SmolLM2's, no power of two
 def test_rms_norm_is_llamas(dtype, hidden):
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
     generator = torch.Generator().manual_seed(hidden)
-    norm = LlamaRMSNorm(hidden, eps=1e-5)
-    with torch.no_grad():
-        norm.weight.copy_(1 + torch.randn(hidden, generator=generator) / 4)
-    norm.to(DEVICE, dtype)
+    norm = llama_norm(hidden, 1e-5, dtype, generator)
     x = (3 * torch.randn(3, 2, hidden, generator=generator)).to(DEVICE, dtype)
     with torch.no_grad():
         expected = norm(x)
@@ -151,13 +156,8 @@ def test_rms_norm_is_llamas(dtype, hidden):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [16, 576])
 def test_add_rms_norm_is_the_layers_add_then_its_norm(dtype, hidden):
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
     generator = torch.Generator().manual_seed(hidden)
-    norm = LlamaRMSNorm(hidden, eps=1e-6)
-    with torch.no_grad():
-        norm.weight.copy_(1 + torch.randn(hidden, generator=generator) / 4)
-    norm.to(DEVICE, dtype)
+    norm = llama_norm(hidden, 1e-6, dtype, generator)
     attended, residual = (torch.randn(2, 3, 1, hidden, generator=generator) * 3).to(DEVICE, dtype)
     with torch.no_grad():
         expected_total = residual + attended

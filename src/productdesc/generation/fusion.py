@@ -208,15 +208,26 @@ def _patch_norms(model: Any) -> int:
 
     patched = sum(patch(module, _NORMS, _norm_forward) for module in model.modules())
     for module in model.modules():
+        # Only where the second norm runs this module's forward: another wrapper (an
+        # offloading hook, say) must keep running.
         norm = getattr(module, "post_attention_layernorm", None)
-        if norm is not None and vars(norm).get("forward") is not None:
+        forward = vars(norm).get("forward") if norm is not None else None
+        if getattr(forward, "__func__", None) is _norm_forward:
             patched += patch(module, _LAYERS, _layer_forward)
     return patched
 
 
-def _norm_forward(self: Any, hidden_states: Any) -> Any:
+def _norm_kernel(norm: Any, x: Any) -> Any:
+    """The kernel module when it normalises ``x`` with ``norm`` in this call, else ``None``."""
     kernel = _attention_kernel
-    if _elementwise(kernel, hidden_states) and self.weight.dtype == hidden_states.dtype:
+    if _elementwise(kernel, x) and norm.weight.dtype == x.dtype:
+        return kernel
+    return None
+
+
+def _norm_forward(self: Any, hidden_states: Any) -> Any:
+    kernel = _norm_kernel(self, hidden_states)
+    if kernel is not None:
         return kernel.rms_norm(hidden_states, self.weight, self.variance_epsilon)
     return type(self).forward(self, hidden_states)
 
@@ -233,8 +244,9 @@ def _layer_forward(
 ) -> Any:
     """``LlamaDecoderLayer.forward`` (transformers 5) with the residual add after attention and
     the norm after it as one kernel."""
-    kernel, norm = _attention_kernel, self.post_attention_layernorm
-    if not (_elementwise(kernel, hidden_states) and norm.weight.dtype == hidden_states.dtype):
+    norm = self.post_attention_layernorm
+    kernel = _norm_kernel(norm, hidden_states)
+    if kernel is None:
         return type(self).forward(
             self, hidden_states, attention_mask, position_ids, past_key_values, use_cache,
             position_embeddings, **kwargs,
